@@ -1,0 +1,155 @@
+//! Chunk identities, references and index entries.
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+use crate::format::{CHUNK_ENTRY_LEN, REF_DELTA, REF_FULL, REF_ZERO};
+use crate::ids::PackId;
+
+/// BLAKE3-256 of a chunk's raw bytes: a chunk's identity and its dedup key.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ChunkId(pub [u8; 32]);
+
+impl ChunkId {
+    /// The id of `data`.
+    pub fn of(data: &[u8]) -> Self {
+        Self(*blake3::hash(data).as_bytes())
+    }
+
+    /// The id of an all-zero chunk of `len` bytes (never stored, but hashed for Merkle roots).
+    pub fn zero(len: usize) -> Self {
+        let mut h = blake3::Hasher::new();
+        let zeros = [0u8; 4096];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(zeros.len());
+            h.update(&zeros[..n]);
+            left -= n;
+        }
+        Self(*h.finalize().as_bytes())
+    }
+}
+
+impl fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChunkId({self})")
+    }
+}
+
+/// What a chunk map entry says about one chunk of a disk restore point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkRef {
+    /// All zeros: nothing stored.
+    Zero,
+    /// A whole stored chunk, by content hash.
+    Full(ChunkId),
+}
+
+impl ChunkRef {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        match self {
+            ChunkRef::Zero => vec![REF_ZERO],
+            ChunkRef::Full(id) => {
+                let mut v = Vec::with_capacity(33);
+                v.push(REF_FULL);
+                v.extend_from_slice(&id.0);
+                v
+            }
+        }
+    }
+
+    pub(crate) fn decode(b: &[u8]) -> Result<Self> {
+        let bad = |r: &str| Error::corrupt("catalog/chunk_map", r.to_owned());
+        match b.first() {
+            Some(&REF_ZERO) if b.len() == 1 => Ok(ChunkRef::Zero),
+            Some(&REF_FULL) if b.len() == 33 => {
+                let mut id = [0u8; 32];
+                id.copy_from_slice(&b[1..]);
+                Ok(ChunkRef::Full(ChunkId(id)))
+            }
+            Some(&REF_DELTA) => Err(bad("delta chunk references need a newer cairnd")),
+            _ => Err(bad("malformed chunk map entry")),
+        }
+    }
+
+    /// The stored chunk this entry holds a reference on, if any.
+    pub fn stored(&self) -> Option<ChunkId> {
+        match self {
+            ChunkRef::Zero => None,
+            ChunkRef::Full(id) => Some(*id),
+        }
+    }
+}
+
+/// Where a stored chunk lives: the `chunks` index entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkLocation {
+    pub pack: PackId,
+    /// Offset of the record header in the pack.
+    pub offset: u64,
+    /// Bytes stored after the header.
+    pub stored_len: u32,
+    pub raw_len: u32,
+    /// Chunk map entries referencing the chunk.
+    pub refs: u64,
+}
+
+impl ChunkLocation {
+    pub(crate) fn encode(&self) -> [u8; CHUNK_ENTRY_LEN] {
+        let mut b = [0u8; CHUNK_ENTRY_LEN];
+        b[..16].copy_from_slice(&self.pack.to_bytes());
+        b[16..24].copy_from_slice(&self.offset.to_le_bytes());
+        b[24..28].copy_from_slice(&self.stored_len.to_le_bytes());
+        b[28..32].copy_from_slice(&self.raw_len.to_le_bytes());
+        b[32..40].copy_from_slice(&self.refs.to_le_bytes());
+        b
+    }
+
+    pub(crate) fn decode(b: &[u8]) -> Result<Self> {
+        if b.len() != CHUNK_ENTRY_LEN {
+            return Err(Error::corrupt("catalog/chunks", format!("chunk index entry of {} bytes", b.len())));
+        }
+        let mut pack = [0u8; 16];
+        pack.copy_from_slice(&b[..16]);
+        let u64_at =
+            |i: usize| u64::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3], b[i + 4], b[i + 5], b[i + 6], b[i + 7]]);
+        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        Ok(Self {
+            pack: PackId::from(uuid::Uuid::from_bytes(pack)),
+            offset: u64_at(16),
+            stored_len: u32_at(24),
+            raw_len: u32_at(28),
+            refs: u64_at(32),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refs_and_locations_round_trip() {
+        for r in [ChunkRef::Zero, ChunkRef::Full(ChunkId::of(b"x"))] {
+            assert_eq!(ChunkRef::decode(&r.encode()).unwrap(), r);
+        }
+        assert!(ChunkRef::decode(&[9]).is_err());
+        assert!(ChunkRef::decode(&[REF_FULL, 1, 2]).is_err());
+        let loc = ChunkLocation { pack: PackId::new(), offset: 77, stored_len: 5, raw_len: 9, refs: 3 };
+        assert_eq!(ChunkLocation::decode(&loc.encode()).unwrap(), loc);
+    }
+
+    #[test]
+    fn zero_id_matches_hash_of_zeros() {
+        assert_eq!(ChunkId::zero(10000), ChunkId::of(&[0u8; 10000]));
+    }
+}

@@ -1,0 +1,245 @@
+//! The chunk store: content-addressed, compressed, CRC-checked chunk records in packs, with
+//! the index (`chunks`: id -> pack, offset, lengths, references) in the catalog.
+//!
+//! Writers fill a staging pack of their own ([`PackWriter`]), seal it (fsync), put it into
+//! the [`PackStore`], and only then commit the catalog batch that references it: the index
+//! never points at bytes that are not durable. Reads check the record header, the CRC of
+//! the stored bytes, the raw length and the BLAKE3 of the result: corrupt data is an error,
+//! never returned as good.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::catalog::{Batch, Catalog};
+use crate::chunk::{ChunkId, ChunkLocation};
+use crate::error::{Error, Result};
+use crate::format::{Codec, PACK_HEADER_LEN, RECORD_HEADER_LEN, RecordHeader, RecordKind, encode_pack_header};
+use crate::ids::PackId;
+use crate::store::PackStore;
+
+/// A record ready to append: header plus stored bytes. Built off the I/O path (CPU work).
+#[derive(Debug)]
+pub(crate) struct PreparedRecord {
+    pub header: RecordHeader,
+    pub stored: Vec<u8>,
+}
+
+/// Compresses `raw` with zstd at `level` (kept raw when that does not shrink it) and
+/// checksums the stored bytes.
+pub(crate) fn prepare_full(id: ChunkId, raw: &[u8], level: i32) -> Result<PreparedRecord> {
+    let raw_len = u32::try_from(raw.len()).map_err(|_| Error::invalid("chunk", "larger than 4 GiB"))?;
+    let compressed = zstd::bulk::compress(raw, level).map_err(|e| Error::io("zstd compress", "chunk", e))?;
+    let (codec, stored) =
+        if compressed.len() < raw.len() { (Codec::Zstd, compressed) } else { (Codec::Raw, raw.to_vec()) };
+    let stored_len = u32::try_from(stored.len()).map_err(|_| Error::invalid("chunk", "larger than 4 GiB"))?;
+    let header = RecordHeader {
+        kind: RecordKind::Full,
+        codec,
+        raw_len,
+        stored_len,
+        stored_crc: crc32fast::hash(&stored),
+        id: id.0,
+    };
+    Ok(PreparedRecord { header, stored })
+}
+
+/// Checks and decodes one full-chunk record read from a pack (`bytes` = header + stored).
+pub(crate) fn decode_full(bytes: &[u8], expect: ChunkId, where_: &Path) -> Result<Vec<u8>> {
+    let header = RecordHeader::decode(bytes, where_)?;
+    let bad = |r: String| Error::corrupt(where_, format!("chunk {expect}: {r}"));
+    if header.kind != RecordKind::Full || header.id != expect.0 {
+        return Err(bad("record holds another chunk".into()));
+    }
+    let stored = bytes
+        .get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + header.stored_len as usize)
+        .ok_or_else(|| bad("stored bytes truncated".into()))?;
+    if crc32fast::hash(stored) != header.stored_crc {
+        return Err(bad("CRC mismatch".into()));
+    }
+    let raw = match header.codec {
+        Codec::Raw => stored.to_vec(),
+        Codec::Zstd => {
+            zstd::bulk::decompress(stored, header.raw_len as usize).map_err(|e| bad(format!("zstd: {e}")))?
+        }
+    };
+    if raw.len() != header.raw_len as usize {
+        return Err(bad(format!("{} bytes decoded, header says {}", raw.len(), header.raw_len)));
+    }
+    if ChunkId::of(&raw) != expect {
+        return Err(bad("content does not match its hash".into()));
+    }
+    Ok(raw)
+}
+
+/// A staging pack being filled by one writer.
+#[derive(Debug)]
+pub(crate) struct PackWriter {
+    id: PackId,
+    path: PathBuf,
+    file: File,
+    len: u64,
+}
+
+impl PackWriter {
+    pub(crate) fn create(staging_dir: &Path) -> Result<Self> {
+        let id = PackId::new();
+        let path = staging_dir.join(format!("{id}.pack"));
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io("create staging pack", &path, e))?;
+        file.write_all(&encode_pack_header(id.to_bytes())).map_err(|e| Error::io("write staging pack", &path, e))?;
+        Ok(Self { id, path, file, len: PACK_HEADER_LEN as u64 })
+    }
+
+    /// Bytes written so far.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Appends a record; returns its location (with no references yet).
+    pub(crate) fn append(&mut self, rec: &PreparedRecord) -> Result<ChunkLocation> {
+        let offset = self.len;
+        let io = |e| Error::io("write staging pack", &self.path, e);
+        self.file.write_all(&rec.header.encode()).map_err(io)?;
+        self.file.write_all(&rec.stored).map_err(io)?;
+        self.len += (RECORD_HEADER_LEN + rec.stored.len()) as u64;
+        Ok(ChunkLocation {
+            pack: self.id,
+            offset,
+            stored_len: rec.header.stored_len,
+            raw_len: rec.header.raw_len,
+            refs: 0,
+        })
+    }
+
+    /// Syncs the pack and hands it to the store. After this, index entries may point at it.
+    pub(crate) async fn seal(self, store: &dyn PackStore) -> Result<PackId> {
+        let Self { id, path, file, .. } = self;
+        let synced_path = path.clone();
+        tokio::task::spawn_blocking(move || {
+            file.sync_all().map_err(|e| Error::io("sync staging pack", &synced_path, e))
+        })
+        .await
+        .map_err(|e| Error::io("sync staging pack", &path, std::io::Error::other(e)))??;
+        crate::failpoint!("pack::after_sync");
+        store.put(id, path).await?;
+        Ok(id)
+    }
+
+    /// Throws the staging pack away (capture failed or canceled).
+    pub(crate) fn discard(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Pack record as the `packs` family keeps it: its size, for GC accounting.
+pub(crate) fn pack_entry(bytes: u64) -> [u8; 8] {
+    bytes.to_le_bytes()
+}
+
+/// The engine's chunk store.
+#[derive(Debug)]
+pub(crate) struct ChunkStore {
+    catalog: Arc<Catalog>,
+    store: Arc<dyn PackStore>,
+    staging_dir: PathBuf,
+    zstd_level: i32,
+    /// Serialises read-modify-write of reference counts up to their commit.
+    index_lock: tokio::sync::Mutex<()>,
+}
+
+/// Index changes gathered by a writer, applied by [`ChunkStore::commit`].
+#[derive(Debug, Default)]
+pub(crate) struct IndexDelta {
+    /// Chunks this writer stored, with where (in a sealed pack).
+    pub new: HashMap<ChunkId, ChunkLocation>,
+    /// References to add (or, negative, drop) per chunk (new or already stored).
+    pub refs: HashMap<ChunkId, i64>,
+    /// Packs sealed by this writer, with their sizes.
+    pub packs: Vec<(PackId, u64)>,
+}
+
+impl IndexDelta {
+    pub(crate) fn add_ref(&mut self, id: ChunkId) {
+        *self.refs.entry(id).or_default() += 1;
+    }
+
+    pub(crate) fn drop_ref(&mut self, id: ChunkId) {
+        *self.refs.entry(id).or_default() -= 1;
+    }
+}
+
+impl ChunkStore {
+    pub(crate) fn open(
+        catalog: Arc<Catalog>,
+        store: Arc<dyn PackStore>,
+        staging_dir: PathBuf,
+        zstd_level: i32,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(&staging_dir).map_err(|e| Error::io("create staging directory", &staging_dir, e))?;
+        // Staging packs never referenced by the index: left by a crash before their seal.
+        if let Ok(entries) = std::fs::read_dir(&staging_dir) {
+            for e in entries.flatten() {
+                tracing::info!(file = %e.path().display(), "removing unsealed staging pack");
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        Ok(Self { catalog, store, staging_dir, zstd_level, index_lock: tokio::sync::Mutex::new(()) })
+    }
+
+    pub(crate) fn zstd_level(&self) -> i32 {
+        self.zstd_level
+    }
+
+    pub(crate) fn pack_store(&self) -> &dyn PackStore {
+        &*self.store
+    }
+
+    pub(crate) fn new_pack(&self) -> Result<PackWriter> {
+        PackWriter::create(&self.staging_dir)
+    }
+
+    /// The index entry of a stored chunk.
+    pub(crate) fn lookup(&self, id: ChunkId) -> Result<Option<ChunkLocation>> {
+        self.catalog.get_raw("chunks", &id.0)?.map(|v| ChunkLocation::decode(&v)).transpose()
+    }
+
+    /// Reads and checks a stored chunk.
+    pub(crate) async fn read(&self, id: ChunkId) -> Result<Vec<u8>> {
+        let loc = self
+            .lookup(id)?
+            .ok_or_else(|| Error::corrupt("catalog/chunks", format!("chunk {id} is referenced but not stored")))?;
+        let bytes = self.store.get_range(loc.pack, loc.offset, RECORD_HEADER_LEN + loc.stored_len as usize).await?;
+        decode_full(&bytes, id, Path::new(&format!("pack {}", loc.pack)))
+    }
+
+    /// Adds `delta`'s index changes to `batch` and commits it, atomically with whatever else
+    /// the batch holds. Reference counts are read and written under one lock, so concurrent
+    /// writers storing the same chunk count correctly (the later copy's record is garbage).
+    pub(crate) async fn commit(&self, mut batch: Batch<'_>, delta: &IndexDelta) -> Result<()> {
+        let _lock = self.index_lock.lock().await;
+        for (id, add) in &delta.refs {
+            let loc = match self.lookup(*id)? {
+                Some(existing) => existing,
+                None => *delta.new.get(id).ok_or_else(|| {
+                    Error::corrupt("catalog/chunks", format!("reference to chunk {id} that is not stored"))
+                })?,
+            };
+            let refs = loc.refs.checked_add_signed(*add).unwrap_or_else(|| {
+                tracing::error!(chunk = %id, refs = loc.refs, add, "reference count would go negative; clamped to 0");
+                0
+            });
+            let loc = ChunkLocation { refs, ..loc };
+            batch.put_raw("chunks", &id.0, &loc.encode())?;
+        }
+        for (pack, bytes) in &delta.packs {
+            batch.put_raw("packs", &pack.to_bytes(), &pack_entry(*bytes))?;
+        }
+        self.catalog.commit(batch)
+    }
+}

@@ -1,0 +1,661 @@
+//! Live disks: sparse files served read-write, with a write gate and change tracking.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use serde::{Deserialize, Serialize};
+
+use crate::capture::PendingCapture;
+use crate::catalog::Record;
+use crate::error::{Error, Result};
+use crate::format::{DISK_ALIGN, MAX_CHUNK_SIZE, MAX_DISK_SIZE, MAX_IO_BYTES, MIN_CHUNK_SIZE};
+use crate::gate::{GateClosed, WriteGate};
+use crate::ids::{DiskId, GroupId, LineageId, Name};
+use crate::io::Io;
+use crate::local_map::LocalMap;
+use crate::restore_points::DiskRestorePointReader;
+use crate::restored::Restored;
+use crate::sys::{self, IoBuf};
+use crate::tracking::ChangeTracker;
+
+/// A disk as the catalog stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskRecord {
+    pub id: DiskId,
+    pub name: Name,
+    pub lineage: LineageId,
+    pub size_bytes: u64,
+    pub chunk_size_bytes: u64,
+    /// Open the file with O_DIRECT (bypass the page cache); I/O must then be 4 KiB aligned.
+    pub direct_io: bool,
+    pub group: Option<GroupId>,
+    pub created_at_ms: u64,
+    /// The disk restore point this disk was restored from, if it was.
+    #[serde(default)]
+    pub source: Option<RestoreSource>,
+    /// A restored disk holds all its chunks locally and no longer reads from the store.
+    #[serde(default)]
+    pub hydrated: bool,
+}
+
+/// Where a restored disk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreSource {
+    pub restore_point: crate::ids::RestorePointId,
+    pub disk: DiskId,
+}
+
+impl Record for DiskRecord {
+    const CF: &'static str = "disks";
+    fn key(&self) -> [u8; 16] {
+        self.id.to_bytes()
+    }
+}
+
+/// What a caller asks for when creating a disk.
+#[derive(Debug, Clone)]
+pub struct CreateDisk {
+    pub name: String,
+    pub size_bytes: u64,
+    /// Power of two from 4 KiB to 4 MiB; `None` picks the default (256 KiB).
+    pub chunk_size_bytes: Option<u64>,
+    pub direct_io: bool,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Checks a disk size: non-zero, 4 KiB aligned, not absurd.
+pub(crate) fn check_size(size_bytes: u64) -> Result<()> {
+    if size_bytes == 0 {
+        return Err(Error::invalid("size_bytes", "must be greater than zero"));
+    }
+    if !size_bytes.is_multiple_of(DISK_ALIGN) {
+        return Err(Error::invalid("size_bytes", format!("{size_bytes} is not a multiple of {DISK_ALIGN}")));
+    }
+    if size_bytes > MAX_DISK_SIZE {
+        return Err(Error::invalid("size_bytes", format!("{size_bytes} is larger than the maximum {MAX_DISK_SIZE}")));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_chunk_size(chunk: u64) -> Result<()> {
+    if !chunk.is_power_of_two() || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk) {
+        return Err(Error::invalid(
+            "chunk_size_bytes",
+            format!("{chunk} is not a power of two from {MIN_CHUNK_SIZE} to {MAX_CHUNK_SIZE}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A run of a disk's address space that is either all data or all hole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub offset: u64,
+    pub len: u64,
+    /// False for a hole: reads return zeros and nothing is stored.
+    pub data: bool,
+}
+
+/// Per-disk I/O counters.
+#[derive(Debug, Default)]
+pub struct DiskCounters {
+    pub read_ops: AtomicU64,
+    pub read_bytes: AtomicU64,
+    pub write_ops: AtomicU64,
+    pub write_bytes: AtomicU64,
+    pub flush_ops: AtomicU64,
+    pub trim_ops: AtomicU64,
+}
+
+/// A live disk.
+pub struct Disk {
+    id: DiskId,
+    name: Name,
+    lineage: LineageId,
+    chunk_size_bytes: u64,
+    direct_io: bool,
+    created_at_ms: u64,
+    source: Option<RestoreSource>,
+    size_bytes: AtomicU64,
+    path: PathBuf,
+    file: Arc<File>,
+    io: Io,
+    gate: WriteGate,
+    tracker: ArcSwap<ChangeTracker>,
+    /// Set from a freeze until the capture of the closed epoch ends.
+    capture: ArcSwapOption<PendingCapture>,
+    /// For a disk restored from a disk restore point: its local map and base.
+    restored: Option<Restored>,
+    poisoned: AtomicBool,
+    counters: DiskCounters,
+}
+
+impl std::fmt::Debug for Disk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Disk")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Paths of a disk's files inside the disks directory.
+pub(crate) fn data_path(dir: &Path, id: DiskId) -> PathBuf {
+    dir.join(format!("{id}.raw"))
+}
+pub(crate) fn tracking_path(dir: &Path, id: DiskId) -> PathBuf {
+    dir.join(format!("{id}.ctk"))
+}
+pub(crate) fn local_path(dir: &Path, id: DiskId) -> PathBuf {
+    dir.join(format!("{id}.local"))
+}
+
+fn open_data_file(path: &Path, direct_io: bool, create: bool) -> Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(true);
+    if create {
+        opts.create_new(true);
+    }
+    if direct_io {
+        let flag = i32::try_from(rustix::fs::OFlags::DIRECT.bits()).unwrap_or(0);
+        opts.custom_flags(flag);
+    }
+    opts.open(path).map_err(|e| {
+        let context = if direct_io && e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) {
+            "open disk file with O_DIRECT (the file system may not support it)"
+        } else {
+            "open disk file"
+        };
+        Error::io(context, path, e)
+    })
+}
+
+impl Disk {
+    /// Creates the files of a new disk (sparse data file + tracking file), durably.
+    pub(crate) fn create(
+        dir: &Path,
+        record: &DiskRecord,
+        io: Io,
+        base: Option<DiskRestorePointReader>,
+    ) -> Result<Self> {
+        let path = data_path(dir, record.id);
+        let file = open_data_file(&path, record.direct_io, true)?;
+        file.set_len(record.size_bytes).map_err(|e| Error::io("size disk file", &path, e))?;
+        file.sync_all().map_err(|e| Error::io("sync disk file", &path, e))?;
+        let tracker = ChangeTracker::create(&tracking_path(dir, record.id), record.size_bytes)?;
+        let restored = match base {
+            Some(base) => {
+                let chunks = record.size_bytes.div_ceil(record.chunk_size_bytes);
+                Some(Restored::new(LocalMap::create(&local_path(dir, record.id), chunks)?, base))
+            }
+            None => None,
+        };
+        sys::sync_dir(dir).map_err(|e| Error::io("sync disks directory", dir, e))?;
+        Ok(Self::assemble(record, path, file, tracker, io, restored))
+    }
+
+    /// Opens an existing disk's files.
+    pub(crate) fn open(dir: &Path, record: &DiskRecord, io: Io, base: Option<DiskRestorePointReader>) -> Result<Self> {
+        let path = data_path(dir, record.id);
+        let file = open_data_file(&path, record.direct_io, false)?;
+        let len = file.metadata().map_err(|e| Error::io("stat disk file", &path, e))?.len();
+        if len < record.size_bytes {
+            // A crash between growing the file and committing the record leaves it longer,
+            // never shorter: shorter means damage.
+            return Err(Error::corrupt(&path, format!("disk file is {len} bytes, catalog says {}", record.size_bytes)));
+        }
+        let tracker = ChangeTracker::open(&tracking_path(dir, record.id))?;
+        if tracker.block_count() < crate::tracking::block_count(record.size_bytes) {
+            return Err(Error::corrupt(&path, "change tracking covers less than the disk"));
+        }
+        let restored = match base {
+            Some(base) => Some(Restored::new(LocalMap::open(&local_path(dir, record.id))?, base)),
+            None => None,
+        };
+        Ok(Self::assemble(record, path, file, tracker, io, restored))
+    }
+
+    fn assemble(
+        record: &DiskRecord,
+        path: PathBuf,
+        file: File,
+        tracker: ChangeTracker,
+        io: Io,
+        restored: Option<Restored>,
+    ) -> Self {
+        Self {
+            id: record.id,
+            name: record.name.clone(),
+            lineage: record.lineage,
+            chunk_size_bytes: record.chunk_size_bytes,
+            direct_io: record.direct_io,
+            created_at_ms: record.created_at_ms,
+            source: record.source,
+            size_bytes: AtomicU64::new(record.size_bytes),
+            path,
+            file: Arc::new(file),
+            io,
+            gate: WriteGate::default(),
+            tracker: ArcSwap::from_pointee(tracker),
+            capture: ArcSwapOption::empty(),
+            restored,
+            poisoned: AtomicBool::new(false),
+            counters: DiskCounters::default(),
+        }
+    }
+
+    pub fn id(&self) -> DiskId {
+        self.id
+    }
+    pub fn name(&self) -> &Name {
+        &self.name
+    }
+    pub fn lineage(&self) -> LineageId {
+        self.lineage
+    }
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes.load(Ordering::Acquire)
+    }
+    pub fn chunk_size_bytes(&self) -> u64 {
+        self.chunk_size_bytes
+    }
+    pub fn direct_io(&self) -> bool {
+        self.direct_io
+    }
+    pub fn created_at_ms(&self) -> u64 {
+        self.created_at_ms
+    }
+    /// The disk restore point this disk was restored from.
+    pub fn source(&self) -> Option<RestoreSource> {
+        self.source
+    }
+    /// The sparse data file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    /// I/O counters.
+    pub fn counters(&self) -> &DiskCounters {
+        &self.counters
+    }
+    /// The change tracker as it stands (replaced on resize).
+    pub fn tracker(&self) -> Arc<ChangeTracker> {
+        self.tracker.load_full()
+    }
+    /// Smallest I/O granularity: 4 KiB for O_DIRECT disks, 1 byte otherwise.
+    pub fn min_io_bytes(&self) -> u64 {
+        if self.direct_io { DISK_ALIGN } else { 1 }
+    }
+
+    /// Bytes the file system has allocated to the disk's data file.
+    pub fn allocated_bytes(&self) -> Result<u64> {
+        sys::allocated_bytes(&self.file).map_err(|e| Error::io("stat disk file", &self.path, e))
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(Error::Poisoned { disk: self.name.to_string() });
+        }
+        Ok(())
+    }
+
+    fn check_range(&self, offset: u64, len: u64, limit_len: bool) -> Result<()> {
+        self.check_usable()?;
+        let size = self.size_bytes();
+        let end = offset.checked_add(len).ok_or_else(|| Error::invalid("offset", "offset + length overflows"))?;
+        if end > size {
+            return Err(Error::invalid("offset", format!("range {offset}+{len} ends past the disk size {size}")));
+        }
+        if limit_len && len > MAX_IO_BYTES {
+            return Err(Error::invalid("length", format!("{len} is larger than the maximum I/O of {MAX_IO_BYTES}")));
+        }
+        let align = self.min_io_bytes();
+        if !offset.is_multiple_of(align) || !len.is_multiple_of(align) {
+            return Err(Error::invalid(
+                "offset",
+                format!("O_DIRECT disk needs {align}-byte aligned I/O, got {offset}+{len}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads `len` bytes at `offset`. Holes read as zeros without data I/O.
+    pub async fn read(&self, offset: u64, len: u64) -> Result<IoBuf> {
+        self.check_range(offset, len, true)?;
+        let n = usize::try_from(len).map_err(|_| Error::invalid("length", "too large"))?;
+        let (res, mut buf) = self.io.read_at(&self.file, IoBuf::zeroed(n), offset).await;
+        let got = res.map_err(|e| Error::io("read disk", &self.path, e))?;
+        // The file is never shorter than the disk, so a short read only happens if someone
+        // truncated it behind our back; the rest reads as zeros (the buffer was zeroed).
+        if got < n {
+            tracing::warn!(disk = %self.name, offset, len, got, "short read from disk file");
+            buf[got..].fill(0);
+        }
+        if let Some(r) = &self.restored
+            && !r.local.hydrated()
+        {
+            self.overlay_remote(r, offset, &mut buf).await?;
+        }
+        self.counters.read_ops.fetch_add(1, Ordering::Relaxed);
+        self.counters.read_bytes.fetch_add(len, Ordering::Relaxed);
+        Ok(buf)
+    }
+
+    /// Writes `buf` at `offset`. With `fua`, the write is durable when this returns.
+    pub async fn write(&self, offset: u64, buf: IoBuf, fua: bool) -> Result<()> {
+        let len = buf.len() as u64;
+        self.check_range(offset, len, true)?;
+        {
+            let _pass = self.gate.enter().await;
+            self.make_local(offset, len).await?;
+            self.preserve_for_capture(offset, len).await?;
+            self.tracker.load().mark(offset, len);
+            let (res, _buf) = self.io.write_at(&self.file, buf, offset).await;
+            res.map_err(|e| Error::io("write disk", &self.path, e))?;
+        }
+        self.counters.write_ops.fetch_add(1, Ordering::Relaxed);
+        self.counters.write_bytes.fetch_add(len, Ordering::Relaxed);
+        if fua {
+            self.sync_file().await?;
+        }
+        Ok(())
+    }
+
+    /// Deallocates `[offset, offset + len)`: it reads as zeros and the file stays sparse.
+    /// Serves both trim and write-zeroes.
+    pub async fn punch(&self, offset: u64, len: u64, fua: bool) -> Result<()> {
+        self.check_range(offset, len, false)?;
+        if len == 0 {
+            return Ok(());
+        }
+        {
+            let _pass = self.gate.enter().await;
+            self.make_local(offset, len).await?;
+            self.preserve_for_capture(offset, len).await?;
+            self.tracker.load().mark(offset, len);
+            self.io
+                .punch_hole(&self.file, offset, len)
+                .await
+                .map_err(|e| Error::io("punch hole in disk", &self.path, e))?;
+        }
+        self.counters.trim_ops.fetch_add(1, Ordering::Relaxed);
+        if fua {
+            self.sync_file().await?;
+        }
+        Ok(())
+    }
+
+    /// Chunks of `[offset, offset + len)`, as (chunk index, start, end) clipped to the range.
+    fn chunk_spans(&self, offset: u64, len: u64) -> impl Iterator<Item = (u64, u64, u64)> + use<> {
+        let cs = self.chunk_size_bytes;
+        let end = offset + len;
+        let first = offset / cs;
+        let last = if len == 0 { first } else { (end - 1) / cs + 1 };
+        (first..last).map(move |c| (c, (c * cs).max(offset), ((c + 1) * cs).min(end)))
+    }
+
+    /// Replaces the bytes of chunks still in the store with their base content.
+    async fn overlay_remote(&self, r: &Restored, offset: u64, buf: &mut [u8]) -> Result<()> {
+        for (c, start, end) in self.chunk_spans(offset, buf.len() as u64) {
+            if !r.remote(c) {
+                continue;
+            }
+            let data = r.base.read_chunk(c).await?;
+            let from = usize::try_from(start - c * self.chunk_size_bytes).unwrap_or(0);
+            let to = usize::try_from(end - c * self.chunk_size_bytes).unwrap_or(0);
+            let at = usize::try_from(start - offset).unwrap_or(0);
+            if let (Some(dst), Some(src)) = (buf.get_mut(at..at + (to - from)), data.get(from..to)) {
+                dst.copy_from_slice(src);
+            }
+        }
+        Ok(())
+    }
+
+    /// Before a write or trim of a restored disk: every chunk it touches that is still in the
+    /// store gets its base content written to the file and synced, then becomes local.
+    async fn make_local(&self, offset: u64, len: u64) -> Result<()> {
+        let Some(r) = &self.restored else { return Ok(()) };
+        if r.local.hydrated() {
+            return Ok(());
+        }
+        for (c, _, _) in self.chunk_spans(offset, len) {
+            if !r.remote(c) {
+                continue;
+            }
+            let _stripe = r.stripe(c).lock().await;
+            if !r.remote(c) {
+                continue;
+            }
+            let data = r.base.read_chunk(c).await?;
+            if data.iter().any(|&b| b != 0) {
+                let (res, _) = self.io.write_at(&self.file, IoBuf::from_slice(&data), c * self.chunk_size_bytes).await;
+                res.map_err(|e| Error::io("fill chunk from its restore point", &self.path, e))?;
+                self.sync_file().await?;
+            }
+            r.local.set_local(c);
+        }
+        Ok(())
+    }
+
+    /// Hydration of one chunk: writes its base content to the file unless it is local or
+    /// zero. Returns true when data was written and the chunk awaits [`Self::hydrate_commit`].
+    pub(crate) async fn hydrate_chunk(&self, c: u64) -> Result<bool> {
+        let Some(r) = &self.restored else { return Ok(false) };
+        let _stripe = r.stripe(c).lock().await;
+        if !r.remote(c) {
+            return Ok(false);
+        }
+        if r.base_is_zero(c)? {
+            // The file is still a hole there: nothing to write, nothing to sync.
+            r.local.set_local(c);
+            return Ok(false);
+        }
+        let data = r.base.read_chunk(c).await?;
+        let (res, _) = self.io.write_at(&self.file, IoBuf::from_slice(&data), c * self.chunk_size_bytes).await;
+        res.map_err(|e| Error::io("hydrate chunk", &self.path, e))?;
+        Ok(true)
+    }
+
+    /// Makes a batch of hydrated chunks durable, then marks them local.
+    pub(crate) async fn hydrate_commit(&self, chunks: &[u64]) -> Result<()> {
+        let Some(r) = &self.restored else { return Ok(()) };
+        if !chunks.is_empty() {
+            self.sync_file().await?;
+        }
+        for &c in chunks {
+            r.local.set_local(c);
+        }
+        Ok(())
+    }
+
+    /// Ends hydration: every chunk is local; the disk no longer reads from the store.
+    pub(crate) fn finish_hydration(&self) -> Result<()> {
+        match &self.restored {
+            Some(r) => r.local.mark_hydrated(),
+            None => Ok(()),
+        }
+    }
+
+    /// For a restored disk: (chunks local so far, chunks in all, hydrated).
+    pub fn hydration(&self) -> Option<(u64, u64, bool)> {
+        self.restored.as_ref().map(|r| (r.local.local_count(), r.local.chunks(), r.local.hydrated()))
+    }
+
+    /// A copy of the local map's bits, for a full-scan capture of a restored disk.
+    pub(crate) fn local_snapshot(&self) -> Option<Vec<u64>> {
+        self.restored.as_ref().filter(|r| !r.local.hydrated()).map(|r| r.local.snapshot())
+    }
+
+    /// Copy-before-write: before `[offset, offset + len)` is overwritten, keep the old content
+    /// of its blocks in chunks the pending capture has not read yet.
+    async fn preserve_for_capture(&self, offset: u64, len: u64) -> Result<()> {
+        let Some(cap) = self.capture.load_full() else { return Ok(()) };
+        let cs = cap.chunk_size();
+        let end = (offset + len).min(cap.size_bytes());
+        if offset >= end {
+            return Ok(());
+        }
+        for c in offset / cs..=(end - 1) / cs {
+            if !cap.pending(c) {
+                continue;
+            }
+            let _stripe = cap.stripe(c).lock().await;
+            if !cap.pending(c) {
+                continue;
+            }
+            for block in cap.unpreserved_blocks(c, offset, len) {
+                let at = block * crate::format::BLOCK_SIZE;
+                let (res, buf) = self.io.read_at(&self.file, IoBuf::zeroed(crate::format::BLOCK_BYTES), at).await;
+                res.map_err(|e| Error::io("read block to preserve", &self.path, e))?;
+                cap.preserve(block, &buf)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Installs the copy-before-write state of a capture (inside a freeze).
+    pub(crate) fn begin_capture(&self, cap: Arc<PendingCapture>) {
+        self.capture.store(Some(cap));
+    }
+
+    /// Drops the capture state: writes stop preserving.
+    pub(crate) fn end_capture(&self) {
+        self.capture.store(None);
+    }
+
+    /// The pending capture, if one runs.
+    pub fn pending_capture(&self) -> Option<Arc<PendingCapture>> {
+        self.capture.load_full()
+    }
+
+    /// Reads chunk `c` as it was at the freeze: the file's content with preserved blocks laid
+    /// over it. Marks the chunk done, so writers stop preserving its blocks.
+    pub(crate) async fn read_chunk_for_capture(&self, cap: &PendingCapture, c: u64) -> Result<Vec<u8>> {
+        let (start, end) = cap.chunk_range(c);
+        let len = usize::try_from(end - start).map_err(|_| Error::invalid("chunk", "too large"))?;
+        let _stripe = cap.stripe(c).lock().await;
+        let (res, buf) = self.io.read_at(&self.file, IoBuf::zeroed(len), start).await;
+        res.map_err(|e| Error::io("read chunk to capture", &self.path, e))?;
+        let mut data = buf.to_vec();
+        cap.overlay(c, &mut data)?;
+        cap.mark_done(c);
+        Ok(data)
+    }
+
+    /// Data extents of the whole disk, as (offset, len).
+    pub(crate) fn data_extents(&self) -> Result<Vec<(u64, u64)>> {
+        Ok(self.extents(0, self.size_bytes())?.into_iter().filter(|e| e.data).map(|e| (e.offset, e.len)).collect())
+    }
+
+    /// Makes every write acknowledged so far durable, and the change bitmap with it.
+    pub async fn flush(&self) -> Result<()> {
+        self.check_usable()?;
+        self.sync_file().await?;
+        let tracker = self.tracker();
+        let persisted = tokio::task::spawn_blocking(move || tracker.persist())
+            .await
+            .map_err(|e| Error::io("persist change tracking", &self.path, std::io::Error::other(e)))?;
+        self.poison_on_err(persisted)?;
+        self.counters.flush_ops.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn sync_file(&self) -> Result<()> {
+        let res = self.io.sync_data(&self.file).await.map_err(|e| Error::io("fdatasync disk", &self.path, e));
+        self.poison_on_err(res)
+    }
+
+    /// A failed sync may have dropped dirty pages: refuse all further I/O rather than pretend.
+    fn poison_on_err(&self, res: Result<()>) -> Result<()> {
+        if let Err(e) = &res {
+            tracing::error!(disk = %self.name, error = %e, "sync failed; disk poisoned");
+            self.poisoned.store(true, Ordering::Release);
+        }
+        res
+    }
+
+    /// Data and hole runs covering `[offset, offset + len)` (SEEK_DATA / SEEK_HOLE).
+    pub fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        self.check_range(offset, len, false)?;
+        let Some(r) = self.restored.as_ref().filter(|r| !r.local.hydrated()) else {
+            return self.file_extents(offset, len);
+        };
+        // Chunks still in the store are data or hole as their base says.
+        let mut out: Vec<Extent> = Vec::new();
+        for (c, start, end) in self.chunk_spans(offset, len) {
+            let parts = if r.remote(c) {
+                vec![Extent { offset: start, len: end - start, data: !r.base_is_zero(c)? }]
+            } else {
+                self.file_extents(start, end - start)?
+            };
+            for e in parts {
+                match out.last_mut() {
+                    Some(last) if last.data == e.data && last.offset + last.len == e.offset => last.len += e.len,
+                    _ => out.push(e),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn file_extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        let end = offset + len;
+        let io = |e| Error::io("seek data/hole in disk", &self.path, e);
+        let mut out = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let data = sys::next_data(&self.file, pos).map_err(io)?.unwrap_or(end).min(end);
+            if data > pos {
+                out.push(Extent { offset: pos, len: data - pos, data: false });
+                pos = data;
+                continue;
+            }
+            let hole = sys::next_hole(&self.file, pos).map_err(io)?.min(end);
+            out.push(Extent { offset: pos, len: hole - pos, data: true });
+            pos = hole;
+        }
+        Ok(out)
+    }
+
+    /// Closes the write gate (freeze); dropping the guard reopens it.
+    pub(crate) async fn close_gate(&self) -> GateClosed {
+        self.gate.close().await
+    }
+
+    /// Grows the disk. Writes wait at the gate meanwhile; the caller commits the record.
+    pub(crate) async fn grow(&self, new_size: u64) -> Result<()> {
+        self.check_usable()?;
+        let _closed = self.gate.close().await;
+        if self.capture.load().is_some() {
+            return Err(Error::FailedPrecondition(format!(
+                "disk {} has a restore point capture running; resize it after the capture ends",
+                self.name
+            )));
+        }
+        let old = self.tracker();
+        self.file.set_len(new_size).map_err(|e| Error::io("grow disk file", &self.path, e))?;
+        let sync = self.file.sync_all().map_err(|e| Error::io("sync disk file", &self.path, e));
+        self.poison_on_err(sync)?;
+        let grown = old.grow(new_size)?;
+        self.tracker.store(Arc::new(grown));
+        self.size_bytes.store(new_size, Ordering::Release);
+        Ok(())
+    }
+
+    /// Clean close: data durable, tracking persisted and marked clean.
+    pub(crate) async fn close(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.sync_file().await?;
+        self.tracker().close()
+    }
+}

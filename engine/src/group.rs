@@ -1,0 +1,136 @@
+//! Groups (the disks of one VM plus its configuration) and the group freeze.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::Record;
+use crate::disk::Disk;
+use crate::error::{Error, Result};
+use crate::gate::GateClosed;
+use crate::ids::{DiskId, GroupId, Name};
+use crate::stats::FreezeStats;
+
+/// A group as the catalog stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub id: GroupId,
+    pub name: Name,
+    pub disks: Vec<DiskId>,
+    /// The VM's configuration: an opaque document the hypervisor stores with every restore point.
+    pub configuration: String,
+    pub created_at_ms: u64,
+}
+
+impl Record for GroupRecord {
+    const CF: &'static str = "groups";
+    fn key(&self) -> [u8; 16] {
+        self.id.to_bytes()
+    }
+}
+
+/// What a caller asks for when creating a group.
+#[derive(Debug, Clone, Default)]
+pub struct CreateGroup {
+    pub name: String,
+    pub disks: Vec<DiskId>,
+    pub configuration: String,
+}
+
+/// Largest configuration document kept with a group.
+pub const MAX_CONFIGURATION_BYTES: usize = 1 << 20;
+
+pub(crate) fn check_configuration(doc: &str) -> Result<()> {
+    if doc.len() > MAX_CONFIGURATION_BYTES {
+        return Err(Error::invalid(
+            "configuration",
+            format!("{} bytes is larger than the maximum {MAX_CONFIGURATION_BYTES}", doc.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Disks whose write gates are closed together: new writes wait, none is in flight.
+///
+/// The window (from the first gate starting to close to the last reopening) is recorded in
+/// the engine's freeze histogram when the freeze ends.
+#[must_use = "dropping a Freeze thaws at once"]
+pub struct Freeze {
+    disks: Vec<Arc<Disk>>,
+    gates: Vec<GateClosed>,
+    switched: bool,
+    started: Instant,
+    stats: Arc<FreezeStats>,
+}
+
+impl std::fmt::Debug for Freeze {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Freeze").field("disks", &self.disks.len()).field("started", &self.started).finish()
+    }
+}
+
+impl Freeze {
+    /// Closes the gates of `disks` at once and waits for their in-flight writes to drain.
+    pub(crate) async fn begin(mut disks: Vec<Arc<Disk>>, stats: Arc<FreezeStats>) -> Self {
+        disks.sort_by_key(|d| d.id());
+        disks.dedup_by_key(|d| d.id());
+        let started = Instant::now();
+        let gates = futures::future::join_all(disks.iter().map(|d| d.close_gate())).await;
+        Self { disks, gates, switched: false, started, stats }
+    }
+
+    /// The frozen disks.
+    pub fn disks(&self) -> &[Arc<Disk>] {
+        &self.disks
+    }
+
+    /// Closes the change-tracking epoch of every frozen disk (in memory only; persisted by
+    /// [`Self::thaw`]). Fails without switching any disk if one still holds an unconsumed epoch.
+    pub fn switch_epochs(&mut self) -> Result<()> {
+        if let Some(busy) = self.disks.iter().find(|d| d.tracker().closed_pending()) {
+            return Err(Error::FailedPrecondition(format!(
+                "disk {} still has a restore point capture pending",
+                busy.name()
+            )));
+        }
+        for d in &self.disks {
+            d.tracker().switch_epoch()?;
+        }
+        self.switched = true;
+        Ok(())
+    }
+
+    /// Time since the freeze began.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Reopens the gates, records the window, then persists switched epochs.
+    pub async fn thaw(mut self) -> Result<Duration> {
+        let window = self.open_gates();
+        if self.switched {
+            let trackers: Vec<_> = self.disks.iter().map(|d| d.tracker()).collect();
+            tokio::task::spawn_blocking(move || trackers.iter().try_for_each(|t| t.persist()))
+                .await
+                .map_err(|e| Error::io("persist change tracking", "", std::io::Error::other(e)))??;
+        }
+        Ok(window)
+    }
+
+    fn open_gates(&mut self) -> Duration {
+        if self.gates.is_empty() {
+            return Duration::ZERO;
+        }
+        self.gates.clear();
+        let window = self.started.elapsed();
+        self.stats.record(window);
+        window
+    }
+}
+
+impl Drop for Freeze {
+    fn drop(&mut self) {
+        self.open_gates();
+    }
+}

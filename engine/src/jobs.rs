@@ -1,0 +1,127 @@
+//! Background jobs: the tasks behind running operations, their cancel flags, and the
+//! per-collection "one creation at a time" rule.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+use crate::ids::{CollectionId, OperationId};
+
+struct Job {
+    cancel: Arc<AtomicBool>,
+    task: Option<JoinHandle<()>>,
+    /// Shutdown cancels the job at once (it resumes at the next start) instead of waiting.
+    park: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    running: HashMap<OperationId, Job>,
+    creating: HashSet<CollectionId>,
+    closing: bool,
+}
+
+/// Running background jobs of an engine.
+#[derive(Default)]
+pub(crate) struct Jobs {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl std::fmt::Debug for Jobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Jobs")
+    }
+}
+
+/// Held while a restore point is being created in a collection; dropping it lets the next
+/// creation in.
+pub(crate) struct CreationSlot {
+    jobs: Arc<Mutex<Inner>>,
+    collection: CollectionId,
+}
+
+impl Drop for CreationSlot {
+    fn drop(&mut self) {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).creating.remove(&self.collection);
+    }
+}
+
+impl Jobs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Claims the collection's creation slot, or says clearly that it is taken.
+    pub(crate) fn begin_creation(&self, collection: CollectionId, name: &str) -> Result<CreationSlot> {
+        let mut inner = self.lock();
+        if inner.closing {
+            return Err(Error::FailedPrecondition("the engine is shutting down".into()));
+        }
+        if !inner.creating.insert(collection) {
+            return Err(Error::FailedPrecondition(format!(
+                "a restore point is already being created in collection {name}; wait for it to finish"
+            )));
+        }
+        Ok(CreationSlot { jobs: self.inner.clone(), collection })
+    }
+
+    /// A cancel flag for a new operation's job. `park` jobs (hydration, GC, verify) are
+    /// stopped at once on shutdown and resumed at the next start; the others are waited for.
+    pub(crate) fn register(&self, op: OperationId, park: bool) -> Arc<AtomicBool> {
+        let flag = Arc::new(AtomicBool::new(false));
+        self.lock().running.insert(op, Job { cancel: flag.clone(), task: None, park });
+        flag
+    }
+
+    /// Runs `job` in the background as operation `op` (registered before).
+    pub(crate) fn spawn(&self, op: OperationId, job: impl Future<Output = ()> + Send + 'static) {
+        let inner = self.inner.clone();
+        let handle = tokio::spawn(async move {
+            job.await;
+            inner.lock().unwrap_or_else(|p| p.into_inner()).running.remove(&op);
+        });
+        if let Some(job) = self.lock().running.get_mut(&op) {
+            job.task = Some(handle);
+        }
+    }
+
+    /// Asks a running job to stop; false when no such job runs.
+    pub(crate) fn cancel(&self, op: OperationId) -> bool {
+        match self.lock().running.get(&op) {
+            Some(job) => {
+                job.cancel.store(true, Ordering::Release);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stops taking jobs, waits up to `grace` for running ones, then cancels the rest and
+    /// waits for them to wind down.
+    pub(crate) async fn shutdown(&self, grace: Duration) {
+        let handles: Vec<JoinHandle<()>> = {
+            let mut inner = self.lock();
+            inner.closing = true;
+            for job in inner.running.values().filter(|j| j.park) {
+                job.cancel.store(true, Ordering::Release);
+            }
+            inner.running.values_mut().filter_map(|j| j.task.take()).collect()
+        };
+        if handles.is_empty() {
+            return;
+        }
+        tracing::info!(jobs = handles.len(), "waiting for background jobs before shutdown");
+        let mut all = futures::future::join_all(handles);
+        if tokio::time::timeout(grace, &mut all).await.is_err() {
+            tracing::warn!("background jobs still running past the grace period; canceling them");
+            for job in self.lock().running.values() {
+                job.cancel.store(true, Ordering::Release);
+            }
+            all.await;
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! Long-running operations (capture, hydration, copy, GC, verify): persisted state and
+//! progress. The engine runs them; the daemon only exposes them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::Record;
+use crate::ids::OperationId;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OperationKind {
+    Capture,
+    Hydration,
+    Copy,
+    Gc,
+    Verify,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OperationState {
+    Running,
+    Succeeded,
+    Failed { error: String },
+    Canceled,
+}
+
+impl OperationState {
+    pub fn is_terminal(&self) -> bool {
+        !matches!(self, OperationState::Running)
+    }
+}
+
+/// An operation as the catalog stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationRecord {
+    pub id: OperationId,
+    pub kind: OperationKind,
+    /// What it works on, e.g. `restore-point/<id>`.
+    pub target: String,
+    pub state: OperationState,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// Why the operation waits, when it does (e.g. free space below the watermark).
+    #[serde(default)]
+    pub paused: Option<String>,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+impl OperationRecord {
+    /// Progress in percent (100 when there is nothing to do).
+    pub fn percent(&self) -> f64 {
+        if self.bytes_total == 0 {
+            return if self.state.is_terminal() { 100.0 } else { 0.0 };
+        }
+        #[allow(clippy::cast_precision_loss, reason = "a percentage")]
+        let p = self.bytes_done as f64 * 100.0 / self.bytes_total as f64;
+        p.min(100.0)
+    }
+}
+
+impl Record for OperationRecord {
+    const CF: &'static str = "operations";
+    fn key(&self) -> [u8; 16] {
+        self.id.to_bytes()
+    }
+}

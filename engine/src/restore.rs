@@ -1,0 +1,186 @@
+//! Restore as new disks: a disk restore point becomes a live disk at once, hydrated in the
+//! background; a whole restore point becomes a new group of such disks.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::disk::{Disk, DiskRecord, RestoreSource, now_ms};
+use crate::engine::{DiskEntry, Engine};
+use crate::error::{Error, Result};
+use crate::group::{CreateGroup, GroupRecord};
+use crate::ids::{DiskId, LineageId, Name, OperationId, RestorePointId};
+use crate::operation::{OperationKind, OperationRecord, OperationState};
+use crate::restore_points::DiskRestorePointReader;
+
+/// Chunks hydrated between two syncs of the disk file.
+const HYDRATE_BATCH: usize = 64;
+
+/// What a caller asks for when restoring one disk.
+#[derive(Debug, Clone)]
+pub struct RestoreDisk {
+    pub restore_point: RestorePointId,
+    /// The disk (of the restore point) to restore.
+    pub disk: DiskId,
+    /// Name of the new disk.
+    pub name: String,
+    pub direct_io: bool,
+}
+
+fn new_operation(kind: OperationKind, target: String, total: u64) -> OperationRecord {
+    let now = now_ms();
+    OperationRecord {
+        id: OperationId::new(),
+        kind,
+        target,
+        state: OperationState::Running,
+        bytes_done: 0,
+        bytes_total: total,
+        paused: None,
+        created_at_ms: now,
+        updated_at_ms: now,
+    }
+}
+
+impl Engine {
+    /// Creates a disk from a disk restore point. The disk is usable at once; chunks not yet
+    /// local are read from the store, and a background operation hydrates them.
+    pub async fn restore_disk(&self, req: RestoreDisk) -> Result<(DiskRecord, OperationRecord)> {
+        let name = Name::new(req.name)?;
+        let base = DiskRestorePointReader::open(&self.inner.catalog, &self.inner.chunks, req.restore_point, req.disk)?;
+        let _admin = self.inner.admin.lock().await;
+        if self.state().disks.values().any(|e| e.disk.name() == &name) {
+            return Err(Error::already_exists(format!("disk {name}")));
+        }
+        let record = DiskRecord {
+            id: DiskId::new(),
+            name,
+            lineage: LineageId::new(),
+            size_bytes: base.size_bytes(),
+            chunk_size_bytes: base.chunk_size_bytes(),
+            direct_io: req.direct_io,
+            group: None,
+            created_at_ms: now_ms(),
+            source: Some(RestoreSource { restore_point: req.restore_point, disk: req.disk }),
+            hydrated: false,
+        };
+        let op = new_operation(OperationKind::Hydration, format!("disk/{}", record.id), record.size_bytes);
+        let dir = self.inner.disks_dir.clone();
+        let disk = Disk::create(&dir, &record, self.inner.io.clone(), Some(base.clone()))?;
+        let mut batch = self.inner.catalog.batch();
+        batch.put(&record)?;
+        batch.put(&op)?;
+        let lineage_key = [b"lineage:".as_slice(), &record.lineage.to_bytes()].concat();
+        let base_json = serde_json::to_vec(&base.base()).map_err(|e| Error::invalid("base", e.to_string()))?;
+        batch.put_raw("meta", &lineage_key, &base_json)?;
+        if let Err(e) = self.inner.catalog.commit(batch) {
+            crate::engine::remove_disk_files(&dir, record.id);
+            return Err(e);
+        }
+        let disk = Arc::new(disk);
+        self.state_mut().disks.insert(record.id, DiskEntry { disk: disk.clone(), group: None });
+        tracing::info!(disk = %record.name, from = %req.restore_point, "disk restored; hydrating in the background");
+        self.start_hydration(disk, op.clone());
+        Ok((record, op))
+    }
+
+    /// Restores every disk of a restore point and puts them in a new group with the
+    /// configuration the restore point saved. Disks are named `GROUP-DISK`.
+    pub async fn restore_group(
+        &self,
+        restore_point: RestorePointId,
+        group_name: &str,
+    ) -> Result<(GroupRecord, Vec<(DiskRecord, OperationRecord)>)> {
+        let group_name = Name::new(group_name)?;
+        let rp = self.restore_point(restore_point)?;
+        if self.group_by_name(group_name.as_str()).is_ok() {
+            return Err(Error::already_exists(format!("group {group_name}")));
+        }
+        let names: Vec<Name> =
+            rp.disks.iter().map(|d| Name::new(format!("{group_name}-{}", d.disk_name))).collect::<Result<_>>()?;
+        let mut restored = Vec::new();
+        for (d, name) in rp.disks.iter().zip(names) {
+            let req = RestoreDisk { restore_point, disk: d.disk, name: name.to_string(), direct_io: false };
+            restored.push(self.restore_disk(req).await?);
+        }
+        let group = self
+            .create_group(CreateGroup {
+                name: group_name.to_string(),
+                disks: restored.iter().map(|(d, _)| d.id).collect(),
+                configuration: rp.configuration.clone(),
+            })
+            .await?;
+        Ok((group, restored))
+    }
+
+    /// Starts (or resumes) hydrating a restored disk as operation `op`.
+    pub(crate) fn start_hydration(&self, disk: Arc<Disk>, op: OperationRecord) {
+        let cancel = self.inner.jobs.register(op.id, true);
+        let engine = self.clone();
+        self.inner.jobs.spawn(op.id, async move { engine.run_hydration(disk, op, cancel).await });
+    }
+
+    /// Resumes hydration of every restored disk not hydrated yet (at open).
+    pub(crate) fn resume_hydrations(&self) {
+        let disks: Vec<Arc<Disk>> = self.state().disks.values().map(|e| e.disk.clone()).collect();
+        for d in disks {
+            if let Some((_, _, false)) = d.hydration() {
+                let op = new_operation(OperationKind::Hydration, format!("disk/{}", d.id()), d.size_bytes());
+                if let Err(e) = self.put_operation(&mut op.clone()) {
+                    tracing::error!(disk = %d.name(), error = %e, "could not record hydration; retried at next start");
+                    continue;
+                }
+                tracing::info!(disk = %d.name(), "resuming hydration");
+                self.start_hydration(d, op);
+            }
+        }
+    }
+
+    async fn run_hydration(self, disk: Arc<Disk>, mut op: OperationRecord, cancel: Arc<AtomicBool>) {
+        let result = self.hydrate(&disk, &mut op, &cancel).await;
+        op.state = match &result {
+            Ok(()) => OperationState::Succeeded,
+            Err(Error::Canceled) => OperationState::Canceled,
+            Err(e) => OperationState::Failed { error: e.to_string() },
+        };
+        if let Err(e) = &result {
+            tracing::warn!(disk = %disk.name(), error = %e, "hydration stopped");
+        }
+        if let Err(e) = self.put_operation(&mut op) {
+            tracing::error!(disk = %disk.name(), error = %e, "could not record the hydration's end");
+        }
+    }
+
+    async fn hydrate(&self, disk: &Arc<Disk>, op: &mut OperationRecord, cancel: &AtomicBool) -> Result<()> {
+        let cs = disk.chunk_size_bytes();
+        let chunks = disk.size_bytes().div_ceil(cs);
+        let mut written = Vec::with_capacity(HYDRATE_BATCH);
+        for c in 0..chunks {
+            if cancel.load(Ordering::Acquire) {
+                disk.hydrate_commit(&written).await?;
+                return Err(Error::Canceled);
+            }
+            if !self.state().disks.contains_key(&disk.id()) {
+                return Err(Error::Canceled); // the disk was deleted
+            }
+            self.wait_for_space(op, cancel).await?;
+            if disk.hydrate_chunk(c).await? {
+                written.push(c);
+            }
+            op.bytes_done = ((c + 1) * cs).min(disk.size_bytes());
+            if written.len() >= HYDRATE_BATCH || c + 1 == chunks {
+                disk.hydrate_commit(&written).await?;
+                written.clear();
+                crate::failpoint!("hydrate::after_batch");
+                self.put_operation(op)?;
+            }
+        }
+        disk.finish_hydration()?;
+        let mut record = self.disk_record(disk.id())?;
+        record.hydrated = true;
+        let mut batch = self.inner.catalog.batch();
+        batch.put(&record)?;
+        self.inner.catalog.commit(batch)?;
+        tracing::info!(disk = %disk.name(), "hydration complete; the disk no longer reads from the store");
+        Ok(())
+    }
+}

@@ -1,0 +1,959 @@
+//! Collections and restore points on the engine: create (freeze, switch epochs, register
+//! the capture, thaw, capture in the background), read, list, crash recovery.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use crate::capture::PendingCapture;
+use crate::chunk::{ChunkId, ChunkRef};
+use crate::chunk_map;
+use crate::chunk_store::{IndexDelta, PackWriter, PreparedRecord, prepare_full};
+use crate::collection::{CollectionRecord, CreateCollection, DEFAULT_MAX_RESTORE_POINTS};
+use crate::disk::{Disk, now_ms};
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::format::{META_NEXT_SEQ_KEY, PACK_TARGET_BYTES, RECORD_HEADER_LEN};
+use crate::hooks::{HookContext, QuiesceHook, quiesce_all, thaw_all};
+use crate::ids::{CollectionId, DiskId, LineageId, Name, OperationId, RestorePointId};
+use crate::jobs::CreationSlot;
+use crate::operation::{OperationKind, OperationRecord, OperationState};
+use crate::restore_point::{CreateRestorePoint, DiskRestorePoint, ProvisioningState, RestorePointRecord};
+
+/// Largest `max_restore_points` a collection may set.
+pub const MAX_RESTORE_POINTS_LIMIT: u32 = 10_000;
+/// Chunk map entries committed per batch while capturing.
+const ENTRIES_PER_BATCH: usize = 8192;
+/// Chunks read and analysed concurrently by one capture.
+const CAPTURE_PARALLELISM: usize = 4;
+
+/// The result of analysing one captured chunk (off the async threads).
+enum Analysis {
+    Zero,
+    /// Already stored (found in the index at analysis time).
+    Known(ChunkId),
+    New(ChunkId, PreparedRecord),
+}
+
+fn analyse(data: &[u8], store_index: &dyn Fn(ChunkId) -> Result<bool>, level: i32) -> Result<Analysis> {
+    if data.iter().all(|&b| b == 0) {
+        return Ok(Analysis::Zero);
+    }
+    let id = ChunkId::of(data);
+    if store_index(id)? {
+        return Ok(Analysis::Known(id));
+    }
+    Ok(Analysis::New(id, prepare_full(id, data, level)?))
+}
+
+impl Engine {
+    /// This daemon's region.
+    pub fn region(&self) -> &str {
+        &self.inner.config.region
+    }
+
+    // ---- collections ---------------------------------------------------------------------
+
+    /// Creates a restore point collection for a group (one per group per region).
+    pub async fn create_collection(&self, req: CreateCollection) -> Result<CollectionRecord> {
+        let name = Name::new(req.name)?;
+        let max = req.max_restore_points.unwrap_or(DEFAULT_MAX_RESTORE_POINTS);
+        if max == 0 || max > MAX_RESTORE_POINTS_LIMIT {
+            return Err(Error::invalid(
+                "max_restore_points",
+                format!("{max} is not within 1..={MAX_RESTORE_POINTS_LIMIT}"),
+            ));
+        }
+        if let Some(h) = &req.hook {
+            if h.command.first().is_none_or(|p| p.is_empty()) {
+                return Err(Error::invalid("hook.command", "must name a program"));
+            }
+            if h.timeout_ms == 0 || h.timeout_ms > 3_600_000 {
+                return Err(Error::invalid("hook.timeout_ms", format!("{} is not within 1..=3600000", h.timeout_ms)));
+            }
+        }
+        let region = match req.region {
+            Some(r) => Name::new(r).map_err(|_| Error::invalid("region", "must be a valid name"))?.to_string(),
+            None => self.region().to_owned(),
+        };
+        let _admin = self.inner.admin.lock().await;
+        let group = self.group(req.group)?;
+        let existing = self.list_collections()?;
+        if existing.iter().any(|c| c.name == name) {
+            return Err(Error::already_exists(format!("collection {name}")));
+        }
+        if let Some(c) = existing.iter().find(|c| c.group == group.id && c.region == region) {
+            return Err(Error::FailedPrecondition(format!(
+                "group {} already has collection {} in region {region}",
+                group.name, c.name
+            )));
+        }
+        let record = CollectionRecord {
+            id: CollectionId::new(),
+            name,
+            group: group.id,
+            region,
+            max_restore_points: max,
+            hook: req.hook,
+            created_at_ms: now_ms(),
+        };
+        let mut batch = self.inner.catalog.batch();
+        batch.put(&record)?;
+        self.inner.catalog.commit(batch)?;
+        tracing::info!(collection = %record.name, group = %group.name, "collection created");
+        Ok(record)
+    }
+
+    pub fn collection(&self, id: CollectionId) -> Result<CollectionRecord> {
+        self.inner
+            .catalog
+            .get::<CollectionRecord>(id.to_bytes())?
+            .ok_or_else(|| Error::not_found(format!("collection {id}")))
+    }
+
+    pub fn collection_by_name(&self, name: &str) -> Result<CollectionRecord> {
+        self.list_collections()?
+            .into_iter()
+            .find(|c| c.name.as_str() == name)
+            .ok_or_else(|| Error::not_found(format!("collection {name}")))
+    }
+
+    pub fn list_collections(&self) -> Result<Vec<CollectionRecord>> {
+        self.inner.catalog.list::<CollectionRecord>()
+    }
+
+    /// Deletes a collection. With restore points in it, refused unless `cascade`, which
+    /// deletes them all (their chunk map entries and references) in the same batch.
+    pub async fn delete_collection(&self, id: CollectionId, cascade: bool) -> Result<()> {
+        let _admin = self.inner.admin.lock().await;
+        let coll = self.collection(id)?;
+        let _slot = self.inner.jobs.begin_creation(id, coll.name.as_str())?;
+        let rps = self.list_restore_points(id)?;
+        if !rps.is_empty() && !cascade {
+            return Err(Error::FailedPrecondition(format!(
+                "collection {} holds {} restore points; delete them first or cascade",
+                coll.name,
+                rps.len()
+            )));
+        }
+        if let Some((rp, dependent)) = self.restore_point_in_use_as_base(&rps)? {
+            return Err(Error::FailedPrecondition(format!(
+                "restore point {} is the origin of restored disk history {dependent} (a restored disk or its restore \
+                 points); delete those first",
+                rp.name
+            )));
+        }
+        let mut batch = self.inner.catalog.batch();
+        let mut delta = IndexDelta::default();
+        for rp in &rps {
+            for d in &rp.disks {
+                for chunk in chunk_map::drop_seq(&self.inner.catalog, &mut batch, d.lineage, rp.seq)? {
+                    delta.drop_ref(chunk);
+                }
+            }
+            batch.delete::<RestorePointRecord>(rp.id.to_bytes())?;
+        }
+        batch.delete::<CollectionRecord>(id.to_bytes())?;
+        self.inner.chunks.commit(batch, &delta).await?;
+        tracing::info!(collection = %coll.name, restore_points = rps.len(), "collection deleted");
+        Ok(())
+    }
+
+    /// The first of `rps` some live lineage (a disk, or restore points of one) reads through as
+    /// its base, with that lineage.
+    fn restore_point_in_use_as_base<'a>(
+        &self,
+        rps: &'a [RestorePointRecord],
+    ) -> Result<Option<(&'a RestorePointRecord, LineageId)>> {
+        let mut bases = Vec::new();
+        self.inner.catalog.scan("meta", b"lineage:", b"lineage:", |k, v| {
+            let id: [u8; 16] = k[8..].try_into().map_err(|_| Error::corrupt("catalog/meta", "bad lineage key"))?;
+            let base: crate::restore_point::LineageBase =
+                serde_json::from_slice(v).map_err(|e| Error::corrupt("catalog/meta", format!("lineage base: {e}")))?;
+            bases.push((LineageId::from(uuid::Uuid::from_bytes(id)), base));
+            Ok(true)
+        })?;
+        if bases.is_empty() {
+            return Ok(None);
+        }
+        let all = self.inner.catalog.list::<RestorePointRecord>()?;
+        let live_disks: Vec<LineageId> = self.state().disks.values().map(|e| e.disk.lineage()).collect();
+        for (lineage, base) in bases {
+            let live =
+                live_disks.contains(&lineage) || all.iter().any(|r| r.disks.iter().any(|d| d.lineage == lineage));
+            if !live {
+                continue;
+            }
+            if let Some(rp) =
+                rps.iter().find(|r| r.seq == base.seq && r.disks.iter().any(|d| d.lineage == base.lineage))
+            {
+                return Ok(Some((rp, lineage)));
+            }
+        }
+        Ok(None)
+    }
+
+    // ---- restore points ------------------------------------------------------------------
+
+    pub fn restore_point(&self, id: RestorePointId) -> Result<RestorePointRecord> {
+        self.inner
+            .catalog
+            .get::<RestorePointRecord>(id.to_bytes())?
+            .ok_or_else(|| Error::not_found(format!("restore point {id}")))
+    }
+
+    /// A collection's restore points, oldest first.
+    pub fn list_restore_points(&self, collection: CollectionId) -> Result<Vec<RestorePointRecord>> {
+        let mut rps: Vec<_> = self
+            .inner
+            .catalog
+            .list::<RestorePointRecord>()?
+            .into_iter()
+            .filter(|r| r.collection == collection)
+            .collect();
+        rps.sort_by_key(|r| r.seq);
+        Ok(rps)
+    }
+
+    pub fn restore_point_by_name(&self, collection: CollectionId, name: &str) -> Result<RestorePointRecord> {
+        self.list_restore_points(collection)?
+            .into_iter()
+            .find(|r| r.name.as_str() == name)
+            .ok_or_else(|| Error::not_found(format!("restore point {name}")))
+    }
+
+    pub fn operation(&self, id: OperationId) -> Result<OperationRecord> {
+        self.inner
+            .catalog
+            .get::<OperationRecord>(id.to_bytes())?
+            .ok_or_else(|| Error::not_found(format!("operation {id}")))
+    }
+
+    pub fn list_operations(&self) -> Result<Vec<OperationRecord>> {
+        let mut ops = self.inner.catalog.list::<OperationRecord>()?;
+        ops.sort_by_key(|o| o.created_at_ms);
+        Ok(ops)
+    }
+
+    /// Asks a running operation to stop; it ends `Canceled` (a capture's restore point
+    /// ends `Failed`, reason canceled).
+    pub fn cancel_operation(&self, id: OperationId) -> Result<OperationRecord> {
+        let op = self.operation(id)?;
+        if op.state.is_terminal() {
+            return Err(Error::FailedPrecondition(format!("operation {id} already ended ({:?})", op.state)));
+        }
+        self.inner.jobs.cancel(id);
+        Ok(op)
+    }
+
+    /// Registers a quiesce hook for a group (a hypervisor subscribed over gRPC). Returns a
+    /// handle; dropping it does nothing — call [`Self::unregister_quiesce_hook`].
+    pub fn register_quiesce_hook(&self, group: crate::ids::GroupId, hook: Arc<dyn QuiesceHook>) {
+        self.inner.hooks.write().unwrap_or_else(|p| p.into_inner()).entry(group).or_default().push(hook);
+    }
+
+    pub fn unregister_quiesce_hook(&self, group: crate::ids::GroupId, hook: &Arc<dyn QuiesceHook>) {
+        if let Some(v) = self.inner.hooks.write().unwrap_or_else(|p| p.into_inner()).get_mut(&group) {
+            v.retain(|h| !Arc::ptr_eq(h, hook));
+        }
+    }
+
+    fn lineage_has_restore_point(&self, all: &[RestorePointRecord], lineage: LineageId) -> bool {
+        all.iter().any(|rp| rp.state == ProvisioningState::Succeeded && rp.disks.iter().any(|d| d.lineage == lineage))
+    }
+
+    async fn next_seq(&self) -> Result<u64> {
+        let current = match self.inner.catalog.get_raw("meta", META_NEXT_SEQ_KEY)? {
+            None => 1,
+            Some(v) => u64::from_be_bytes(
+                v.as_slice().try_into().map_err(|_| Error::corrupt("catalog/meta", "next_seq is not 8 bytes"))?,
+            ),
+        };
+        Ok(current)
+    }
+
+    /// Creates a restore point of the collection's group: quiesce hooks, freeze of every
+    /// included disk at once, epoch switch, thaw, then capture in the background. Returns the
+    /// `Creating` record and its operation at once.
+    pub async fn create_restore_point(
+        &self,
+        collection: CollectionId,
+        req: CreateRestorePoint,
+    ) -> Result<(RestorePointRecord, OperationRecord)> {
+        let name = Name::new(req.name)?;
+        if req.description.len() > 4096 {
+            return Err(Error::invalid("description", "longer than 4096 bytes"));
+        }
+        let coll = self.collection(collection)?;
+        let group = self.group(coll.group)?;
+        if let Some(bad) = req.exclude_disks.iter().find(|d| !group.disks.contains(d)) {
+            return Err(Error::invalid("exclude_disks", format!("disk {bad} is not in group {}", group.name)));
+        }
+        let included: Vec<DiskId> = group.disks.iter().filter(|d| !req.exclude_disks.contains(d)).copied().collect();
+        if included.is_empty() {
+            return Err(Error::invalid("exclude_disks", format!("excludes every disk of group {}", group.name)));
+        }
+        let slot = self.inner.jobs.begin_creation(coll.id, coll.name.as_str())?;
+        let all = self.inner.catalog.list::<RestorePointRecord>()?;
+        let in_coll = all.iter().filter(|r| r.collection == coll.id).count();
+        if in_coll >= coll.max_restore_points as usize {
+            return Err(Error::LimitReached(format!(
+                "collection {} holds {in_coll} restore points, its limit is {}",
+                coll.name, coll.max_restore_points
+            )));
+        }
+        if all.iter().any(|r| r.collection == coll.id && r.name == name) {
+            return Err(Error::already_exists(format!("restore point {name} in collection {}", coll.name)));
+        }
+        let disks: Vec<Arc<Disk>> = included.iter().map(|d| self.disk(*d)).collect::<Result<_>>()?;
+        // A restored disk's first restore point is an increment over its base.
+        let first: Vec<bool> =
+            disks.iter().map(|d| !self.lineage_has_restore_point(&all, d.lineage()) && d.source().is_none()).collect();
+
+        let ctx = HookContext {
+            group: group.id,
+            group_name: group.name.clone(),
+            restore_point: name.clone(),
+            requested: req.consistency,
+        };
+        let mut hooks: Vec<Arc<dyn QuiesceHook>> =
+            self.inner.hooks.read().unwrap_or_else(|p| p.into_inner()).get(&group.id).cloned().unwrap_or_default();
+        if let Some(h) = &coll.hook {
+            hooks.push(Arc::new(h.clone()));
+        }
+        let (achieved, note) = quiesce_all(&hooks, &ctx).await;
+
+        let rp_id = RestorePointId::new();
+        let frozen = self.freeze_and_register(&group.id, &req.exclude_disks, &disks, &first, rp_id).await;
+        thaw_all(&hooks, &ctx).await;
+        let (window, caps) = frozen?;
+
+        let _admin = self.inner.admin.lock().await;
+        let seq = self.next_seq().await?;
+        let now = now_ms();
+        let op = OperationRecord {
+            id: OperationId::new(),
+            kind: OperationKind::Capture,
+            target: format!("restore-point/{rp_id}"),
+            state: OperationState::Running,
+            bytes_done: 0,
+            bytes_total: 0,
+            paused: None,
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        let rp = RestorePointRecord {
+            id: rp_id,
+            name,
+            collection: coll.id,
+            description: req.description,
+            seq,
+            created_at_ms: now,
+            state: ProvisioningState::Creating,
+            consistency_requested: req.consistency,
+            consistency_achieved: achieved,
+            consistency_note: note,
+            freeze_window_us: u64::try_from(window.as_micros()).unwrap_or(u64::MAX),
+            configuration: group.configuration.clone(),
+            disks: caps
+                .iter()
+                .map(|(d, cap)| DiskRestorePoint {
+                    disk: d.id(),
+                    disk_name: d.name().clone(),
+                    lineage: d.lineage(),
+                    base: chunk_map::lineage_base(&self.inner.catalog, d.lineage()).ok().flatten(),
+                    size_bytes: cap.size_bytes(),
+                    chunk_size_bytes: cap.chunk_size(),
+                    full_scan: cap.full_scan(),
+                    chunks_captured: 0,
+                    chunks_new: 0,
+                    chunks_deduplicated: 0,
+                    chunks_zero: 0,
+                    bytes_stored: 0,
+                    bytes_captured: 0,
+                    bytes_done: 0,
+                    bytes_total: 0,
+                    epoch: d.tracker().epoch(),
+                })
+                .collect(),
+            excluded_disks: req.exclude_disks,
+            completed_at_ms: None,
+            operation: op.id,
+        };
+        let mut batch = self.inner.catalog.batch();
+        batch.put(&rp)?;
+        batch.put(&op)?;
+        batch.put_raw("meta", META_NEXT_SEQ_KEY, &(seq + 1).to_be_bytes())?;
+        if let Err(e) = self.inner.catalog.commit(batch) {
+            for (d, _) in &caps {
+                d.end_capture();
+                d.tracker().merge_closed()?;
+            }
+            return Err(e);
+        }
+        tracing::info!(restore_point = %rp.name, collection = %coll.name, seq, window_us = rp.freeze_window_us, consistency = ?achieved, "restore point frozen; capture starts");
+
+        let cancel = self.inner.jobs.register(op.id, false);
+        let engine = self.clone();
+        let (rp2, op2) = (rp.clone(), op.clone());
+        self.inner.jobs.spawn(op.id, async move { engine.run_capture(rp2, op2, caps, cancel, slot).await });
+        Ok((rp, op))
+    }
+
+    /// The freeze: gates closed, epochs switched, captures registered, gates reopened.
+    /// Nothing here syncs or copies data.
+    async fn freeze_and_register(
+        &self,
+        group: &crate::ids::GroupId,
+        exclude: &[DiskId],
+        disks: &[Arc<Disk>],
+        first: &[bool],
+        rp_id: RestorePointId,
+    ) -> Result<(Duration, Vec<(Arc<Disk>, Arc<PendingCapture>)>)> {
+        // Build the capture states before the freeze; only installing them happens inside.
+        let caps: Vec<(Arc<Disk>, Arc<PendingCapture>)> = disks
+            .iter()
+            .zip(first)
+            .map(|(d, &first)| {
+                let tracker = d.tracker();
+                let full = first || tracker.untrusted();
+                let spill = self.inner.spill_dir.join(format!("{rp_id}-{}.blocks", d.id()));
+                let cap = PendingCapture::new(
+                    tracker,
+                    full,
+                    d.chunk_size_bytes(),
+                    d.size_bytes(),
+                    spill,
+                    self.inner.config.preserve_mem_bytes,
+                );
+                (d.clone(), Arc::new(cap))
+            })
+            .collect();
+        let mut freeze = self.freeze_group(*group, exclude).await?;
+        freeze.switch_epochs()?;
+        for (d, cap) in &caps {
+            if cap.full_scan()
+                && let Some(local) = d.local_snapshot()
+            {
+                cap.set_local_at_freeze(local);
+            }
+            d.begin_capture(cap.clone());
+        }
+        let window = freeze.thaw().await?;
+        Ok((window, caps))
+    }
+
+    async fn run_capture(
+        self,
+        mut rp: RestorePointRecord,
+        mut op: OperationRecord,
+        caps: Vec<(Arc<Disk>, Arc<PendingCapture>)>,
+        cancel: Arc<AtomicBool>,
+        slot: CreationSlot,
+    ) {
+        let started = std::time::Instant::now();
+        let result = self.capture_all(&mut rp, &mut op, &caps, &cancel).await;
+        if let Err(e) = &result {
+            tracing::warn!(restore_point = %rp.name, error = %e, "capture failed");
+            if let Err(e2) = self.fail_capture(&mut rp, e).await {
+                tracing::error!(restore_point = %rp.name, error = %e2, "could not record the failed capture; the next start cleans it up");
+            }
+            for (d, _) in &caps {
+                if let Err(e) = d.tracker().merge_closed() {
+                    tracing::error!(disk = %d.name(), error = %e, "could not merge change tracking back");
+                }
+            }
+        } else {
+            let stored: u64 = rp.disks.iter().map(|d| d.bytes_stored).sum();
+            tracing::info!(restore_point = %rp.name, seconds = started.elapsed().as_secs_f64(), stored, "restore point succeeded");
+        }
+        for (d, _) in &caps {
+            d.end_capture();
+        }
+        // The next creation may start once the operation reads as ended: free the slot first.
+        drop(slot);
+        op.state = match result {
+            Ok(()) => OperationState::Succeeded,
+            Err(Error::Canceled) => OperationState::Canceled,
+            Err(e) => OperationState::Failed { error: e.to_string() },
+        };
+        if let Err(e) = self.put_operation(&mut op) {
+            tracing::error!(op = %op.id, error = %e, "could not record the capture's end; the next start settles it");
+        }
+    }
+
+    async fn capture_all(
+        &self,
+        rp: &mut RestorePointRecord,
+        op: &mut OperationRecord,
+        caps: &[(Arc<Disk>, Arc<PendingCapture>)],
+        cancel: &AtomicBool,
+    ) -> Result<()> {
+        // Totals first, so progress means something from the start.
+        let mut plans = Vec::new();
+        for (i, (d, cap)) in caps.iter().enumerate() {
+            let extents = if cap.full_scan() { d.data_extents()? } else { Vec::new() };
+            let chunks = cap.chunks_to_capture(&extents);
+            let total: u64 = chunks
+                .iter()
+                .map(|&c| {
+                    let (s, e) = cap.chunk_range(c);
+                    e - s
+                })
+                .sum();
+            rp.disks[i].bytes_total = total;
+            plans.push(chunks);
+        }
+        op.bytes_total = rp.disks.iter().map(|d| d.bytes_total).sum();
+        for (i, ((d, cap), chunks)) in caps.iter().zip(plans).enumerate() {
+            self.capture_disk(rp, op, i, d, cap, &chunks, cancel).await?;
+        }
+        crate::failpoint!("capture::before_commit");
+        rp.state = ProvisioningState::Succeeded;
+        rp.completed_at_ms = Some(now_ms());
+        op.updated_at_ms = now_ms();
+        let mut batch = self.inner.catalog.batch();
+        batch.put(&*rp)?;
+        batch.put(&*op)?;
+        self.inner.catalog.commit(batch)?;
+        crate::failpoint!("capture::after_commit");
+        for (d, cap) in caps {
+            if let Err(e) = d.tracker().consume_closed(cap.full_scan()) {
+                // The restore point stands; the disk's tracking cannot be trusted to be exact.
+                tracing::error!(disk = %d.name(), error = %e, "could not consume the captured epoch");
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments, reason = "one disk of one capture: its records, plan and cancel flag")]
+    async fn capture_disk(
+        &self,
+        rp: &mut RestorePointRecord,
+        op: &mut OperationRecord,
+        i: usize,
+        disk: &Arc<Disk>,
+        cap: &Arc<PendingCapture>,
+        chunks: &[u64],
+        cancel: &AtomicBool,
+    ) -> Result<()> {
+        let lineage = disk.lineage();
+        let seq = rp.seq;
+        let level = self.inner.chunks.zstd_level();
+        let mut writer: Option<PackWriter> = None;
+        // Entries whose chunks are indexed (or zero) vs. entries waiting for their pack's seal.
+        let mut ready: Vec<(u64, ChunkRef)> = Vec::new();
+        let mut ready_delta = IndexDelta::default();
+        let mut in_pack: Vec<(u64, ChunkRef)> = Vec::new();
+        let mut pack_delta = IndexDelta::default();
+        let mut in_pack_ids: std::collections::HashSet<ChunkId> = std::collections::HashSet::new();
+
+        let engine = self.clone();
+        let mut results = futures::stream::iter(chunks.iter().copied())
+            .map(|c| {
+                let (disk, cap, engine) = (disk.clone(), cap.clone(), engine.clone());
+                // A task of its own, so a chunk read (which holds the chunk's stripe lock)
+                // runs to its end even while the consumer below waits (e.g. for free space):
+                // guest writes to that chunk must never wait on the consumer.
+                let path = disk.path().to_owned();
+                let task = tokio::spawn(async move {
+                    let data = disk.read_chunk_for_capture(&cap, c).await?;
+                    let len = data.len() as u64;
+                    let analysis = tokio::task::spawn_blocking(move || {
+                        let known = |id: ChunkId| engine.inner.chunks.lookup(id).map(|l| l.is_some());
+                        analyse(&data, &known, level)
+                    })
+                    .await
+                    .map_err(|e| Error::io("analyse chunk", disk.path(), std::io::Error::other(e)))??;
+                    Ok::<_, Error>((c, len, analysis))
+                });
+                async move { task.await.map_err(|e| Error::io("capture chunk", path, std::io::Error::other(e)))? }
+            })
+            .buffered(CAPTURE_PARALLELISM);
+
+        let outcome: Result<()> = async {
+            while let Some(item) = results.next().await {
+                if cancel.load(Ordering::Acquire) {
+                    return Err(Error::Canceled);
+                }
+                let (c, len, analysis) = item?;
+                let drp = &mut rp.disks[i];
+                drp.chunks_captured += 1;
+                drp.bytes_captured += len;
+                drp.bytes_done += len;
+                op.bytes_done += len;
+                match analysis {
+                    Analysis::Zero => {
+                        drp.chunks_zero += 1;
+                        ready.push((c, ChunkRef::Zero));
+                    }
+                    Analysis::Known(id) => {
+                        drp.chunks_deduplicated += 1;
+                        ready.push((c, ChunkRef::Full(id)));
+                        ready_delta.add_ref(id);
+                    }
+                    Analysis::New(id, rec) => {
+                        if in_pack_ids.contains(&id) {
+                            drp.chunks_deduplicated += 1;
+                            in_pack.push((c, ChunkRef::Full(id)));
+                            pack_delta.add_ref(id);
+                        } else if self.inner.chunks.lookup(id)?.is_some() {
+                            drp.chunks_deduplicated += 1;
+                            ready.push((c, ChunkRef::Full(id)));
+                            ready_delta.add_ref(id);
+                        } else {
+                            self.wait_for_space(op, cancel).await?;
+                            let w = match &mut writer {
+                                Some(w) => w,
+                                None => writer.insert(self.inner.chunks.new_pack()?),
+                            };
+                            let loc = w.append(&rec)?;
+                            drp.chunks_new += 1;
+                            drp.bytes_stored += (RECORD_HEADER_LEN + rec.stored.len()) as u64;
+                            in_pack_ids.insert(id);
+                            pack_delta.new.insert(id, loc);
+                            in_pack.push((c, ChunkRef::Full(id)));
+                            pack_delta.add_ref(id);
+                        }
+                    }
+                }
+                if writer.as_ref().is_some_and(|w| w.len() >= PACK_TARGET_BYTES) {
+                    self.seal_and_commit(
+                        rp,
+                        op,
+                        lineage,
+                        seq,
+                        &mut writer,
+                        &mut in_pack,
+                        &mut pack_delta,
+                        &mut ready,
+                        &mut ready_delta,
+                    )
+                    .await?;
+                    in_pack_ids.clear();
+                } else if ready.len() >= ENTRIES_PER_BATCH {
+                    self.commit_entries(rp, op, lineage, seq, &mut ready, &mut ready_delta).await?;
+                }
+            }
+            self.seal_and_commit(
+                rp,
+                op,
+                lineage,
+                seq,
+                &mut writer,
+                &mut in_pack,
+                &mut pack_delta,
+                &mut ready,
+                &mut ready_delta,
+            )
+            .await
+        }
+        .await;
+        if outcome.is_err()
+            && let Some(w) = writer.take()
+        {
+            w.discard();
+        }
+        outcome
+    }
+
+    #[allow(clippy::too_many_arguments, reason = "the pieces of one capture's pending state")]
+    async fn seal_and_commit(
+        &self,
+        rp: &mut RestorePointRecord,
+        op: &mut OperationRecord,
+        lineage: LineageId,
+        seq: u64,
+        writer: &mut Option<PackWriter>,
+        in_pack: &mut Vec<(u64, ChunkRef)>,
+        pack_delta: &mut IndexDelta,
+        ready: &mut Vec<(u64, ChunkRef)>,
+        ready_delta: &mut IndexDelta,
+    ) -> Result<()> {
+        let mut sealed = None;
+        if let Some(w) = writer.take() {
+            let bytes = w.len();
+            let id = w.seal(self.inner.chunks.pack_store()).await?;
+            crate::failpoint!("capture::after_pack_seal");
+            sealed = Some((id, bytes));
+        }
+        ready.append(in_pack);
+        for (id, n) in pack_delta.refs.drain() {
+            *ready_delta.refs.entry(id).or_default() += n;
+        }
+        ready_delta.new.extend(pack_delta.new.drain());
+        ready_delta.packs.extend(sealed);
+        self.commit_entries(rp, op, lineage, seq, ready, ready_delta).await
+    }
+
+    #[allow(clippy::too_many_arguments, reason = "the pieces of one capture's pending state")]
+    async fn commit_entries(
+        &self,
+        rp: &RestorePointRecord,
+        op: &mut OperationRecord,
+        lineage: LineageId,
+        seq: u64,
+        entries: &mut Vec<(u64, ChunkRef)>,
+        delta: &mut IndexDelta,
+    ) -> Result<()> {
+        let mut batch = self.inner.catalog.batch();
+        for (index, r) in entries.drain(..) {
+            chunk_map::put(&mut batch, lineage, index, seq, &r)?;
+        }
+        op.updated_at_ms = now_ms();
+        batch.put(rp)?;
+        batch.put(&*op)?;
+        crate::failpoint!("capture::before_batch");
+        self.inner.chunks.commit(batch, delta).await?;
+        *delta = IndexDelta::default();
+        Ok(())
+    }
+
+    /// Pauses while the data dir's free space is under the watermark, saying so in the
+    /// operation, so guest writes never meet ENOSPC because of a background job.
+    pub(crate) async fn wait_for_space(&self, op: &mut OperationRecord, cancel: &AtomicBool) -> Result<()> {
+        loop {
+            let free = free_bytes(&self.inner.config.data_dir)?;
+            let watermark = self.inner.watermark_bytes.load(Ordering::Acquire);
+            if free >= watermark {
+                if op.paused.take().is_some() {
+                    self.put_operation(op)?;
+                    tracing::info!(op = %op.id, "free space back above the watermark; resuming");
+                }
+                return Ok(());
+            }
+            if cancel.load(Ordering::Acquire) {
+                return Err(Error::Canceled);
+            }
+            if op.paused.is_none() {
+                op.paused =
+                    Some(format!("paused: {free} bytes free in the data dir, below the {watermark}-byte watermark"));
+                self.put_operation(op)?;
+                tracing::warn!(op = %op.id, free, watermark, "free space below the watermark; job paused");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    pub(crate) fn put_operation(&self, op: &mut OperationRecord) -> Result<()> {
+        op.updated_at_ms = now_ms();
+        let mut batch = self.inner.catalog.batch();
+        batch.put(&*op)?;
+        self.inner.catalog.commit(batch)
+    }
+
+    /// Marks a capture's restore point failed: its partial entries dropped with their
+    /// references, in one batch. (The operation is settled by the caller.)
+    async fn fail_capture(&self, rp: &mut RestorePointRecord, err: &Error) -> Result<()> {
+        let reason = if matches!(err, Error::Canceled) { "canceled".to_owned() } else { err.to_string() };
+        let mut batch = self.inner.catalog.batch();
+        let mut delta = IndexDelta::default();
+        for d in &rp.disks {
+            for chunk in chunk_map::drop_seq(&self.inner.catalog, &mut batch, d.lineage, rp.seq)? {
+                delta.drop_ref(chunk);
+            }
+        }
+        rp.state = ProvisioningState::Failed { reason };
+        rp.completed_at_ms = Some(now_ms());
+        batch.put(&*rp)?;
+        self.inner.chunks.commit(batch, &delta).await
+    }
+
+    /// After a restart: restore points still `Creating` become `Failed` (their partial entries
+    /// dropped), and each disk's closed epoch is consumed if a succeeded restore point captured
+    /// it, else merged back into change tracking so the next capture misses nothing.
+    pub(crate) async fn recover_captures(&self) -> Result<()> {
+        let all = self.inner.catalog.list::<RestorePointRecord>()?;
+        for mut rp in all.iter().filter(|r| r.state == ProvisioningState::Creating).cloned() {
+            tracing::warn!(restore_point = %rp.name, "restore point was being created when the engine stopped; marking it failed");
+            let err = Error::FailedPrecondition("interrupted: the engine stopped before the capture finished".into());
+            self.fail_capture(&mut rp, &err).await?;
+        }
+        let all = self.inner.catalog.list::<RestorePointRecord>()?;
+        for mut op in self.inner.catalog.list::<OperationRecord>()? {
+            if op.state.is_terminal() {
+                continue;
+            }
+            // A capture whose restore point committed ended well; anything else was cut short.
+            let captured = all.iter().any(|r| r.operation == op.id && r.state == ProvisioningState::Succeeded);
+            op.state = if captured {
+                OperationState::Succeeded
+            } else {
+                OperationState::Failed { error: "interrupted: the engine stopped".into() }
+            };
+            self.put_operation(&mut op)?;
+        }
+        let all = self.inner.catalog.list::<RestorePointRecord>()?;
+        let disks: Vec<Arc<Disk>> = self.state().disks.values().map(|e| e.disk.clone()).collect();
+        for d in disks {
+            let t = d.tracker();
+            if !t.closed_pending() {
+                continue;
+            }
+            let captured = all.iter().find(|rp| {
+                rp.state == ProvisioningState::Succeeded
+                    && rp.disks.iter().any(|x| x.disk == d.id() && x.epoch == t.epoch())
+            });
+            match captured {
+                Some(rp) => {
+                    let full = rp.disks.iter().any(|x| x.disk == d.id() && x.full_scan);
+                    t.consume_closed(full)?;
+                }
+                None => {
+                    tracing::warn!(disk = %d.name(), "merging an uncaptured change-tracking epoch back");
+                    t.merge_closed()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- reading -------------------------------------------------------------------------
+
+    /// A reader of one disk restore point of a `Succeeded` restore point.
+    pub fn disk_restore_point(&self, rp: RestorePointId, disk: DiskId) -> Result<DiskRestorePointReader> {
+        DiskRestorePointReader::open(&self.inner.catalog, &self.inner.chunks, rp, disk)
+    }
+
+    /// Chunks of `disk` that changed from restore point `from` to restore point `to` (same
+    /// disk, `from` older): like EBS ListChangedBlocks.
+    pub fn changed_chunks(&self, from: RestorePointId, to: RestorePointId, disk: DiskId) -> Result<Vec<u64>> {
+        let a = self.disk_restore_point(from, disk)?;
+        let b = self.disk_restore_point(to, disk)?;
+        if a.lineage != b.lineage {
+            return Err(Error::invalid("from", "the two disk restore points are of different disk histories"));
+        }
+        if a.seq > b.seq {
+            return Err(Error::invalid("from", "must be older than `to`"));
+        }
+        let chunks = b.size_bytes.div_ceil(b.chunk_size_bytes);
+        Ok(chunk_map::changed(&self.inner.catalog, a.lineage, a.seq, b.seq)?
+            .into_iter()
+            .filter(|&c| c < chunks)
+            .collect())
+    }
+}
+
+fn free_bytes(dir: &std::path::Path) -> Result<u64> {
+    let st = rustix::fs::statvfs(dir).map_err(|e| Error::io("statvfs data dir", dir, e.into()))?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Reads one disk restore point: chunk by chunk through the chunk map and the chunk store.
+#[derive(Debug, Clone)]
+pub struct DiskRestorePointReader {
+    catalog: Arc<crate::catalog::Catalog>,
+    chunks: Arc<crate::chunk_store::ChunkStore>,
+    lineage: LineageId,
+    seq: u64,
+    size_bytes: u64,
+    chunk_size_bytes: u64,
+}
+
+impl DiskRestorePointReader {
+    /// A reader of disk `disk` of restore point `rp`, which must have succeeded.
+    pub(crate) fn open(
+        catalog: &Arc<crate::catalog::Catalog>,
+        chunks: &Arc<crate::chunk_store::ChunkStore>,
+        rp: RestorePointId,
+        disk: DiskId,
+    ) -> Result<Self> {
+        let record = catalog
+            .get::<RestorePointRecord>(rp.to_bytes())?
+            .ok_or_else(|| Error::not_found(format!("restore point {rp}")))?;
+        if record.state != ProvisioningState::Succeeded {
+            return Err(Error::FailedPrecondition(format!(
+                "restore point {} is {:?}, not readable",
+                record.name, record.state
+            )));
+        }
+        let d = record
+            .disks
+            .iter()
+            .find(|d| d.disk == disk)
+            .ok_or_else(|| Error::not_found(format!("disk {disk} in restore point {}", record.name)))?;
+        Ok(Self {
+            catalog: catalog.clone(),
+            chunks: chunks.clone(),
+            lineage: d.lineage,
+            seq: record.seq,
+            size_bytes: d.size_bytes,
+            chunk_size_bytes: d.chunk_size_bytes,
+        })
+    }
+
+    /// The lineage and sequence this reader reads (a restored lineage's base).
+    pub fn base(&self) -> crate::restore_point::LineageBase {
+        crate::restore_point::LineageBase { lineage: self.lineage, seq: self.seq }
+    }
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    pub fn chunk_size_bytes(&self) -> u64 {
+        self.chunk_size_bytes
+    }
+
+    pub fn chunk_count(&self) -> u64 {
+        self.size_bytes.div_ceil(self.chunk_size_bytes)
+    }
+
+    /// What chunk `index` holds.
+    pub fn chunk_ref(&self, index: u64) -> Result<ChunkRef> {
+        if index >= self.chunk_count() {
+            return Err(Error::invalid("chunk index", format!("{index} is past the last chunk")));
+        }
+        chunk_map::resolve(&self.catalog, self.lineage, index, self.seq)
+    }
+
+    /// Every chunk that is not all zeros, with its ref: like EBS ListSnapshotBlocks.
+    pub fn allocated_chunks(&self) -> Result<Vec<(u64, ChunkRef)>> {
+        Ok(chunk_map::allocated(&self.catalog, self.lineage, self.seq, self.chunk_count())?.into_iter().collect())
+    }
+
+    /// The raw bytes of chunk `index` (short for the last chunk), checked end to end.
+    pub async fn read_chunk(&self, index: u64) -> Result<Vec<u8>> {
+        let len =
+            usize::try_from((self.size_bytes - index * self.chunk_size_bytes).min(self.chunk_size_bytes)).unwrap_or(0);
+        match self.chunk_ref(index)? {
+            ChunkRef::Zero => Ok(vec![0; len]),
+            ChunkRef::Full(id) => {
+                let data = self.chunks.read(id).await?;
+                if data.len() != len {
+                    return Err(Error::corrupt(
+                        "catalog/chunk_map",
+                        format!("chunk {index} holds {} bytes, expected {len}", data.len()),
+                    ));
+                }
+                Ok(data)
+            }
+        }
+    }
+
+    /// Reads `[offset, offset + len)`.
+    pub async fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let end = offset.checked_add(len).filter(|&e| e <= self.size_bytes).ok_or_else(|| {
+            Error::invalid("offset", format!("range {offset}+{len} ends past the disk size {}", self.size_bytes))
+        })?;
+        if len > crate::format::MAX_IO_BYTES {
+            return Err(Error::invalid(
+                "length",
+                format!("{len} is larger than the maximum I/O of {}", crate::format::MAX_IO_BYTES),
+            ));
+        }
+        let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        let cs = self.chunk_size_bytes;
+        let mut pos = offset;
+        while pos < end {
+            let index = pos / cs;
+            let chunk = self.read_chunk(index).await?;
+            let from = usize::try_from(pos - index * cs).unwrap_or(0);
+            let to = usize::try_from((end - index * cs).min(chunk.len() as u64)).unwrap_or(0);
+            out.extend_from_slice(&chunk[from..to]);
+            pos = index * cs + to as u64;
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,39 @@
+//! File-system calls std lacks: hole punching, SEEK_DATA/SEEK_HOLE, allocated size,
+//! directory sync. All through rustix, so no `unsafe` here.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use rustix::fs::{FallocateFlags, SeekFrom, fallocate, seek};
+
+/// Deallocates `[offset, offset + len)`: reads return zeros, the file size is unchanged.
+pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    fallocate(file, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, offset, len)?;
+    Ok(())
+}
+
+/// First offset at or after `offset` holding data, or `None` past the last data.
+pub(crate) fn next_data(file: &File, offset: u64) -> io::Result<Option<u64>> {
+    match seek(file, SeekFrom::Data(offset)) {
+        Ok(pos) => Ok(Some(pos)),
+        Err(rustix::io::Errno::NXIO) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// First offset at or after `offset` in a hole (the end of the file counts as one).
+pub(crate) fn next_hole(file: &File, offset: u64) -> io::Result<u64> {
+    Ok(seek(file, SeekFrom::Hole(offset))?)
+}
+
+/// Bytes the file system has allocated to the file.
+pub(crate) fn allocated_bytes(file: &File) -> io::Result<u64> {
+    Ok(file.metadata()?.blocks() * 512)
+}
+
+/// Makes a directory's entries (a create or rename in it) durable.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}

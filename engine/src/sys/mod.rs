@@ -1,0 +1,11 @@
+//! Thin, safe wrappers over the few system facilities the engine needs beyond `std`:
+//! aligned I/O buffers, atomic words over a shared file mapping, hole punching and
+//! SEEK_DATA/SEEK_HOLE. The only `unsafe` outside `io/uring.rs` lives here.
+
+mod buf;
+mod fs;
+mod mapped_words;
+
+pub use buf::IoBuf;
+pub(crate) use fs::{allocated_bytes, next_data, next_hole, punch_hole, sync_dir};
+pub(crate) use mapped_words::MappedWords;

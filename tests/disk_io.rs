@@ -1,0 +1,125 @@
+//! Live disk I/O on real sparse files, on both backends.
+
+use cairn_engine::{CreateDisk, ErrorKind, Extent};
+
+use crate::common::{BACKENDS, allocated, disk, open, pattern};
+
+const MIB: u64 = 1 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn written_data_reads_back_and_holes_stay_holes() {
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = open(dir.path(), backend).await;
+        let rec = disk(&engine, "d0", 256 * MIB).await;
+        let d = engine.disk(rec.id).unwrap();
+        assert_eq!(allocated(d.path()), 0, "a new disk allocates nothing");
+
+        // Aligned, unaligned and block-straddling writes.
+        let writes =
+            [(0u64, 4096usize), (10 * MIB + 123, 10_000), (100 * MIB - 1000, 3 * 4096), (256 * MIB - 4096, 4096)];
+        for (i, (off, len)) in writes.iter().enumerate() {
+            d.write(*off, cairn_engine::IoBuf::from_slice(&pattern(i as u64, *len)), false).await.unwrap();
+        }
+        for (i, (off, len)) in writes.iter().enumerate() {
+            let got = d.read(*off, *len as u64).await.unwrap();
+            assert_eq!(&*got, &pattern(i as u64, *len)[..], "{backend:?} write {i}");
+        }
+        // Never-written regions read as zeros, and the file stays sparse.
+        let hole = d.read(50 * MIB, MIB).await.unwrap();
+        assert!(hole.iter().all(|&b| b == 0));
+        assert!(allocated(d.path()) <= 2 * MIB, "{backend:?}: {} bytes allocated", allocated(d.path()));
+
+        // The allocation map agrees with what was written.
+        let ext = d.extents(0, 8192).unwrap();
+        assert_eq!(
+            ext,
+            vec![Extent { offset: 0, len: 4096, data: true }, Extent { offset: 4096, len: 4096, data: false }]
+        );
+
+        d.flush().await.unwrap();
+        engine.close().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trim_and_write_zeroes_punch_holes() {
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = open(dir.path(), backend).await;
+        let rec = disk(&engine, "d0", 64 * MIB).await;
+        let d = engine.disk(rec.id).unwrap();
+        d.write(0, cairn_engine::IoBuf::from_slice(&pattern(7, 8 * MIB as usize)), false).await.unwrap();
+        d.flush().await.unwrap();
+        let before = allocated(d.path());
+        assert!(before >= 8 * MIB);
+
+        d.punch(MIB, 2 * MIB, false).await.unwrap(); // trim
+        d.punch(4 * MIB + 100, 5000, true).await.unwrap(); // write-zeroes, unaligned, FUA
+        let got = d.read(0, 8 * MIB).await.unwrap();
+        let mut want = pattern(7, 8 * MIB as usize);
+        want[MIB as usize..3 * MIB as usize].fill(0);
+        want[4 * MIB as usize + 100..4 * MIB as usize + 5100].fill(0);
+        assert!(got[..] == want[..], "{backend:?}: contents after punching");
+        assert!(allocated(d.path()) <= before - 2 * MIB, "{backend:?}: trim gave space back");
+        let holes: Vec<Extent> = d.extents(0, 8 * MIB).unwrap().into_iter().filter(|e| !e.data).collect();
+        assert!(holes.contains(&Extent { offset: MIB, len: 2 * MIB, data: false }), "{holes:?}");
+        // Trim and zeroes mark their blocks dirty like writes.
+        assert!(d.tracker().active_blocks().contains(&(MIB / 4096)));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_io_disks_need_aligned_io() {
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = open(dir.path(), backend).await;
+        let rec = engine
+            .create_disk(CreateDisk {
+                name: "direct".into(),
+                size_bytes: 16 * MIB,
+                chunk_size_bytes: Some(1 << 20),
+                direct_io: true,
+            })
+            .await
+            .unwrap();
+        let d = engine.disk(rec.id).unwrap();
+        assert_eq!(d.min_io_bytes(), 4096);
+        d.write(8192, cairn_engine::IoBuf::from_slice(&pattern(3, 65536)), true).await.unwrap();
+        assert_eq!(&*d.read(8192, 65536).await.unwrap(), &pattern(3, 65536)[..]);
+        let err = d.write(100, cairn_engine::IoBuf::zeroed(4096), false).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        let err = d.read(0, 100).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resize_grows_and_keeps_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), BACKENDS[0]).await;
+    let rec = disk(&engine, "grow", 4 * MIB).await;
+    let d = engine.disk(rec.id).unwrap();
+    d.write(4 * MIB - 4096, cairn_engine::IoBuf::from_slice(&pattern(1, 4096)), false).await.unwrap();
+    assert_eq!(
+        d.write(4 * MIB, cairn_engine::IoBuf::zeroed(4096), false).await.unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+
+    let grown = engine.resize_disk(rec.id, 64 * MIB).await.unwrap();
+    assert_eq!(grown.size_bytes, 64 * MIB);
+    assert_eq!(std::fs::metadata(d.path()).unwrap().len(), 64 * MIB);
+    d.write(64 * MIB - 4096, cairn_engine::IoBuf::from_slice(&pattern(2, 4096)), false).await.unwrap();
+    assert_eq!(&*d.read(4 * MIB - 4096, 4096).await.unwrap(), &pattern(1, 4096)[..]);
+    assert_eq!(&*d.read(64 * MIB - 4096, 4096).await.unwrap(), &pattern(2, 4096)[..]);
+    // Tracking covers the new size and kept the old bit.
+    let blocks = d.tracker().active_blocks();
+    assert_eq!(blocks, vec![4 * MIB / 4096 - 1, 64 * MIB / 4096 - 1]);
+
+    let err = engine.resize_disk(rec.id, 8 * MIB).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    engine.close().await.unwrap();
+    drop(engine);
+    let engine = open(dir.path(), BACKENDS[1]).await;
+    assert_eq!(engine.disk_record(rec.id).unwrap().size_bytes, 64 * MIB);
+}

@@ -1,0 +1,21 @@
+//! End-to-end tests: one binary (every test binary links RocksDB), one module per area,
+//! named `<area>_<behaviour>`. They drive real files in temp dirs, the real `cairnd` process
+//! and, as they land, real clients nobody here wrote.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_possible_truncation)]
+
+mod common;
+
+mod catalog_resources;
+mod daemon_lifecycle;
+mod disk_bad_input;
+mod disk_io;
+mod disk_reopen;
+mod freeze_concurrent_writers;
+mod restore_disk;
+mod restore_point_capture;
+mod restore_point_consistency;
+mod restore_point_cow;
+mod restore_point_crash;
+mod restore_point_model;
+mod restore_point_rules;
+mod tracking_model;
