@@ -251,6 +251,14 @@ impl PendingCapture {
         out
     }
 
+    /// Whether chunk `c` has few enough dirty blocks in the closed epoch to be worth storing
+    /// as a delta.
+    pub(crate) fn few_dirty_blocks(&self, c: u64) -> bool {
+        let bpc = self.blocks_per_chunk();
+        let dirty = self.tracker.closed_count(c * bpc, bpc);
+        dirty * 100 <= bpc * crate::delta::MAX_DELTA_SHARE_PERCENT as u64
+    }
+
     pub(crate) fn stripe(&self, c: u64) -> &tokio::sync::Mutex<()> {
         &self.stripes[usize::try_from(c % STRIPES as u64).unwrap_or(0)]
     }

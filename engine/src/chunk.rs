@@ -52,6 +52,9 @@ pub enum ChunkRef {
     Zero,
     /// A whole stored chunk, by content hash.
     Full(ChunkId),
+    /// The blocks that differ from a full `base` chunk, stored as record `delta`; `content` is
+    /// the BLAKE3 of the whole resulting chunk.
+    Delta { content: ChunkId, base: ChunkId, delta: ChunkId },
 }
 
 impl ChunkRef {
@@ -62,6 +65,14 @@ impl ChunkRef {
                 let mut v = Vec::with_capacity(33);
                 v.push(REF_FULL);
                 v.extend_from_slice(&id.0);
+                v
+            }
+            ChunkRef::Delta { content, base, delta } => {
+                let mut v = Vec::with_capacity(97);
+                v.push(REF_DELTA);
+                v.extend_from_slice(&content.0);
+                v.extend_from_slice(&base.0);
+                v.extend_from_slice(&delta.0);
                 v
             }
         }
@@ -76,16 +87,33 @@ impl ChunkRef {
                 id.copy_from_slice(&b[1..]);
                 Ok(ChunkRef::Full(ChunkId(id)))
             }
-            Some(&REF_DELTA) => Err(bad("delta chunk references need a newer cairnd")),
+            Some(&REF_DELTA) if b.len() == 97 => {
+                let id = |at: usize| {
+                    let mut id = [0u8; 32];
+                    id.copy_from_slice(&b[at..at + 32]);
+                    ChunkId(id)
+                };
+                Ok(ChunkRef::Delta { content: id(1), base: id(33), delta: id(65) })
+            }
             _ => Err(bad("malformed chunk map entry")),
         }
     }
 
-    /// The stored chunk this entry holds a reference on, if any.
-    pub fn stored(&self) -> Option<ChunkId> {
+    /// The stored records this entry holds a reference on: none, the chunk, or a delta's
+    /// base and its delta record.
+    pub fn stored(&self) -> Vec<ChunkId> {
+        match self {
+            ChunkRef::Zero => Vec::new(),
+            ChunkRef::Full(id) => vec![*id],
+            ChunkRef::Delta { base, delta, .. } => vec![*base, *delta],
+        }
+    }
+
+    /// The full chunk a new delta of this chunk would be taken against.
+    pub fn full_base(&self) -> Option<ChunkId> {
         match self {
             ChunkRef::Zero => None,
-            ChunkRef::Full(id) => Some(*id),
+            ChunkRef::Full(id) | ChunkRef::Delta { base: id, .. } => Some(*id),
         }
     }
 }
@@ -139,7 +167,8 @@ mod tests {
 
     #[test]
     fn refs_and_locations_round_trip() {
-        for r in [ChunkRef::Zero, ChunkRef::Full(ChunkId::of(b"x"))] {
+        let delta = ChunkRef::Delta { content: ChunkId::of(b"c"), base: ChunkId::of(b"b"), delta: ChunkId::of(b"d") };
+        for r in [ChunkRef::Zero, ChunkRef::Full(ChunkId::of(b"x")), delta] {
             assert_eq!(ChunkRef::decode(&r.encode()).unwrap(), r);
         }
         assert!(ChunkRef::decode(&[9]).is_err());

@@ -128,9 +128,7 @@ pub(crate) fn drop_seq(catalog: &Catalog, batch: &mut Batch<'_>, lineage: Lineag
             && s == seq
         {
             keys.push(k.to_vec());
-            if let Some(id) = ChunkRef::decode(v)?.stored() {
-                derefs.push(id);
-            }
+            derefs.extend(ChunkRef::decode(v)?.stored());
         }
         Ok(true)
     })?;

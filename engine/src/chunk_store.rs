@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::catalog::{Batch, Catalog};
-use crate::chunk::{ChunkId, ChunkLocation};
+use crate::chunk::{ChunkId, ChunkLocation, ChunkRef};
 use crate::error::{Error, Result};
 use crate::format::{Codec, PACK_HEADER_LEN, RECORD_HEADER_LEN, RecordHeader, RecordKind, encode_pack_header};
 use crate::ids::PackId;
@@ -27,30 +27,29 @@ pub(crate) struct PreparedRecord {
     pub stored: Vec<u8>,
 }
 
-/// Compresses `raw` with zstd at `level` (kept raw when that does not shrink it) and
+/// Compresses a full chunk with zstd at `level` (kept raw when that does not shrink it) and
 /// checksums the stored bytes.
 pub(crate) fn prepare_full(id: ChunkId, raw: &[u8], level: i32) -> Result<PreparedRecord> {
+    prepare(RecordKind::Full, id, raw, level)
+}
+
+/// Like [`prepare_full`], for any record kind; `id` is the BLAKE3 of `raw`.
+pub(crate) fn prepare(kind: RecordKind, id: ChunkId, raw: &[u8], level: i32) -> Result<PreparedRecord> {
     let raw_len = u32::try_from(raw.len()).map_err(|_| Error::invalid("chunk", "larger than 4 GiB"))?;
     let compressed = zstd::bulk::compress(raw, level).map_err(|e| Error::io("zstd compress", "chunk", e))?;
     let (codec, stored) =
         if compressed.len() < raw.len() { (Codec::Zstd, compressed) } else { (Codec::Raw, raw.to_vec()) };
     let stored_len = u32::try_from(stored.len()).map_err(|_| Error::invalid("chunk", "larger than 4 GiB"))?;
-    let header = RecordHeader {
-        kind: RecordKind::Full,
-        codec,
-        raw_len,
-        stored_len,
-        stored_crc: crc32fast::hash(&stored),
-        id: id.0,
-    };
+    let header = RecordHeader { kind, codec, raw_len, stored_len, stored_crc: crc32fast::hash(&stored), id: id.0 };
     Ok(PreparedRecord { header, stored })
 }
 
-/// Checks and decodes one full-chunk record read from a pack (`bytes` = header + stored).
-pub(crate) fn decode_full(bytes: &[u8], expect: ChunkId, where_: &Path) -> Result<Vec<u8>> {
+/// Checks and decodes one record read from a pack (`bytes` = header + stored): its kind, id,
+/// CRC, length, and the BLAKE3 of what it decodes to.
+pub(crate) fn decode(bytes: &[u8], kind: RecordKind, expect: ChunkId, where_: &Path) -> Result<Vec<u8>> {
     let header = RecordHeader::decode(bytes, where_)?;
     let bad = |r: String| Error::corrupt(where_, format!("chunk {expect}: {r}"));
-    if header.kind != RecordKind::Full || header.id != expect.0 {
+    if header.kind != kind || header.id != expect.0 {
         return Err(bad("record holds another chunk".into()));
     }
     let stored = bytes
@@ -209,13 +208,38 @@ impl ChunkStore {
         self.catalog.get_raw("chunks", &id.0)?.map(|v| ChunkLocation::decode(&v)).transpose()
     }
 
-    /// Reads and checks a stored chunk.
+    /// Reads and checks a stored full chunk.
     pub(crate) async fn read(&self, id: ChunkId) -> Result<Vec<u8>> {
+        self.read_record(id, RecordKind::Full).await
+    }
+
+    async fn read_record(&self, id: ChunkId, kind: RecordKind) -> Result<Vec<u8>> {
         let loc = self
             .lookup(id)?
             .ok_or_else(|| Error::corrupt("catalog/chunks", format!("chunk {id} is referenced but not stored")))?;
         let bytes = self.store.get_range(loc.pack, loc.offset, RECORD_HEADER_LEN + loc.stored_len as usize).await?;
-        decode_full(&bytes, id, Path::new(&format!("pack {}", loc.pack)))
+        decode(&bytes, kind, id, Path::new(&format!("pack {}", loc.pack)))
+    }
+
+    /// The raw content a chunk map entry names (`len` bytes for a zero chunk), checked end to
+    /// end: a delta is applied to its base and the result must hash to the entry's content.
+    pub(crate) async fn read_ref(&self, r: ChunkRef, len: usize) -> Result<Vec<u8>> {
+        match r {
+            ChunkRef::Zero => Ok(vec![0; len]),
+            ChunkRef::Full(id) => self.read(id).await,
+            ChunkRef::Delta { content, base, delta } => {
+                let base_data = self.read(base).await?;
+                let payload = self.read_record(delta, RecordKind::Delta).await?;
+                let data = crate::delta::apply(&base_data, &payload)?;
+                if ChunkId::of(&data) != content {
+                    return Err(Error::corrupt(
+                        "delta",
+                        format!("chunk {content}: base {base} + delta {delta} does not give the recorded content"),
+                    ));
+                }
+                Ok(data)
+            }
+        }
     }
 
     /// Adds `delta`'s index changes to `batch` and commits it, atomically with whatever else

@@ -55,6 +55,7 @@ mod chunk;
 mod chunk_map;
 mod chunk_store;
 mod collection;
+mod delta;
 mod disk;
 mod engine;
 mod error;

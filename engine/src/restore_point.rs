@@ -62,12 +62,15 @@ pub struct DiskRestorePoint {
     pub full_scan: bool,
     /// Chunks captured (dirty in this increment).
     pub chunks_captured: u64,
-    /// Chunks stored anew (not found in the store).
+    /// Chunks stored anew as full chunks (not found in the store).
     pub chunks_new: u64,
     /// Chunks found in the store already.
     pub chunks_deduplicated: u64,
     /// Chunks found all zeros.
     pub chunks_zero: u64,
+    /// Chunks stored as deltas over an earlier full chunk.
+    #[serde(default)]
+    pub chunks_delta: u64,
     /// Bytes written to packs for this disk (compressed, with record headers).
     pub bytes_stored: u64,
     /// Raw bytes captured.

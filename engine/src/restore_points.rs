@@ -35,15 +35,41 @@ enum Analysis {
     /// Already stored (found in the index at analysis time).
     Known(ChunkId),
     New(ChunkId, PreparedRecord),
+    /// The blocks that differ from the full chunk `base`; `record` is `None` when that delta
+    /// record is stored already.
+    Delta {
+        content: ChunkId,
+        base: ChunkId,
+        delta: ChunkId,
+        record: Option<PreparedRecord>,
+    },
 }
 
-fn analyse(data: &[u8], store_index: &dyn Fn(ChunkId) -> Result<bool>, level: i32) -> Result<Analysis> {
+/// Zero, already stored, a delta over `base` (when few blocks differ from it), or a new
+/// full chunk, in that order of preference.
+fn analyse(
+    data: &[u8],
+    base: Option<(ChunkId, Vec<u8>)>,
+    store_index: &dyn Fn(ChunkId) -> Result<bool>,
+    level: i32,
+) -> Result<Analysis> {
     if data.iter().all(|&b| b == 0) {
         return Ok(Analysis::Zero);
     }
     let id = ChunkId::of(data);
     if store_index(id)? {
         return Ok(Analysis::Known(id));
+    }
+    if let Some((base, base_data)) = base
+        && let Some(payload) = crate::delta::make(&base_data, data)
+    {
+        let delta = ChunkId::of(&payload);
+        let record = if store_index(delta)? {
+            None
+        } else {
+            Some(crate::chunk_store::prepare(crate::format::RecordKind::Delta, delta, &payload, level)?)
+        };
+        return Ok(Analysis::Delta { content: id, base, delta, record });
     }
     Ok(Analysis::New(id, prepare_full(id, data, level)?))
 }
@@ -371,6 +397,7 @@ impl Engine {
                     chunks_new: 0,
                     chunks_deduplicated: 0,
                     chunks_zero: 0,
+                    chunks_delta: 0,
                     bytes_stored: 0,
                     bytes_captured: 0,
                     bytes_done: 0,
@@ -561,9 +588,10 @@ impl Engine {
                 let task = tokio::spawn(async move {
                     let data = disk.read_chunk_for_capture(&cap, c).await?;
                     let len = data.len() as u64;
+                    let base = engine.delta_base(&cap, lineage, c, seq).await;
                     let analysis = tokio::task::spawn_blocking(move || {
                         let known = |id: ChunkId| engine.inner.chunks.lookup(id).map(|l| l.is_some());
-                        analyse(&data, &known, level)
+                        analyse(&data, base, &known, level)
                     })
                     .await
                     .map_err(|e| Error::io("analyse chunk", disk.path(), std::io::Error::other(e)))??;
@@ -593,6 +621,34 @@ impl Engine {
                         drp.chunks_deduplicated += 1;
                         ready.push((c, ChunkRef::Full(id)));
                         ready_delta.add_ref(id);
+                    }
+                    Analysis::Delta { content, base, delta, record } => {
+                        drp.chunks_delta += 1;
+                        let entry = ChunkRef::Delta { content, base, delta };
+                        if in_pack_ids.contains(&delta) {
+                            in_pack.push((c, entry));
+                            pack_delta.add_ref(delta);
+                            pack_delta.add_ref(base);
+                        } else if let Some(rec) =
+                            record.filter(|_| self.inner.chunks.lookup(delta).ok().flatten().is_none())
+                        {
+                            self.wait_for_space(op, cancel).await?;
+                            let w = match &mut writer {
+                                Some(w) => w,
+                                None => writer.insert(self.inner.chunks.new_pack()?),
+                            };
+                            let loc = w.append(&rec)?;
+                            drp.bytes_stored += (RECORD_HEADER_LEN + rec.stored.len()) as u64;
+                            in_pack_ids.insert(delta);
+                            pack_delta.new.insert(delta, loc);
+                            in_pack.push((c, entry));
+                            pack_delta.add_ref(delta);
+                            pack_delta.add_ref(base);
+                        } else {
+                            ready.push((c, entry));
+                            ready_delta.add_ref(delta);
+                            ready_delta.add_ref(base);
+                        }
                     }
                     Analysis::New(id, rec) => {
                         if in_pack_ids.contains(&id) {
@@ -709,6 +765,31 @@ impl Engine {
         self.inner.chunks.commit(batch, delta).await?;
         *delta = IndexDelta::default();
         Ok(())
+    }
+
+    /// The full chunk (and its content) a delta of chunk `c` would be taken against: the base
+    /// of the chunk's newest version before `seq`. `None` for full scans, for chunks whose
+    /// dirty share already rules a delta out, and when the base cannot be read intact (a
+    /// corrupt chunk is never built upon: the chunk is stored whole instead).
+    async fn delta_base(
+        &self,
+        cap: &PendingCapture,
+        lineage: LineageId,
+        c: u64,
+        seq: u64,
+    ) -> Option<(ChunkId, Vec<u8>)> {
+        if cap.full_scan() || !cap.few_dirty_blocks(c) {
+            return None;
+        }
+        let prev = chunk_map::resolve(&self.inner.catalog, lineage, c, seq.checked_sub(1)?).ok()?;
+        let base = prev.full_base()?;
+        match self.inner.chunks.read(base).await {
+            Ok(data) => Some((base, data)),
+            Err(e) => {
+                tracing::warn!(chunk = %base, error = %e, "base of a would-be delta is unreadable; storing the chunk whole");
+                None
+            }
+        }
     }
 
     /// Pauses while the data dir's free space is under the watermark, saying so in the
@@ -917,19 +998,14 @@ impl DiskRestorePointReader {
     pub async fn read_chunk(&self, index: u64) -> Result<Vec<u8>> {
         let len =
             usize::try_from((self.size_bytes - index * self.chunk_size_bytes).min(self.chunk_size_bytes)).unwrap_or(0);
-        match self.chunk_ref(index)? {
-            ChunkRef::Zero => Ok(vec![0; len]),
-            ChunkRef::Full(id) => {
-                let data = self.chunks.read(id).await?;
-                if data.len() != len {
-                    return Err(Error::corrupt(
-                        "catalog/chunk_map",
-                        format!("chunk {index} holds {} bytes, expected {len}", data.len()),
-                    ));
-                }
-                Ok(data)
-            }
+        let data = self.chunks.read_ref(self.chunk_ref(index)?, len).await?;
+        if data.len() != len {
+            return Err(Error::corrupt(
+                "catalog/chunk_map",
+                format!("chunk {index} holds {} bytes, expected {len}", data.len()),
+            ));
         }
+        Ok(data)
     }
 
     /// Reads `[offset, offset + len)`.

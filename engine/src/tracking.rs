@@ -172,6 +172,23 @@ impl ChangeTracker {
         Ok(self.epoch.fetch_add(1, Ordering::AcqRel) + 1)
     }
 
+    /// How many of the `n` blocks from `first` are dirty in the closed epoch.
+    pub(crate) fn closed_count(&self, first: u64, n: u64) -> u64 {
+        let words = self.slots[self.closed_index()].words();
+        let end = (first + n).min(self.block_count);
+        let mut b = first;
+        let mut count = 0;
+        while b < end {
+            let Some(w) = words.get((b / 64) as usize) else { break };
+            let bit = b % 64;
+            let take = (64 - bit).min(end - b);
+            let mask = if take == 64 { u64::MAX } else { ((1u64 << take) - 1) << bit };
+            count += u64::from((w.load(Ordering::Acquire) & mask).count_ones());
+            b += take;
+        }
+        count
+    }
+
     /// Whether any of the `n` blocks from `first` is dirty in the closed epoch.
     pub(crate) fn closed_any(&self, first: u64, n: u64) -> bool {
         let words = self.slots[self.closed_index()].words();

@@ -1,0 +1,126 @@
+//! Deltas: a chunk stored as the 4 KiB blocks that differ from a full base chunk.
+//!
+//! Payload: a bitmap of changed blocks (one bit per block, little-endian u64 words), then the
+//! changed blocks in order. A delta is always taken against a *full* chunk, never against
+//! another delta, so a read resolves at most base + one delta; when the share of blocks that
+//! differ from the base grows past [`MAX_DELTA_SHARE_PERCENT`], the capture stores a full
+//! chunk instead (consolidation).
+
+use crate::error::{Error, Result};
+use crate::format::BLOCK_BYTES;
+
+/// Above this share of changed blocks a full chunk is stored instead of a delta.
+pub const MAX_DELTA_SHARE_PERCENT: usize = 25;
+
+fn bitmap_bytes(blocks: usize) -> usize {
+    blocks.div_ceil(64) * 8
+}
+
+/// The delta taking `base` to `data`, or `None` when too much changed (or the lengths differ).
+pub(crate) fn make(base: &[u8], data: &[u8]) -> Option<Vec<u8>> {
+    if base.len() != data.len() || data.is_empty() {
+        return None;
+    }
+    let blocks = data.len().div_ceil(BLOCK_BYTES);
+    let changed: Vec<usize> = (0..blocks)
+        .filter(|&b| {
+            base[b * BLOCK_BYTES..].iter().take(BLOCK_BYTES).ne(data[b * BLOCK_BYTES..].iter().take(BLOCK_BYTES))
+        })
+        .collect();
+    if changed.len() * 100 > blocks * MAX_DELTA_SHARE_PERCENT {
+        return None;
+    }
+    let mut out = vec![0u8; bitmap_bytes(blocks)];
+    for &b in &changed {
+        out[b / 8] |= 1 << (b % 8);
+    }
+    for &b in &changed {
+        let end = ((b + 1) * BLOCK_BYTES).min(data.len());
+        out.extend_from_slice(&data[b * BLOCK_BYTES..end]);
+    }
+    Some(out)
+}
+
+/// Applies `payload` to `base`.
+pub(crate) fn apply(base: &[u8], payload: &[u8]) -> Result<Vec<u8>> {
+    let bad = |r: &str| Error::corrupt("delta", r.to_owned());
+    let blocks = base.len().div_ceil(BLOCK_BYTES);
+    let map_len = bitmap_bytes(blocks);
+    let (map, mut rest) = payload.split_at_checked(map_len).ok_or_else(|| bad("delta shorter than its bitmap"))?;
+    let mut out = base.to_vec();
+    for b in 0..blocks {
+        if map[b / 8] & (1 << (b % 8)) == 0 {
+            continue;
+        }
+        let len = ((b + 1) * BLOCK_BYTES).min(base.len()) - b * BLOCK_BYTES;
+        let (block, tail) = rest.split_at_checked(len).ok_or_else(|| bad("delta shorter than its blocks"))?;
+        out[b * BLOCK_BYTES..b * BLOCK_BYTES + len].copy_from_slice(block);
+        rest = tail;
+    }
+    if !rest.is_empty() {
+        return Err(bad("delta longer than its blocks"));
+    }
+    if map.iter().enumerate().any(|(i, byte)| (0..8).any(|bit| byte & (1 << bit) != 0 && i * 8 + bit >= blocks)) {
+        return Err(bad("delta names blocks past the chunk"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn small_changes_make_deltas_and_large_ones_do_not() {
+        let base = vec![7u8; 64 * BLOCK_BYTES];
+        let mut data = base.clone();
+        data[5 * BLOCK_BYTES + 3] = 1;
+        data[40 * BLOCK_BYTES] = 2;
+        let d = make(&base, &data).unwrap();
+        assert_eq!(d.len(), 8 + 2 * BLOCK_BYTES);
+        assert_eq!(apply(&base, &d).unwrap(), data);
+        let mut many = base.clone();
+        for b in 0..17 {
+            many[b * BLOCK_BYTES] = 9;
+        }
+        assert!(make(&base, &many).is_none(), "17 of 64 blocks is past 25%");
+        assert!(make(&base, &data[..BLOCK_BYTES]).is_none());
+    }
+
+    #[test]
+    fn damaged_deltas_are_errors() {
+        let base = vec![0u8; 8 * BLOCK_BYTES];
+        let mut data = base.clone();
+        data[0] = 1;
+        let d = make(&base, &data).unwrap();
+        assert!(apply(&base, &d[..d.len() - 1]).is_err());
+        let mut longer = d.clone();
+        longer.push(0);
+        assert!(apply(&base, &longer).is_err());
+        let mut past = d.clone();
+        past[1] = 0x80; // block 15 of an 8-block chunk
+        assert!(apply(&base, &past).is_err());
+        assert!(apply(&base, &[]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn apply_inverts_make(blocks in 1usize..80, short in 0usize..4096, edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..12)) {
+            let len = blocks * BLOCK_BYTES - if blocks > 1 { short } else { 0 };
+            let base: Vec<u8> = (0..len).map(|i| u8::try_from(i % 251).unwrap()).collect();
+            let mut data = base.clone();
+            for (at, v) in edits {
+                data[at % len] = v;
+            }
+            if let Some(d) = make(&base, &data) {
+                prop_assert_eq!(apply(&base, &d).unwrap(), data);
+            }
+        }
+
+        #[test]
+        fn apply_never_panics(base_blocks in 1usize..8, payload in proptest::collection::vec(any::<u8>(), 0..20000)) {
+            let _ = apply(&vec![0u8; base_blocks * BLOCK_BYTES], &payload);
+        }
+    }
+}
