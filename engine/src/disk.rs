@@ -331,6 +331,14 @@ impl Disk {
     pub async fn read(&self, offset: u64, len: u64) -> Result<IoBuf> {
         self.check_range(offset, len, true)?;
         let n = usize::try_from(len).map_err(|_| Error::invalid("length", "too large"))?;
+        // Which chunks still read from the store is decided before the file is read: a chunk
+        // hydrated in between would otherwise be taken from the file as it was before.
+        let remote: Vec<u64> = match &self.restored {
+            Some(r) if !r.local.hydrated() => {
+                self.chunk_spans(offset, len).map(|(c, ..)| c).filter(|&c| r.remote(c)).collect()
+            }
+            _ => Vec::new(),
+        };
         let (res, mut buf) = self.io.read_at(&self.file, IoBuf::zeroed(n), offset).await;
         let got = res.map_err(|e| Error::io("read disk", &self.path, e))?;
         // The file is never shorter than the disk, so a short read only happens if someone
@@ -340,9 +348,9 @@ impl Disk {
             buf[got..].fill(0);
         }
         if let Some(r) = &self.restored
-            && !r.local.hydrated()
+            && !remote.is_empty()
         {
-            self.overlay_remote(r, offset, &mut buf).await?;
+            self.overlay_remote(r, offset, &remote, &mut buf).await?;
         }
         self.counters.read_ops.fetch_add(1, Ordering::Relaxed);
         self.counters.read_bytes.fetch_add(len, Ordering::Relaxed);
@@ -402,10 +410,11 @@ impl Disk {
         (first..last).map(move |c| (c, (c * cs).max(offset), ((c + 1) * cs).min(end)))
     }
 
-    /// Replaces the bytes of chunks still in the store with their base content.
-    async fn overlay_remote(&self, r: &Restored, offset: u64, buf: &mut [u8]) -> Result<()> {
+    /// Replaces the bytes of the `remote` chunks (still in the store when the read began)
+    /// with their base content.
+    async fn overlay_remote(&self, r: &Restored, offset: u64, remote: &[u64], buf: &mut [u8]) -> Result<()> {
         for (c, start, end) in self.chunk_spans(offset, buf.len() as u64) {
-            if !r.remote(c) {
+            if !remote.contains(&c) {
                 continue;
             }
             let data = r.base.read_chunk(c).await?;
