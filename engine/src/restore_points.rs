@@ -522,7 +522,16 @@ impl Engine {
         let mut plans = Vec::new();
         for (i, (d, cap)) in caps.iter().enumerate() {
             let extents = if cap.full_scan() { d.data_extents()? } else { Vec::new() };
-            let chunks = cap.chunks_to_capture(&extents);
+            let mut chunks = cap.chunks_to_capture(&extents);
+            if cap.full_scan() && rp.seq > 1 {
+                // A rescan skips holes, but a chunk that held data at an earlier restore point
+                // of this history (or its base) and is a hole now must be recorded as zero, or
+                // reads would fall through to the old data.
+                let older = chunk_map::allocated(&self.inner.catalog, d.lineage(), rp.seq - 1, cap.chunk_count())?;
+                chunks.extend(older.into_keys().filter(|&c| cap.pending(c)));
+                chunks.sort_unstable();
+                chunks.dedup();
+            }
             let total: u64 = chunks
                 .iter()
                 .map(|&c| {
