@@ -17,6 +17,7 @@ mod restore_point_consistency;
 mod restore_point_cow;
 mod restore_point_crash;
 mod restore_point_delta;
+mod restore_point_delete;
 mod restore_point_model;
 mod restore_point_rules;
 mod tracking_model;

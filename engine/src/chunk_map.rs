@@ -142,3 +142,60 @@ pub(crate) fn drop_seq(catalog: &Catalog, batch: &mut Batch<'_>, lineage: Lineag
 pub(crate) fn put(batch: &mut Batch<'_>, lineage: LineageId, index: u64, seq: u64, r: &ChunkRef) -> Result<()> {
     batch.put_raw(CF, &chunk_map_key(lineage.to_bytes(), index, seq), &r.encode())
 }
+
+/// Adds to `batch` what deleting a restore point at `upto` takes from `lineage`: the entries
+/// it owns are those with a seq in `(after, upto]` (`after` = the next older remaining restore
+/// point of the lineage, 0 for none). Per chunk, the newest of them is kept when something
+/// still reads through it: the next newer remaining restore point `next` (unless it has an
+/// entry of its own for that chunk) or, with `keep_for_live`, the live disk's next capture.
+/// Everything else in the range is dropped; returns the references to drop.
+pub(crate) fn drop_range(
+    catalog: &Catalog,
+    batch: &mut Batch<'_>,
+    lineage: LineageId,
+    after: u64,
+    upto: u64,
+    next: Option<u64>,
+    keep_for_live: bool,
+) -> Result<Vec<ChunkId>> {
+    let prefix = lineage_key(lineage);
+    let mut derefs = Vec::new();
+    let mut keys = Vec::new();
+    // Keys sort by chunk index, then newest first.
+    let mut current: Option<u64> = None;
+    let mut shadowed_by_next = false;
+    let mut kept_newest = false;
+    catalog.scan(CF, &prefix, &prefix, |k, v| {
+        let Some((_, index, seq)) = decode_chunk_map_key(k) else {
+            return Err(Error::corrupt("catalog/chunk_map", "malformed key"));
+        };
+        if current != Some(index) {
+            current = Some(index);
+            shadowed_by_next = false;
+            kept_newest = false;
+        }
+        if seq > upto {
+            // Owned by `next`, or (with no newer restore point) left for the live disk by an
+            // earlier deletion: either way newer than anything in the range.
+            if next.is_none_or(|n| seq <= n) {
+                shadowed_by_next = true;
+            }
+            return Ok(true);
+        }
+        if seq <= after {
+            return Ok(true);
+        }
+        let needed = !shadowed_by_next && (next.is_some() || keep_for_live);
+        if needed && !kept_newest {
+            kept_newest = true;
+        } else {
+            keys.push(k.to_vec());
+            derefs.extend(ChunkRef::decode(v)?.stored());
+        }
+        Ok(true)
+    })?;
+    for k in keys {
+        batch.delete_raw(CF, &k)?;
+    }
+    Ok(derefs)
+}

@@ -141,6 +141,22 @@ pub(crate) fn pack_entry(bytes: u64) -> [u8; 8] {
     bytes.to_le_bytes()
 }
 
+/// What the chunk store holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Records in the index (full chunks and deltas).
+    pub records: u64,
+    /// Their stored bytes (headers included).
+    pub record_bytes: u64,
+    /// Records some chunk map entry references.
+    pub referenced_records: u64,
+    pub referenced_bytes: u64,
+    /// Sum of reference counts.
+    pub references: u64,
+    pub packs: u64,
+    pub pack_bytes: u64,
+}
+
 /// The engine's chunk store.
 #[derive(Debug)]
 pub(crate) struct ChunkStore {
@@ -240,6 +256,29 @@ impl ChunkStore {
                 Ok(data)
             }
         }
+    }
+
+    /// Counts of the chunk index and its packs (a scan of the index).
+    pub(crate) fn stats(&self) -> Result<StoreStats> {
+        let mut s = StoreStats::default();
+        self.catalog.scan("chunks", &[], &[], |_, v| {
+            let loc = ChunkLocation::decode(v)?;
+            let bytes = RECORD_HEADER_LEN as u64 + u64::from(loc.stored_len);
+            s.records += 1;
+            s.record_bytes += bytes;
+            if loc.refs > 0 {
+                s.referenced_records += 1;
+                s.referenced_bytes += bytes;
+                s.references += loc.refs;
+            }
+            Ok(true)
+        })?;
+        self.catalog.scan("packs", &[], &[], |_, v| {
+            s.packs += 1;
+            s.pack_bytes += v.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
+            Ok(true)
+        })?;
+        Ok(s)
     }
 
     /// Adds `delta`'s index changes to `batch` and commits it, atomically with whatever else

@@ -81,6 +81,7 @@ mod tracking;
 
 pub use capture::PendingCapture;
 pub use chunk::{ChunkId, ChunkRef};
+pub use chunk_store::StoreStats;
 pub use collection::{CollectionRecord, CreateCollection, DEFAULT_MAX_RESTORE_POINTS, ScriptHook};
 pub use disk::{CreateDisk, Disk, DiskCounters, DiskRecord, Extent, RestoreSource};
 pub use engine::{Engine, EngineConfig};

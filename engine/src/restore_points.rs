@@ -171,18 +171,14 @@ impl Engine {
                 rp.name
             )));
         }
-        let mut batch = self.inner.catalog.batch();
-        let mut delta = IndexDelta::default();
-        for rp in &rps {
-            for d in &rp.disks {
-                for chunk in chunk_map::drop_seq(&self.inner.catalog, &mut batch, d.lineage, rp.seq)? {
-                    delta.drop_ref(chunk);
-                }
-            }
-            batch.delete::<RestorePointRecord>(rp.id.to_bytes())?;
+        // Newest first, each deletion its own batch: a crash midway leaves a smaller,
+        // consistent collection, and the call can simply be repeated.
+        for rp in rps.iter().rev() {
+            self.delete_restore_point_locked(rp).await?;
         }
+        let mut batch = self.inner.catalog.batch();
         batch.delete::<CollectionRecord>(id.to_bytes())?;
-        self.inner.chunks.commit(batch, &delta).await?;
+        self.inner.catalog.commit(batch)?;
         tracing::info!(collection = %coll.name, restore_points = rps.len(), "collection deleted");
         Ok(())
     }
@@ -248,6 +244,70 @@ impl Engine {
             .into_iter()
             .find(|r| r.name.as_str() == name)
             .ok_or_else(|| Error::not_found(format!("restore point {name}")))
+    }
+
+    /// Deletes a restore point, any of them, at the cost of its own increment: each chunk it
+    /// holds that a newer restore point (or the live disk's next capture) still reads through
+    /// is kept, the rest dropped with their references. What every other restore point reads
+    /// does not change. Refused while a restore point is being created in the collection, and
+    /// while a restored disk's history still reads through this one.
+    pub async fn delete_restore_point(&self, id: RestorePointId) -> Result<()> {
+        let rp = self.restore_point(id)?;
+        let coll = self.collection(rp.collection)?;
+        let _slot = self.inner.jobs.begin_creation(coll.id, coll.name.as_str())?;
+        let _admin = self.inner.admin.lock().await;
+        let rp = self.restore_point(id)?;
+        if rp.state == ProvisioningState::Creating {
+            return Err(Error::FailedPrecondition(format!("restore point {} is still being created", rp.name)));
+        }
+        if let Some((_, dependent)) = self.restore_point_in_use_as_base(std::slice::from_ref(&rp))? {
+            return Err(Error::FailedPrecondition(format!(
+                "restore point {} is the origin of restored disk history {dependent}; delete that first",
+                rp.name
+            )));
+        }
+        self.delete_restore_point_locked(&rp).await?;
+        tracing::info!(restore_point = %rp.name, collection = %coll.name, "restore point deleted");
+        Ok(())
+    }
+
+    /// Deletes one restore point; the caller holds the collection's creation slot and the
+    /// admin lock.
+    async fn delete_restore_point_locked(&self, rp: &RestorePointRecord) -> Result<()> {
+        let all = self.inner.catalog.list::<RestorePointRecord>()?;
+        let mut batch = self.inner.catalog.batch();
+        let mut delta = IndexDelta::default();
+        // A failed restore point's entries were dropped when it failed.
+        if rp.state == ProvisioningState::Succeeded {
+            for d in &rp.disks {
+                let others: Vec<u64> = all
+                    .iter()
+                    .filter(|r| r.id != rp.id && r.state == ProvisioningState::Succeeded)
+                    .filter(|r| r.disks.iter().any(|x| x.lineage == d.lineage))
+                    .map(|r| r.seq)
+                    .collect();
+                let after = others.iter().copied().filter(|&s| s < rp.seq).max().unwrap_or(0);
+                let next = others.iter().copied().filter(|&s| s > rp.seq).min();
+                // With no restore point left, the next capture reads everything again, so the
+                // history must be empty; otherwise the live disk's next increment builds on it.
+                let live = !others.is_empty() && self.state().disks.values().any(|e| e.disk.lineage() == d.lineage);
+                // The last restore point of a history takes everything with it, including what
+                // earlier deletions left for the live disk.
+                let upto = if others.is_empty() { u64::MAX } else { rp.seq };
+                let drops = chunk_map::drop_range(&self.inner.catalog, &mut batch, d.lineage, after, upto, next, live)?;
+                for chunk in drops {
+                    delta.drop_ref(chunk);
+                }
+            }
+        }
+        batch.delete::<RestorePointRecord>(rp.id.to_bytes())?;
+        crate::failpoint!("delete::before_commit");
+        self.inner.chunks.commit(batch, &delta).await
+    }
+
+    /// What the chunk store holds.
+    pub fn store_stats(&self) -> Result<crate::chunk_store::StoreStats> {
+        self.inner.chunks.stats()
     }
 
     pub fn operation(&self, id: OperationId) -> Result<OperationRecord> {
