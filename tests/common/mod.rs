@@ -64,6 +64,164 @@ pub fn daemon_bin(name: &str) -> PathBuf {
     bins.iter().find(|(n, _)| n == name).map(|(_, p)| p.clone()).unwrap_or_else(|| panic!("no binary {name} built"))
 }
 
+/// A running `cairnd` on a data dir, serving NBD on `<data-dir>/nbd.sock`. Killed on drop if
+/// [`Cairnd::stop`] was not called.
+pub struct Cairnd {
+    child: Option<std::process::Child>,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Log lines printed up to "cairnd ready".
+    pub startup: Vec<String>,
+    pub socket: PathBuf,
+}
+
+/// Creates live disks `(name, size_bytes)` in `data_dir` with the engine in-process, then
+/// closes the engine so a daemon can open the data dir.
+pub async fn create_disks(data_dir: &Path, disks: &[(&str, u64)]) -> Vec<DiskRecord> {
+    let engine = open(data_dir, IoBackendKind::Auto).await;
+    let mut records = Vec::new();
+    for (name, size) in disks {
+        records.push(disk(&engine, name, *size).await);
+    }
+    engine.close().await.unwrap();
+    drop(engine);
+    records
+}
+
+/// Starts the real cairnd on `data_dir` (plus `args`) and waits until it is ready.
+pub fn start_cairnd(data_dir: &Path, args: &[&str]) -> Cairnd {
+    use std::io::BufRead;
+    let mut child = Command::new(daemon_bin("cairnd"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting cairnd");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut d = Cairnd { child: Some(child), lines: rx, startup: Vec::new(), socket: data_dir.join("nbd.sock") };
+    d.startup = d.wait_for("cairnd ready");
+    d
+}
+
+impl Cairnd {
+    /// The NBD URI of an export.
+    pub fn uri(&self, export: &str) -> String {
+        format!("nbd+unix:///{export}?socket={}", self.socket.display())
+    }
+
+    /// Waits (up to 60 s) for a log line containing `needle`; returns the lines seen.
+    pub fn wait_for(&mut self, needle: &str) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut seen = Vec::new();
+        while std::time::Instant::now() < deadline {
+            if let Ok(line) = self.lines.recv_timeout(std::time::Duration::from_millis(100)) {
+                let hit = line.contains(needle);
+                seen.push(line);
+                if hit {
+                    return seen;
+                }
+            }
+        }
+        panic!("no {needle:?} in cairnd output:\n{}", seen.join("\n"));
+    }
+
+    /// SIGTERM, then waits for a clean exit (asserted).
+    pub fn stop(mut self) {
+        let mut child = self.child.take().unwrap();
+        rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::TERM).unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "cairnd exits 0 on SIGTERM, got {status}");
+        self.wait_for("engine closed cleanly");
+    }
+}
+
+impl Drop for Cairnd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs a client command, asserting success; returns its stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}:\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `qemu-io -f raw` with one `-c` per command on `target` (a file or an NBD URI).
+pub fn qemu_io(target: &str, commands: &[&str]) -> String {
+    let mut cmd = Command::new("qemu-io");
+    cmd.args(["-f", "raw"]);
+    for c in commands {
+        cmd.args(["-c", c]);
+    }
+    let out = run_ok(cmd.arg(target));
+    assert!(!out.contains("failed") && !out.contains("error"), "qemu-io {commands:?} on {target}:\n{out}");
+    out
+}
+
+/// A sparse raw file of `size` bytes (no block allocated, unlike `qemu-img create`).
+pub fn sparse_file(path: &Path, size: u64) {
+    std::fs::File::create(path).unwrap().set_len(size).unwrap();
+}
+
+/// `(offset, length, is_data)` runs, adjacent runs of the same kind merged.
+pub fn merge_runs(runs: impl IntoIterator<Item = (u64, u64, bool)>) -> Vec<(u64, u64, bool)> {
+    let mut out: Vec<(u64, u64, bool)> = Vec::new();
+    for (off, len, data) in runs {
+        match out.last_mut() {
+            Some(last) if last.2 == data && last.0 + last.1 == off => last.1 += len,
+            _ => out.push((off, len, data)),
+        }
+    }
+    out
+}
+
+/// Allocation runs from `qemu-img map --output=json` output.
+pub fn qemu_img_map_runs(json: &str) -> Vec<(u64, u64, bool)> {
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    merge_runs(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap(), e["data"].as_bool().unwrap())),
+    )
+}
+
+/// Allocation runs from `nbdinfo --map` output (`offset length type description`).
+pub fn nbdinfo_map_runs(text: &str) -> Vec<(u64, u64, bool)> {
+    merge_runs(text.lines().filter(|l| !l.trim().is_empty()).map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let flags: u32 = f[2].parse().unwrap();
+        (f[0].parse().unwrap(), f[1].parse().unwrap(), flags & 1 == 0)
+    }))
+}
+
+/// Waits (up to 30 s) for a unix socket to accept connections.
+pub fn wait_for_socket(path: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(path).is_err() {
+        assert!(std::time::Instant::now() < deadline, "socket {} never came up", path.display());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Waits until an operation ends; returns its final record.
 pub async fn wait_op(engine: &Engine, id: cairn_engine::OperationId) -> cairn_engine::OperationRecord {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);

@@ -1,0 +1,5 @@
+//! The Cairn daemon's protocol adapters: each maps one wire protocol onto engine calls and
+//! never touches files or RocksDB itself. The `cairnd` binary wires them to an engine.
+#![forbid(unsafe_code)]
+
+pub mod nbd;

@@ -1,0 +1,200 @@
+//! What the NBD server serves: the [`Export`] trait, its live-disk implementation, the
+//! [`ExportSource`] that finds exports by name, and the one mapping from engine errors to
+//! NBD errnos.
+//!
+//! The server knows nothing about disks: a read-only restore-point export implements the same
+//! trait (with `read_only() == true` and no write calls reaching it, because the server
+//! refuses them with EPERM first).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use cairn_engine::{Disk, Engine, Error, ErrorKind, Extent, IoBuf, Result};
+
+use super::proto::Errno;
+
+/// A boxed future returned by [`Export`] calls (the trait is used as `dyn Export`).
+pub type ExportFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
+/// One NBD export. Ranges handed to the I/O calls were already checked against
+/// [`size_bytes`](Export::size_bytes), the minimum block size and read-only-ness.
+pub trait Export: Send + Sync + 'static {
+    /// Canonical export name (`NBD_INFO_NAME`).
+    fn name(&self) -> String;
+    /// One line for people (`NBD_INFO_DESCRIPTION`, `NBD_OPT_LIST`).
+    fn description(&self) -> String;
+    /// Size in bytes at the time of the call.
+    fn size_bytes(&self) -> u64;
+    /// Smallest addressable unit (a power of two, at most 64 KiB).
+    fn min_block_bytes(&self) -> u32;
+    /// Read-only exports refuse writes, trims and zeroes with EPERM.
+    fn read_only(&self) -> bool;
+    /// Whether FLUSH and FUA on one connection cover writes made on every other connection.
+    fn can_multi_conn(&self) -> bool;
+
+    /// Reads `len` bytes at `offset`.
+    fn read(&self, offset: u64, len: u64) -> ExportFuture<'_, IoBuf>;
+    /// Writes `buf` at `offset`; with `fua` durable on return.
+    fn write(&self, offset: u64, buf: IoBuf, fua: bool) -> ExportFuture<'_, ()>;
+    /// Makes the range read as zeros, deallocating it.
+    fn punch(&self, offset: u64, len: u64, fua: bool) -> ExportFuture<'_, ()>;
+    /// Makes every acknowledged write durable.
+    fn flush(&self) -> ExportFuture<'_, ()>;
+    /// Prefetch hint for the range; a no-op where everything is local already.
+    fn cache(&self, offset: u64, len: u64) -> ExportFuture<'_, ()>;
+    /// Data and hole runs covering the range (`base:allocation`, and holes skipped in READ).
+    /// Asynchronous because finding them may take catalog lookups (restored disks, restore
+    /// points), which must not run on the server's threads.
+    fn extents(&self, offset: u64, len: u64) -> ExportFuture<'_, Vec<Extent>>;
+}
+
+/// A live disk, served read-write.
+#[derive(Debug, Clone)]
+pub struct LiveDisk(pub Arc<Disk>);
+
+impl Export for LiveDisk {
+    fn name(&self) -> String {
+        self.0.name().to_string()
+    }
+    fn description(&self) -> String {
+        format!("Cairn live disk {} ({} bytes)", self.0.name(), self.0.size_bytes())
+    }
+    fn size_bytes(&self) -> u64 {
+        self.0.size_bytes()
+    }
+    fn min_block_bytes(&self) -> u32 {
+        u32::try_from(self.0.min_io_bytes()).unwrap_or(4096)
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+    fn can_multi_conn(&self) -> bool {
+        // One file, one page cache; FLUSH is fdatasync of the whole file.
+        true
+    }
+    fn read(&self, offset: u64, len: u64) -> ExportFuture<'_, IoBuf> {
+        Box::pin(self.0.read(offset, len))
+    }
+    fn write(&self, offset: u64, buf: IoBuf, fua: bool) -> ExportFuture<'_, ()> {
+        Box::pin(self.0.write(offset, buf, fua))
+    }
+    fn punch(&self, offset: u64, len: u64, fua: bool) -> ExportFuture<'_, ()> {
+        Box::pin(self.0.punch(offset, len, fua))
+    }
+    fn flush(&self) -> ExportFuture<'_, ()> {
+        Box::pin(self.0.flush())
+    }
+    fn cache(&self, _offset: u64, _len: u64) -> ExportFuture<'_, ()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+    fn extents(&self, offset: u64, len: u64) -> ExportFuture<'_, Vec<Extent>> {
+        // SEEK_DATA/SEEK_HOLE, and for a restored disk chunk lookups in the catalog.
+        let disk = self.0.clone();
+        Box::pin(async move {
+            let path = disk.path().to_path_buf();
+            tokio::task::spawn_blocking(move || disk.extents(offset, len)).await.map_err(|e| Error::Io {
+                context: "find extents",
+                path,
+                source: std::io::Error::other(e),
+            })?
+        })
+    }
+}
+
+/// Finds exports by name for the handshake.
+pub trait ExportSource: Send + Sync + 'static {
+    /// The export called `name`, if any.
+    fn open(&self, name: &str) -> Option<Arc<dyn Export>>;
+    /// Every export name, for `NBD_OPT_LIST`.
+    fn list(&self) -> Vec<String>;
+}
+
+/// Every live disk of an engine, by its name, read-write.
+#[derive(Debug, Clone)]
+pub struct LiveDisks(pub Engine);
+
+impl ExportSource for LiveDisks {
+    fn open(&self, name: &str) -> Option<Arc<dyn Export>> {
+        let disk = self.0.disk_by_name(name).ok()?;
+        Some(Arc::new(LiveDisk(disk)))
+    }
+    fn list(&self) -> Vec<String> {
+        self.0.list_disks().into_iter().map(|r| r.name.to_string()).collect()
+    }
+}
+
+/// The NBD errno for an engine error: the one place the daemon makes this choice for NBD.
+///
+/// Corrupt data and I/O failures are logged here with their reason, since the errno alone
+/// tells the client nothing.
+pub fn errno(err: &Error) -> Errno {
+    match err.kind() {
+        ErrorKind::InvalidArgument | ErrorKind::NotFound | ErrorKind::AlreadyExists => Errno::Inval,
+        ErrorKind::FailedPrecondition => Errno::Perm,
+        ErrorKind::LimitReached => Errno::NoSpc,
+        // Work is canceled when the daemon shuts down; the spec's answer for that is ESHUTDOWN.
+        ErrorKind::Canceled => Errno::Shutdown,
+        ErrorKind::Corrupt => {
+            tracing::error!(error = %err, "corrupt data; answering EIO");
+            Errno::Io
+        }
+        ErrorKind::Busy | ErrorKind::Io | ErrorKind::Poisoned => {
+            if os_error(err).is_some_and(is_space_errno) {
+                return Errno::NoSpc;
+            }
+            tracing::warn!(error = %err, "I/O failure; answering EIO");
+            Errno::Io
+        }
+    }
+}
+
+fn os_error(err: &Error) -> Option<i32> {
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return io.raw_os_error();
+        }
+        source = s.source();
+    }
+    None
+}
+
+/// ENOSPC, EDQUOT and EFBIG all mean "no room" to an NBD client, as the spec asks.
+fn is_space_errno(code: i32) -> bool {
+    use rustix::io::Errno as E;
+    [E::NOSPC, E::DQUOT, E::FBIG].iter().any(|e| e.raw_os_error() == code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io_error(code: rustix::io::Errno) -> Error {
+        Error::Io {
+            context: "write disk",
+            path: "/x".into(),
+            source: std::io::Error::from_raw_os_error(code.raw_os_error()),
+        }
+    }
+
+    #[test]
+    fn engine_errors_map_to_the_specs_errnos() {
+        assert_eq!(errno(&io_error(rustix::io::Errno::NOSPC)), Errno::NoSpc);
+        assert_eq!(errno(&io_error(rustix::io::Errno::FBIG)), Errno::NoSpc);
+        assert_eq!(errno(&io_error(rustix::io::Errno::IO)), Errno::Io);
+        let corrupt = Error::Corrupt { path: "/x".into(), reason: "bad crc".into() };
+        assert_eq!(errno(&corrupt), Errno::Io);
+        let invalid = Error::InvalidArgument { field: "offset", reason: "past the end".into() };
+        assert_eq!(errno(&invalid), Errno::Inval);
+        let poisoned = Error::Poisoned { disk: "d".into() };
+        assert_eq!(errno(&poisoned), Errno::Io);
+    }
+
+    #[test]
+    fn space_errors_map_to_enospc() {
+        assert!(is_space_errno(rustix::io::Errno::NOSPC.raw_os_error()));
+        assert!(is_space_errno(rustix::io::Errno::DQUOT.raw_os_error()));
+        assert!(!is_space_errno(rustix::io::Errno::IO.raw_os_error()));
+    }
+}

@@ -1,0 +1,22 @@
+//! Cairn's NBD server: hypervisors and standard tools (qemu, libnbd's nbdinfo/nbdcopy)
+//! attach exports over the Network Block Device protocol.
+//!
+//! - [`proto`]: the wire format, pure encode/decode with no I/O (fuzzable).
+//! - [`export`]: the [`Export`] trait the server serves, its live-disk implementation, the
+//!   [`ExportSource`] that finds exports by name, and the engine-error-to-errno mapping.
+//! - [`server`]: handshake and transmission over any async byte stream.
+//! - [`listener`]: unix/TCP listening, the accept loop and clean shutdown.
+//!
+//! Supported: fixed newstyle handshake with NO_ZEROES; options GO, INFO, LIST, ABORT,
+//! EXPORT_NAME, STRUCTURED_REPLY, LIST/SET_META_CONTEXT (`base:allocation`); commands READ
+//! (structured replies skip holes), WRITE, FLUSH, TRIM, WRITE_ZEROES, CACHE, BLOCK_STATUS,
+//! DISC. Not yet: STARTTLS and EXTENDED_HEADERS (answered ERR_UNSUP).
+
+pub mod export;
+pub mod listener;
+pub mod proto;
+pub mod server;
+
+pub use export::{Export, ExportSource, LiveDisk, LiveDisks};
+pub use listener::{ListenError, Listener, NbdAddr};
+pub use server::{Server, ServerConfig};

@@ -1,0 +1,1206 @@
+//! The NBD server: handshake, then transmission with many requests in flight.
+//!
+//! Per connection there is one reader (this task: it decodes requests and spawns one task
+//! per request) and one writer task (it owns the socket's write half and sends replies in
+//! the order they complete, so replies go out of order). Memory per connection is bounded:
+//! a request takes permits for itself and the bytes it holds (write payload, read buffer)
+//! before its payload is read, and gives them back once its last reply chunk is written; a
+//! client that floods requests simply stops being read until replies drain.
+//!
+//! Malformed input that leaves the stream undecodable (bad magic, oversize lengths, unknown
+//! client flags) ends that one connection; everything else gets the spec's error reply and
+//! the session goes on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_engine::IoBuf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+
+use super::export::{Export, ExportSource, errno};
+use super::proto::{self as p, ClientOption, Command, Errno, Request};
+
+/// Tunables of the server; the defaults suit a hypervisor host.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Requests in flight per connection before the server stops reading that connection.
+    pub max_inflight_requests: u32,
+    /// Payload and buffer bytes in flight per connection (at least one maximum payload).
+    pub max_inflight_bytes: u32,
+    /// Time a client gets to finish the handshake.
+    pub handshake_timeout: Duration,
+    /// Connections served at once; more are closed on accept.
+    pub max_connections: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_inflight_requests: 128,
+            max_inflight_bytes: 2 * p::MAX_PAYLOAD_BYTES,
+            handshake_timeout: Duration::from_secs(60),
+            max_connections: 512,
+        }
+    }
+}
+
+/// Bytes of zeros written per step when WRITE_ZEROES must allocate (NO_HOLE).
+const ZERO_STEP_BYTES: u32 = 1 << 20;
+/// Longest range one BLOCK_STATUS looks at; the client asks again for the rest.
+const MAX_STATUS_SPAN_BYTES: u64 = 1 << 30;
+/// Most descriptors in one BLOCK_STATUS chunk (the spec's SHOULD is 2^20).
+const MAX_DESCRIPTORS: usize = 1 << 16;
+/// Context id of `base:allocation` (any nonzero value; ids are per session).
+const BASE_ALLOCATION_ID: u32 = 1;
+
+/// Why a connection ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol violation: {0}")]
+    Violation(#[from] p::Violation),
+    #[error("no export named {0:?} (NBD_OPT_EXPORT_NAME cannot report errors)")]
+    UnknownExport(String),
+    #[error("handshake not finished within {0:?}")]
+    HandshakeTimeout(Duration),
+}
+
+/// An NBD server over a source of exports.
+pub struct Server {
+    exports: Arc<dyn ExportSource>,
+    config: ServerConfig,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// The outcome of the handshake.
+struct Session {
+    export: Arc<dyn Export>,
+    structured: bool,
+    limits: p::Limits,
+}
+
+/// How the handshake ended.
+enum Negotiated {
+    Transmission(Session),
+    /// The client aborted, or the server is shutting down.
+    Closed,
+}
+
+/// Metadata contexts selected by SET_META_CONTEXT, and for which export.
+struct MetaSelection {
+    export: String,
+    base_allocation: bool,
+}
+
+/// Transmission flags for an export: exactly what the server supports on it.
+pub fn transmission_flags(export: &dyn Export, structured: bool) -> u16 {
+    let mut flags = p::FLAG_HAS_FLAGS | p::FLAG_SEND_FLUSH | p::FLAG_SEND_CACHE;
+    if export.read_only() {
+        flags |= p::FLAG_READ_ONLY;
+    } else {
+        flags |= p::FLAG_SEND_FUA | p::FLAG_SEND_TRIM | p::FLAG_SEND_WRITE_ZEROES | p::FLAG_SEND_FAST_ZERO;
+    }
+    if structured {
+        flags |= p::FLAG_SEND_DF;
+    }
+    if export.can_multi_conn() {
+        flags |= p::FLAG_CAN_MULTI_CONN;
+    }
+    flags
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|&s| s).await;
+}
+
+impl Server {
+    pub fn new(exports: Arc<dyn ExportSource>, config: ServerConfig) -> Self {
+        Self { exports, config }
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Serves one connection until the client disconnects, breaks the protocol, or
+    /// `shutdown` turns true (then requests in flight finish and their replies are sent).
+    pub async fn serve<R, W>(
+        &self,
+        reader: R,
+        writer: W,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), ConnectionError>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        // Buffered both ways: many small requests per read syscall, many replies per write.
+        // Payloads larger than the buffer bypass it, so big writes are not copied twice.
+        let mut reader = BufReader::with_capacity(128 << 10, reader);
+        let mut writer = BufWriter::with_capacity(256 << 10, writer);
+        let timeout = self.config.handshake_timeout;
+        let negotiated = tokio::select! {
+            biased;
+            () = stopped(&mut shutdown) => Ok(Negotiated::Closed),
+            r = tokio::time::timeout(timeout, self.handshake(&mut reader, &mut writer)) => {
+                r.map_err(|_| ConnectionError::HandshakeTimeout(timeout))?
+            }
+        }?;
+        match negotiated {
+            Negotiated::Closed => {
+                let _ = writer.shutdown().await;
+                Ok(())
+            }
+            Negotiated::Transmission(session) => {
+                tracing::debug!(export = %session.export.name(), structured = session.structured, "transmission");
+                self.transmit(session, reader, writer, shutdown).await
+            }
+        }
+    }
+
+    async fn handshake<R, W>(&self, reader: &mut R, writer: &mut W) -> Result<Negotiated, ConnectionError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        writer.write_all(&p::greeting()).await?;
+        writer.flush().await?;
+        let mut raw = [0u8; 4];
+        reader.read_exact(&mut raw).await?;
+        let client = p::decode_client_flags(raw)?;
+
+        let mut structured = false;
+        let mut meta: Option<MetaSelection> = None;
+        let mut out = Vec::with_capacity(256);
+        loop {
+            out.clear();
+            let mut raw = [0u8; p::OPTION_HEADER_LEN];
+            reader.read_exact(&mut raw).await?;
+            let header = p::decode_option_header(&raw)?;
+            let len = usize::try_from(header.len).unwrap_or(usize::MAX);
+            let mut data = vec![0u8; len];
+            reader.read_exact(&mut data).await?;
+            let option = header.option;
+
+            let parsed = match p::parse_option(option, &data) {
+                Ok(o) => o,
+                Err(invalid) => {
+                    if option == p::OPT_EXPORT_NAME {
+                        // No error reply exists for EXPORT_NAME: end the session.
+                        return Err(ConnectionError::UnknownExport(invalid.to_string()));
+                    }
+                    p::encode_option_error(&mut out, option, p::REP_ERR_INVALID, &invalid.0);
+                    writer.write_all(&out).await?;
+                    writer.flush().await?;
+                    continue;
+                }
+            };
+            match parsed {
+                ClientOption::ExportName(name) => {
+                    let Some(export) = self.exports.open(&name) else {
+                        return Err(ConnectionError::UnknownExport(name));
+                    };
+                    let flags = transmission_flags(&*export, structured);
+                    let size = export.size_bytes();
+                    p::encode_export_name_reply(&mut out, size, flags, client.no_zeroes);
+                    writer.write_all(&out).await?;
+                    writer.flush().await?;
+                    let meta_context = meta_for(&meta, &name);
+                    return Ok(Negotiated::Transmission(session(export, structured, flags, meta_context)));
+                }
+                ClientOption::Abort => {
+                    p::encode_option_reply(&mut out, option, p::REP_ACK, &[]);
+                    // The client may already be gone: a failed ACK is not an error.
+                    let _ = writer.write_all(&out).await;
+                    let _ = writer.flush().await;
+                    return Ok(Negotiated::Closed);
+                }
+                ClientOption::List => {
+                    for name in self.exports.list() {
+                        p::encode_rep_server(&mut out, &name);
+                    }
+                    p::encode_option_reply(&mut out, option, p::REP_ACK, &[]);
+                }
+                ClientOption::StartTls => p::encode_option_error(
+                    &mut out,
+                    option,
+                    p::REP_ERR_UNSUP,
+                    "TLS is not implemented by this server yet",
+                ),
+                ClientOption::Info(req) | ClientOption::Go(req) => {
+                    let go = option == p::OPT_GO;
+                    let Some(export) = self.exports.open(&req.name) else {
+                        p::encode_option_error(
+                            &mut out,
+                            option,
+                            p::REP_ERR_UNKNOWN,
+                            &format!("no export named {:?}", req.name),
+                        );
+                        writer.write_all(&out).await?;
+                        writer.flush().await?;
+                        continue;
+                    };
+                    let flags = transmission_flags(&*export, structured);
+                    let size = export.size_bytes();
+                    p::encode_info_export(&mut out, option, size, flags);
+                    if req.requests.contains(&p::INFO_NAME) {
+                        p::encode_info_string(&mut out, option, p::INFO_NAME, &export.name());
+                    }
+                    if req.requests.contains(&p::INFO_DESCRIPTION) {
+                        let d = export.description();
+                        p::encode_info_string(&mut out, option, p::INFO_DESCRIPTION, &d);
+                    }
+                    // Always sent: a client that did not ask still learns the constraints,
+                    // and the server errors misaligned requests cleanly either way.
+                    p::encode_info_block_size(
+                        &mut out,
+                        option,
+                        export.min_block_bytes(),
+                        p::PREFERRED_BLOCK_BYTES.max(export.min_block_bytes()),
+                        p::MAX_PAYLOAD_BYTES,
+                    );
+                    p::encode_option_reply(&mut out, option, p::REP_ACK, &[]);
+                    if go {
+                        writer.write_all(&out).await?;
+                        writer.flush().await?;
+                        let meta_context = meta_for(&meta, &req.name);
+                        return Ok(Negotiated::Transmission(session(export, structured, flags, meta_context)));
+                    }
+                }
+                ClientOption::StructuredReply => {
+                    structured = true;
+                    p::encode_option_reply(&mut out, option, p::REP_ACK, &[]);
+                }
+                ClientOption::ListMetaContext(req) => {
+                    if self.exports.open(&req.name).is_none() {
+                        p::encode_option_error(
+                            &mut out,
+                            option,
+                            p::REP_ERR_UNKNOWN,
+                            &format!("no export named {:?}", req.name),
+                        );
+                    } else {
+                        let listed = req.queries.is_empty()
+                            || req.queries.iter().any(|q| q == "base:" || q == p::BASE_ALLOCATION);
+                        if listed {
+                            p::encode_meta_context(&mut out, option, 0, p::BASE_ALLOCATION);
+                        }
+                        p::encode_option_reply(&mut out, option, p::REP_ACK, &[]);
+                    }
+                }
+                ClientOption::SetMetaContext(req) => {
+                    // The selection is replaced even when this option fails.
+                    meta = None;
+                    if !structured {
+                        p::encode_option_error(
+                            &mut out,
+                            option,
+                            p::REP_ERR_INVALID,
+                            "negotiate NBD_OPT_STRUCTURED_REPLY first",
+                        );
+                    } else if self.exports.open(&req.name).is_none() {
+                        p::encode_option_error(
+                            &mut out,
+                            option,
+                            p::REP_ERR_UNKNOWN,
+                            &format!("no export named {:?}", req.name),
+                        );
+                    } else {
+                        let base_allocation = req.queries.iter().any(|q| q == p::BASE_ALLOCATION);
+                        if base_allocation {
+                            p::encode_meta_context(&mut out, option, BASE_ALLOCATION_ID, p::BASE_ALLOCATION);
+                        }
+                        p::encode_option_reply(&mut out, option, p::REP_ACK, &[]);
+                        meta = Some(MetaSelection { export: req.name, base_allocation });
+                    }
+                }
+                ClientOption::ExtendedHeaders => {
+                    p::encode_option_error(&mut out, option, p::REP_ERR_UNSUP, "extended headers are not supported")
+                }
+                ClientOption::Unknown(code) => p::encode_option_error(
+                    &mut out,
+                    option,
+                    p::REP_ERR_UNSUP,
+                    &format!("option {code} is not supported"),
+                ),
+            }
+            writer.write_all(&out).await?;
+            writer.flush().await?;
+        }
+    }
+
+    async fn transmit<R, W>(
+        &self,
+        session: Session,
+        mut reader: R,
+        writer: BufWriter<W>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), ConnectionError>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let session = Arc::new(session);
+        let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
+        let writer_task = tokio::spawn(write_loop(writer, rx));
+        let requests = Arc::new(Semaphore::new(usize::try_from(self.config.max_inflight_requests).unwrap_or(1)));
+        let byte_budget = self.config.max_inflight_bytes.max(p::MAX_PAYLOAD_BYTES);
+        let bytes = Arc::new(Semaphore::new(usize::try_from(byte_budget).unwrap_or(usize::MAX >> 4)));
+        let mut tasks = JoinSet::new();
+        let mut result = Ok(());
+
+        loop {
+            let mut raw = [0u8; p::REQUEST_LEN];
+            let got = tokio::select! {
+                biased;
+                () = stopped(&mut shutdown) => break,
+                r = reader.read_exact(&mut raw) => r,
+            };
+            if let Err(e) = got {
+                if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                    result = Err(e.into());
+                }
+                break;
+            }
+            while tasks.try_join_next().is_some() {}
+            let req = match p::decode_request(&raw) {
+                Ok(r) => r,
+                Err(v) => {
+                    result = Err(v.into());
+                    break;
+                }
+            };
+            if req.command == Command::Disc {
+                break;
+            }
+            let verdict = p::check_request(&req, &session.limits);
+            let cost = if verdict.is_ok() { held_bytes(&req) } else { req.payload_len() }.min(byte_budget);
+            // Throttle: stop reading this connection until enough replies have drained.
+            let permits = tokio::select! {
+                biased;
+                () = stopped(&mut shutdown) => break,
+                p = acquire(&requests, &bytes, cost) => p,
+            };
+            let Some(permits) = permits else { break };
+            let payload = if req.payload_len() > 0 {
+                let n = usize::try_from(req.payload_len()).unwrap_or(0);
+                let mut buf = IoBuf::zeroed(n);
+                let got = tokio::select! {
+                    biased;
+                    () = stopped(&mut shutdown) => break,
+                    r = reader.read_exact(&mut buf[..]) => r,
+                };
+                if let Err(e) = got {
+                    result = Err(e.into());
+                    break;
+                }
+                Some(buf)
+            } else {
+                None
+            };
+            let reply =
+                Reply { cookie: req.cookie, structured: session.structured, tx: tx.clone(), permits: Some(permits) };
+            let session = session.clone();
+            tasks.spawn(async move {
+                match verdict {
+                    Ok(()) => execute(&session, req, payload, reply).await,
+                    Err(e) => reply.error(e, &refusal(&req, e)),
+                }
+            });
+        }
+        // Requests already read still complete and get their replies.
+        while tasks.join_next().await.is_some() {}
+        drop(tx);
+        match writer_task.await {
+            Ok(Ok(())) => result,
+            Ok(Err(e)) => result.and(Err(e.into())),
+            Err(join) => result.and(Err(std::io::Error::other(join).into())),
+        }
+    }
+}
+
+fn session(export: Arc<dyn Export>, structured: bool, flags: u16, meta_context: bool) -> Session {
+    let limits =
+        p::Limits { flags, size_bytes: export.size_bytes(), min_block_bytes: export.min_block_bytes(), meta_context };
+    Session { export, structured, limits }
+}
+
+/// Whether `base:allocation` was selected for the export the client went on to use.
+fn meta_for(meta: &Option<MetaSelection>, export: &str) -> bool {
+    meta.as_ref().is_some_and(|m| m.base_allocation && m.export == export)
+}
+
+/// Bytes a request holds in memory while in flight.
+fn held_bytes(req: &Request) -> u32 {
+    match req.command {
+        Command::Read | Command::Write => req.len,
+        Command::WriteZeroes if req.has(p::CMD_FLAG_NO_HOLE) => req.len.min(ZERO_STEP_BYTES),
+        _ => 0,
+    }
+}
+
+/// Both permits of a request: one request slot, and its bytes.
+struct Permits {
+    _request: OwnedSemaphorePermit,
+    _bytes: Option<OwnedSemaphorePermit>,
+}
+
+async fn acquire(requests: &Arc<Semaphore>, bytes: &Arc<Semaphore>, cost: u32) -> Option<Permits> {
+    let request = requests.clone().acquire_owned().await.ok()?;
+    let bytes = if cost > 0 { Some(bytes.clone().acquire_many_owned(cost).await.ok()?) } else { None };
+    Some(Permits { _request: request, _bytes: bytes })
+}
+
+/// Why a request was refused before it ran, for the error chunk's message.
+fn refusal(req: &Request, e: Errno) -> String {
+    match e {
+        Errno::Perm => "the export is read-only".into(),
+        Errno::NoSpc => format!("range {}+{} ends past the end of the export", req.offset, req.len),
+        _ => match req.command {
+            Command::Unknown(code) => format!("unknown command {code}"),
+            _ => {
+                format!("invalid {:?} request (flags {:#x}, range {}+{})", req.command, req.flags, req.offset, req.len)
+            }
+        },
+    }
+}
+
+/// A message for the writer: header bytes, optional data, and the permits it releases once
+/// it is on the wire.
+struct Outgoing {
+    head: Vec<u8>,
+    data: Option<IoBuf>,
+    _permits: Option<Permits>,
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut w: BufWriter<W>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+) -> std::io::Result<()> {
+    while let Some(mut msg) = rx.recv().await {
+        loop {
+            w.write_all(&msg.head).await?;
+            if let Some(data) = &msg.data {
+                w.write_all(data).await?;
+            }
+            drop(msg);
+            // Batch whatever is already queued into one flush.
+            match rx.try_recv() {
+                Ok(next) => msg = next,
+                Err(_) => break,
+            }
+        }
+        w.flush().await?;
+    }
+    w.shutdown().await
+}
+
+/// Builds and sends the reply chunks of one request.
+struct Reply {
+    cookie: u64,
+    structured: bool,
+    tx: mpsc::UnboundedSender<Outgoing>,
+    permits: Option<Permits>,
+}
+
+impl Reply {
+    /// Sends a message; `last` hands over the request's permits with it.
+    fn send(&mut self, head: Vec<u8>, data: Option<IoBuf>, last: bool) {
+        let permits = if last { self.permits.take() } else { None };
+        // A send fails only when the writer is gone (the socket broke): nothing to do then.
+        let _ = self.tx.send(Outgoing { head, data, _permits: permits });
+    }
+
+    fn ok(mut self) {
+        let mut head = Vec::with_capacity(p::SIMPLE_REPLY_LEN);
+        p::encode_simple_reply(&mut head, 0, self.cookie);
+        self.send(head, None, true);
+    }
+
+    fn error(mut self, e: Errno, message: &str) {
+        let mut head = Vec::with_capacity(p::CHUNK_HEADER_LEN + 6 + message.len());
+        if self.structured {
+            p::encode_error_chunk(&mut head, self.cookie, e, message);
+        } else {
+            p::encode_simple_reply(&mut head, e.code(), self.cookie);
+        }
+        self.send(head, None, true);
+    }
+
+    fn engine_error(self, e: &cairn_engine::Error) {
+        let code = errno(e);
+        self.error(code, &e.to_string());
+    }
+
+    fn result(self, r: cairn_engine::Result<()>) {
+        match r {
+            Ok(()) => self.ok(),
+            Err(e) => self.engine_error(&e),
+        }
+    }
+}
+
+async fn execute(session: &Session, req: Request, payload: Option<IoBuf>, reply: Reply) {
+    let export = &*session.export;
+    let fua = req.has(p::CMD_FLAG_FUA);
+    let (offset, len) = (req.offset, u64::from(req.len));
+    match req.command {
+        Command::Read => read(export, &req, reply).await,
+        Command::Write => match payload {
+            Some(buf) => reply.result(export.write(offset, buf, fua).await),
+            None => reply.ok(),
+        },
+        Command::Flush => reply.result(export.flush().await),
+        Command::Trim => reply.result(export.punch(offset, len, fua).await),
+        Command::Cache => reply.result(export.cache(offset, len).await),
+        Command::WriteZeroes => {
+            if !req.has(p::CMD_FLAG_NO_HOLE) {
+                // Punching is faster than writing, so FAST_ZERO is honoured too.
+                reply.result(export.punch(offset, len, fua).await);
+            } else if req.has(p::CMD_FLAG_FAST_ZERO) {
+                reply.error(Errno::NotSup, "allocated zeroes are no faster than a write");
+            } else {
+                reply.result(write_zeroes(export, offset, len, fua).await);
+            }
+        }
+        Command::BlockStatus => block_status(export, &req, reply).await,
+        // Filtered out before execution.
+        Command::Disc | Command::Unknown(_) => reply.error(Errno::Inval, "not executable"),
+    }
+}
+
+/// WRITE_ZEROES with NO_HOLE: real zeros, so the range stays allocated.
+async fn write_zeroes(export: &dyn Export, offset: u64, len: u64, fua: bool) -> cairn_engine::Result<()> {
+    let step = u64::from(ZERO_STEP_BYTES);
+    let mut pos = offset;
+    let end = offset + len;
+    while pos < end {
+        let n = (end - pos).min(step);
+        let buf = IoBuf::zeroed(usize::try_from(n).unwrap_or(0));
+        export.write(pos, buf, false).await?;
+        pos += n;
+    }
+    if fua { export.flush().await } else { Ok(()) }
+}
+
+async fn read(export: &dyn Export, req: &Request, mut reply: Reply) {
+    let (offset, len) = (req.offset, u64::from(req.len));
+    if !reply.structured {
+        // Simple replies: the whole range as data, or an error with no payload.
+        match export.read(offset, len).await {
+            Ok(buf) => {
+                let mut head = Vec::with_capacity(p::SIMPLE_REPLY_LEN);
+                p::encode_simple_reply(&mut head, 0, reply.cookie);
+                reply.send(head, Some(buf), true);
+            }
+            Err(e) => reply.engine_error(&e),
+        }
+        return;
+    }
+    if len == 0 {
+        let mut head = Vec::with_capacity(p::CHUNK_HEADER_LEN);
+        p::encode_none(&mut head, reply.cookie);
+        reply.send(head, None, true);
+        return;
+    }
+    // A short read would fold any hole into data anyway (see `coalesce`), unless it lies
+    // wholly in a hole: not worth two SEEK_DATA/SEEK_HOLE calls on every small random read.
+    let extents = if len < MIN_HOLE_CHUNK_BYTES {
+        vec![cairn_engine::Extent { offset, len, data: true }]
+    } else {
+        match export.extents(offset, len).await {
+            Ok(e) => e,
+            Err(e) => return reply.engine_error(&e),
+        }
+    };
+    let all_hole = extents.iter().all(|e| !e.data);
+    if all_hole {
+        // One hole chunk is one content chunk, so this also honours DF.
+        let mut head = Vec::with_capacity(p::CHUNK_HEADER_LEN + 12);
+        p::encode_offset_hole(&mut head, reply.cookie, offset, req.len, true);
+        reply.send(head, None, true);
+        return;
+    }
+    let extents = coalesce(&extents);
+    if req.has(p::CMD_FLAG_DF) || extents.len() == 1 {
+        // Don't fragment (or nothing to skip): one data chunk with the holes' zeros in it.
+        match export.read(offset, len).await {
+            Ok(buf) => {
+                let mut head = Vec::with_capacity(p::CHUNK_HEADER_LEN + 8);
+                p::encode_offset_data_header(&mut head, reply.cookie, offset, req.len, true);
+                reply.send(head, Some(buf), true);
+            }
+            Err(e) => reply.engine_error(&e),
+        }
+        return;
+    }
+    let last = extents.len() - 1;
+    for (i, ext) in extents.iter().enumerate() {
+        let done = i == last;
+        // Extents lie inside the request, whose length fits in 32 bits.
+        let ext_len = u32::try_from(ext.len).unwrap_or(u32::MAX);
+        if ext.data {
+            match export.read(ext.offset, ext.len).await {
+                Ok(buf) => {
+                    let mut head = Vec::with_capacity(p::CHUNK_HEADER_LEN + 8);
+                    p::encode_offset_data_header(&mut head, reply.cookie, ext.offset, ext_len, done);
+                    reply.send(head, Some(buf), done);
+                }
+                Err(e) => return reply.engine_error(&e),
+            }
+        } else {
+            let mut head = Vec::with_capacity(p::CHUNK_HEADER_LEN + 12);
+            p::encode_offset_hole(&mut head, reply.cookie, ext.offset, ext_len, done);
+            reply.send(head, None, done);
+        }
+    }
+}
+
+/// Holes shorter than this between data go out as data: a separate chunk and a second read
+/// cost more than the zeros.
+const MIN_HOLE_CHUNK_BYTES: u64 = 64 << 10;
+
+/// Extents with short holes folded into the data around them.
+fn coalesce(extents: &[cairn_engine::Extent]) -> Vec<cairn_engine::Extent> {
+    let mut out: Vec<cairn_engine::Extent> = Vec::with_capacity(extents.len());
+    for e in extents {
+        let mut e = *e;
+        if !e.data && e.len < MIN_HOLE_CHUNK_BYTES {
+            e.data = true;
+        }
+        match out.last_mut() {
+            Some(last) if last.data == e.data => last.len += e.len,
+            _ => out.push(e),
+        }
+    }
+    out
+}
+
+async fn block_status(export: &dyn Export, req: &Request, mut reply: Reply) {
+    if req.len == 0 {
+        return reply.error(Errno::Inval, "block status of an empty range");
+    }
+    let span = u64::from(req.len).min(MAX_STATUS_SPAN_BYTES);
+    let extents = match export.extents(req.offset, span).await {
+        Ok(e) => e,
+        Err(e) => return reply.engine_error(&e),
+    };
+    let mut descriptors: Vec<p::Descriptor> = Vec::with_capacity(extents.len().min(1024));
+    for ext in &extents {
+        let flags = if ext.data { 0 } else { p::STATE_HOLE | p::STATE_ZERO };
+        let len = u32::try_from(ext.len).unwrap_or(u32::MAX);
+        match descriptors.last_mut() {
+            Some(d) if d.flags == flags => d.len = d.len.saturating_add(len),
+            _ => descriptors.push(p::Descriptor { len, flags }),
+        }
+        if descriptors.len() > MAX_DESCRIPTORS {
+            descriptors.truncate(MAX_DESCRIPTORS);
+            break;
+        }
+    }
+    if req.has(p::CMD_FLAG_REQ_ONE) {
+        descriptors.truncate(1);
+    }
+    if descriptors.is_empty() {
+        return reply.error(Errno::Inval, "block status found no extents");
+    }
+    let mut head = Vec::with_capacity(p::CHUNK_HEADER_LEN + 4 + 8 * descriptors.len());
+    p::encode_block_status(&mut head, reply.cookie, BASE_ALLOCATION_ID, &descriptors, true);
+    reply.send(head, None, true);
+}
+
+#[cfg(test)]
+mod tests {
+    //! In-process tests over an in-memory byte stream, with an in-memory export.
+
+    use std::sync::Mutex;
+
+    use cairn_engine::{Error, Extent};
+    use tokio::io::DuplexStream;
+
+    use super::*;
+    use crate::nbd::export::ExportFuture;
+
+    const BLOCK: u64 = 4096;
+
+    /// A sparse in-memory export: 4 KiB blocks, allocated on write, freed on punch.
+    struct MemExport {
+        size: u64,
+        blocks: Mutex<Vec<Option<Vec<u8>>>>,
+    }
+
+    impl MemExport {
+        fn new(size: u64) -> Self {
+            let n = usize::try_from(size / BLOCK).unwrap();
+            Self { size, blocks: Mutex::new(vec![None; n]) }
+        }
+    }
+
+    fn idx(off: u64) -> usize {
+        usize::try_from(off / BLOCK).unwrap()
+    }
+
+    impl Export for MemExport {
+        fn name(&self) -> String {
+            "mem".into()
+        }
+        fn description(&self) -> String {
+            "in-memory test export".into()
+        }
+        fn size_bytes(&self) -> u64 {
+            self.size
+        }
+        fn min_block_bytes(&self) -> u32 {
+            1
+        }
+        fn read_only(&self) -> bool {
+            false
+        }
+        fn can_multi_conn(&self) -> bool {
+            true
+        }
+        fn read(&self, offset: u64, len: u64) -> ExportFuture<'_, IoBuf> {
+            let blocks = self.blocks.lock().unwrap();
+            let mut out = IoBuf::zeroed(usize::try_from(len).unwrap());
+            for (i, byte) in out.iter_mut().enumerate() {
+                let pos = offset + i as u64;
+                if let Some(b) = &blocks[idx(pos)] {
+                    *byte = b[usize::try_from(pos % BLOCK).unwrap()];
+                }
+            }
+            Box::pin(std::future::ready(Ok(out)))
+        }
+        fn write(&self, offset: u64, buf: IoBuf, _fua: bool) -> ExportFuture<'_, ()> {
+            let mut blocks = self.blocks.lock().unwrap();
+            for (i, byte) in buf.iter().enumerate() {
+                let pos = offset + i as u64;
+                let b = blocks[idx(pos)].get_or_insert_with(|| vec![0; 4096]);
+                b[usize::try_from(pos % BLOCK).unwrap()] = *byte;
+            }
+            Box::pin(std::future::ready(Ok(())))
+        }
+        fn punch(&self, offset: u64, len: u64, _fua: bool) -> ExportFuture<'_, ()> {
+            let mut blocks = self.blocks.lock().unwrap();
+            for pos in offset..offset + len {
+                if let Some(b) = &mut blocks[idx(pos)] {
+                    b[usize::try_from(pos % BLOCK).unwrap()] = 0;
+                }
+            }
+            // Whole blocks become holes.
+            let first = offset.div_ceil(BLOCK);
+            let end = (offset + len) / BLOCK;
+            for i in first..end {
+                blocks[usize::try_from(i).unwrap()] = None;
+            }
+            Box::pin(std::future::ready(Ok(())))
+        }
+        fn flush(&self) -> ExportFuture<'_, ()> {
+            Box::pin(std::future::ready(Ok(())))
+        }
+        fn cache(&self, _offset: u64, _len: u64) -> ExportFuture<'_, ()> {
+            // Slow on purpose: lets tests see replies overtake it.
+            Box::pin(async {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                Ok(())
+            })
+        }
+        fn extents(&self, offset: u64, len: u64) -> ExportFuture<'_, Vec<Extent>> {
+            Box::pin(std::future::ready(self.extents_now(offset, len)))
+        }
+    }
+
+    impl MemExport {
+        fn extents_now(&self, offset: u64, len: u64) -> cairn_engine::Result<Vec<Extent>> {
+            if offset + len > self.size {
+                return Err(Error::InvalidArgument { field: "offset", reason: "past the end".into() });
+            }
+            let blocks = self.blocks.lock().unwrap();
+            let mut out: Vec<Extent> = Vec::new();
+            let mut pos = offset;
+            while pos < offset + len {
+                let next = ((pos / BLOCK) + 1) * BLOCK;
+                let end = next.min(offset + len);
+                let data = blocks[idx(pos)].is_some();
+                match out.last_mut() {
+                    Some(e) if e.data == data => e.len += end - pos,
+                    _ => out.push(Extent { offset: pos, len: end - pos, data }),
+                }
+                pos = end;
+            }
+            Ok(out)
+        }
+    }
+
+    struct Source(Arc<MemExport>);
+
+    impl ExportSource for Source {
+        fn open(&self, name: &str) -> Option<Arc<dyn Export>> {
+            (name == "mem").then(|| self.0.clone() as Arc<dyn Export>)
+        }
+        fn list(&self) -> Vec<String> {
+            vec!["mem".into()]
+        }
+    }
+
+    /// A connected server (on its own task) and the client end of the stream.
+    fn start(
+        config: ServerConfig,
+    ) -> (DuplexStream, watch::Sender<bool>, tokio::task::JoinHandle<Result<(), ConnectionError>>) {
+        start_with(config, 1 << 20)
+    }
+
+    /// Like [`start`], with `pipe_bytes` of buffering in each direction of the stream.
+    fn start_with(
+        config: ServerConfig,
+        pipe_bytes: usize,
+    ) -> (DuplexStream, watch::Sender<bool>, tokio::task::JoinHandle<Result<(), ConnectionError>>) {
+        let export = Arc::new(MemExport::new(1 << 20));
+        let server = Server::new(Arc::new(Source(export)), config);
+        let (client, serverside) = tokio::io::duplex(pipe_bytes);
+        let (r, w) = tokio::io::split(serverside);
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(async move { server.serve(r, w, stopped).await });
+        (client, stop, task)
+    }
+
+    async fn option(c: &mut DuplexStream, option: u32, data: &[u8]) {
+        let mut msg = p::IHAVEOPT.to_be_bytes().to_vec();
+        msg.extend_from_slice(&option.to_be_bytes());
+        msg.extend_from_slice(&u32::try_from(data.len()).unwrap().to_be_bytes());
+        msg.extend_from_slice(data);
+        c.write_all(&msg).await.unwrap();
+    }
+
+    /// Reads one option reply: (option, reply type, payload).
+    async fn option_reply(c: &mut DuplexStream) -> (u32, u32, Vec<u8>) {
+        let mut h = [0u8; 20];
+        c.read_exact(&mut h).await.unwrap();
+        assert_eq!(&h[..8], &p::OPTION_REPLY_MAGIC.to_be_bytes());
+        let opt = u32::from_be_bytes(h[8..12].try_into().unwrap());
+        let kind = u32::from_be_bytes(h[12..16].try_into().unwrap());
+        let len = u32::from_be_bytes(h[16..20].try_into().unwrap());
+        let mut data = vec![0u8; usize::try_from(len).unwrap()];
+        c.read_exact(&mut data).await.unwrap();
+        (opt, kind, data)
+    }
+
+    fn name_data(name: &str, extra: &[u8]) -> Vec<u8> {
+        let mut d = u32::try_from(name.len()).unwrap().to_be_bytes().to_vec();
+        d.extend_from_slice(name.as_bytes());
+        d.extend_from_slice(extra);
+        d
+    }
+
+    /// Greeting, flags, STRUCTURED_REPLY, SET_META_CONTEXT base:allocation, GO.
+    async fn negotiate(c: &mut DuplexStream) -> u16 {
+        let mut g = [0u8; p::GREETING_LEN];
+        c.read_exact(&mut g).await.unwrap();
+        assert_eq!(g, p::greeting());
+        c.write_all(&3u32.to_be_bytes()).await.unwrap();
+        option(c, p::OPT_STRUCTURED_REPLY, &[]).await;
+        assert_eq!(option_reply(c).await.1, p::REP_ACK);
+        let mut q = 1u32.to_be_bytes().to_vec();
+        q.extend_from_slice(&name_data(p::BASE_ALLOCATION, &[]));
+        option(c, p::OPT_SET_META_CONTEXT, &name_data("mem", &q)).await;
+        let (_, kind, data) = option_reply(c).await;
+        assert_eq!(kind, p::REP_META_CONTEXT);
+        assert_eq!(&data[4..], p::BASE_ALLOCATION.as_bytes());
+        assert_eq!(option_reply(c).await.1, p::REP_ACK);
+        option(c, p::OPT_GO, &name_data("mem", &0u16.to_be_bytes())).await;
+        let mut flags = None;
+        loop {
+            let (_, kind, data) = option_reply(c).await;
+            if kind == p::REP_ACK {
+                break;
+            }
+            assert_eq!(kind, p::REP_INFO);
+            if data[..2] == p::INFO_EXPORT.to_be_bytes() {
+                flags = Some(u16::from_be_bytes([data[10], data[11]]));
+            }
+        }
+        flags.unwrap()
+    }
+
+    async fn request(c: &mut DuplexStream, cmd: u16, flags: u16, cookie: u64, off: u64, len: u32) {
+        let mut r = p::REQUEST_MAGIC.to_be_bytes().to_vec();
+        r.extend_from_slice(&flags.to_be_bytes());
+        r.extend_from_slice(&cmd.to_be_bytes());
+        r.extend_from_slice(&cookie.to_be_bytes());
+        r.extend_from_slice(&off.to_be_bytes());
+        r.extend_from_slice(&len.to_be_bytes());
+        c.write_all(&r).await.unwrap();
+    }
+
+    /// A reply message: simple (error) or one structured chunk (flags, type, payload).
+    #[derive(Debug)]
+    enum Msg {
+        Simple { error: u32, cookie: u64 },
+        Chunk { flags: u16, kind: u16, cookie: u64, payload: Vec<u8> },
+    }
+
+    async fn reply(c: &mut DuplexStream) -> Msg {
+        let mut m = [0u8; 4];
+        c.read_exact(&mut m).await.unwrap();
+        let magic = u32::from_be_bytes(m);
+        if magic == p::SIMPLE_REPLY_MAGIC {
+            let mut r = [0u8; 12];
+            c.read_exact(&mut r).await.unwrap();
+            return Msg::Simple {
+                error: u32::from_be_bytes(r[..4].try_into().unwrap()),
+                cookie: u64::from_be_bytes(r[4..].try_into().unwrap()),
+            };
+        }
+        assert_eq!(magic, p::STRUCTURED_REPLY_MAGIC);
+        let mut r = [0u8; 16];
+        c.read_exact(&mut r).await.unwrap();
+        let len = u32::from_be_bytes(r[12..16].try_into().unwrap());
+        let mut payload = vec![0u8; usize::try_from(len).unwrap()];
+        c.read_exact(&mut payload).await.unwrap();
+        Msg::Chunk {
+            flags: u16::from_be_bytes([r[0], r[1]]),
+            kind: u16::from_be_bytes([r[2], r[3]]),
+            cookie: u64::from_be_bytes(r[4..12].try_into().unwrap()),
+            payload,
+        }
+    }
+
+    #[test]
+    fn short_holes_are_read_as_data_and_long_ones_skipped() {
+        let ext = |offset, len, data| Extent { offset, len, data };
+        let got = coalesce(&[
+            ext(0, 4096, true),
+            ext(4096, 4096, false),
+            ext(8192, 4096, true),
+            ext(12288, 1 << 20, false),
+            ext(12288 + (1 << 20), 4096, true),
+        ]);
+        assert_eq!(got, vec![ext(0, 12288, true), ext(12288, 1 << 20, false), ext(12288 + (1 << 20), 4096, true)]);
+    }
+
+    #[tokio::test]
+    async fn write_read_block_status_and_holes_round_trip() {
+        let (mut c, _stop, task) = start(ServerConfig::default());
+        let flags = negotiate(&mut c).await;
+        assert_eq!(
+            flags,
+            p::FLAG_HAS_FLAGS
+                | p::FLAG_SEND_FLUSH
+                | p::FLAG_SEND_FUA
+                | p::FLAG_SEND_TRIM
+                | p::FLAG_SEND_WRITE_ZEROES
+                | p::FLAG_SEND_FAST_ZERO
+                | p::FLAG_SEND_DF
+                | p::FLAG_SEND_CACHE
+                | p::FLAG_CAN_MULTI_CONN
+        );
+
+        // Write 4 KiB of 0xab at 128 KiB.
+        request(&mut c, 1, p::CMD_FLAG_FUA, 1, 128 << 10, 4096).await;
+        c.write_all(&[0xab; 4096]).await.unwrap();
+        assert!(matches!(reply(&mut c).await, Msg::Simple { error: 0, cookie: 1 }));
+
+        // Read 256 KiB from 0: a hole, the data, a hole, in order, the last one DONE.
+        request(&mut c, 0, 0, 2, 0, 256 << 10).await;
+        let mut seen = Vec::new();
+        loop {
+            let Msg::Chunk { flags, kind, cookie, payload } = reply(&mut c).await else {
+                panic!("read must get structured replies");
+            };
+            assert_eq!(cookie, 2);
+            let off = u64::from_be_bytes(payload[..8].try_into().unwrap());
+            seen.push((kind, off));
+            if kind == p::REPLY_TYPE_OFFSET_DATA {
+                assert!(payload[8..].iter().all(|&b| b == 0xab));
+                assert_eq!(payload.len() - 8, 4096);
+            }
+            if flags & p::REPLY_FLAG_DONE != 0 {
+                break;
+            }
+        }
+        assert_eq!(
+            seen,
+            vec![
+                (p::REPLY_TYPE_OFFSET_HOLE, 0),
+                (p::REPLY_TYPE_OFFSET_DATA, 128 << 10),
+                (p::REPLY_TYPE_OFFSET_HOLE, 132 << 10)
+            ]
+        );
+
+        // DF: one content chunk with the zeros inside.
+        request(&mut c, 0, p::CMD_FLAG_DF, 3, (128 << 10) - 4096, 8192).await;
+        let Msg::Chunk { flags, kind, payload, .. } = reply(&mut c).await else {
+            panic!("structured");
+        };
+        assert_eq!((flags, kind), (p::REPLY_FLAG_DONE, p::REPLY_TYPE_OFFSET_DATA));
+        assert!(payload[8..4104].iter().all(|&b| b == 0));
+        assert!(payload[4104..].iter().all(|&b| b == 0xab));
+
+        // Block status: hole, data, hole with lengths 128 KiB, 4 KiB, the rest.
+        request(&mut c, 7, 0, 4, 0, 1 << 20).await;
+        let Msg::Chunk { kind, payload, .. } = reply(&mut c).await else {
+            panic!("structured");
+        };
+        assert_eq!(kind, p::REPLY_TYPE_BLOCK_STATUS);
+        let words: Vec<u32> = payload.chunks(4).map(|w| u32::from_be_bytes(w.try_into().unwrap())).collect();
+        assert_eq!(words, vec![1, 128 << 10, 3, 4096, 0, (1 << 20) - (132 << 10), 3]);
+
+        // Trim makes it a hole again; flush; disconnect ends the session cleanly.
+        request(&mut c, 4, 0, 5, 128 << 10, 4096).await;
+        assert!(matches!(reply(&mut c).await, Msg::Simple { error: 0, cookie: 5 }));
+        request(&mut c, 3, 0, 6, 0, 0).await;
+        assert!(matches!(reply(&mut c).await, Msg::Simple { error: 0, cookie: 6 }));
+        request(&mut c, 0, 0, 7, 128 << 10, 64 << 10).await;
+        let Msg::Chunk { kind, .. } = reply(&mut c).await else {
+            panic!("structured");
+        };
+        assert_eq!(kind, p::REPLY_TYPE_OFFSET_HOLE);
+        request(&mut c, 2, 0, 8, 0, 0).await;
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn bad_requests_get_errors_and_the_session_goes_on() {
+        let (mut c, _stop, task) = start(ServerConfig::default());
+        negotiate(&mut c).await;
+        let expect_err = |m: Msg, want: Errno, cookie_want: u64| match m {
+            Msg::Chunk { kind, cookie, payload, .. } => {
+                assert_eq!(kind, p::REPLY_TYPE_ERROR);
+                assert_eq!(cookie, cookie_want);
+                assert_eq!(u32::from_be_bytes(payload[..4].try_into().unwrap()), want.code());
+            }
+            Msg::Simple { .. } => panic!("expected an error chunk"),
+        };
+        request(&mut c, 99, 0, 1, 0, 0).await;
+        expect_err(reply(&mut c).await, Errno::Inval, 1);
+        request(&mut c, 0, 0, 2, 1 << 20, 1).await;
+        expect_err(reply(&mut c).await, Errno::Inval, 2);
+        request(&mut c, 6, 0, 3, (1 << 20) - 1, 2).await;
+        expect_err(reply(&mut c).await, Errno::NoSpc, 3);
+        request(&mut c, 0, 1 << 12, 4, 0, 1).await;
+        expect_err(reply(&mut c).await, Errno::Inval, 4);
+        // A write past the end: its payload is consumed, then the error.
+        request(&mut c, 1, 0, 5, 1 << 20, 3).await;
+        c.write_all(b"xyz").await.unwrap();
+        expect_err(reply(&mut c).await, Errno::NoSpc, 5);
+        request(&mut c, 6, p::CMD_FLAG_NO_HOLE | p::CMD_FLAG_FAST_ZERO, 6, 0, 4096).await;
+        expect_err(reply(&mut c).await, Errno::NotSup, 6);
+        // Still serving.
+        request(&mut c, 3, 0, 7, 0, 0).await;
+        assert!(matches!(reply(&mut c).await, Msg::Simple { error: 0, cookie: 7 }));
+        // Garbage magic ends the connection.
+        c.write_all(&[0x55; p::REQUEST_LEN]).await.unwrap();
+        let err = task.await.unwrap().unwrap_err();
+        assert!(matches!(err, ConnectionError::Violation(p::Violation::RequestMagic(_))));
+    }
+
+    #[tokio::test]
+    async fn unknown_options_are_unsupported_and_unknown_client_flags_close() {
+        let (mut c, _stop, task) = start(ServerConfig::default());
+        let mut g = [0u8; p::GREETING_LEN];
+        c.read_exact(&mut g).await.unwrap();
+        c.write_all(&1u32.to_be_bytes()).await.unwrap();
+        option(&mut c, 1234, b"whatever").await;
+        assert_eq!(option_reply(&mut c).await, (1234, p::REP_ERR_UNSUP, b"option 1234 is not supported".to_vec()));
+        option(&mut c, p::OPT_EXTENDED_HEADERS, &[]).await;
+        assert_eq!(option_reply(&mut c).await.1, p::REP_ERR_UNSUP);
+        option(&mut c, p::OPT_GO, &name_data("nope", &0u16.to_be_bytes())).await;
+        assert_eq!(option_reply(&mut c).await.1, p::REP_ERR_UNKNOWN);
+        option(&mut c, p::OPT_GO, &[0, 0, 0, 9]).await;
+        assert_eq!(option_reply(&mut c).await.1, p::REP_ERR_INVALID);
+        option(&mut c, p::OPT_LIST, &[]).await;
+        let (_, kind, data) = option_reply(&mut c).await;
+        assert_eq!((kind, data), (p::REP_SERVER, name_data("mem", &[])));
+        assert_eq!(option_reply(&mut c).await.1, p::REP_ACK);
+        option(&mut c, p::OPT_ABORT, &[]).await;
+        assert_eq!(option_reply(&mut c).await.1, p::REP_ACK);
+        task.await.unwrap().unwrap();
+
+        let (mut c, _stop, task) = start(ServerConfig::default());
+        c.read_exact(&mut g).await.unwrap();
+        c.write_all(&0x8000_0001u32.to_be_bytes()).await.unwrap();
+        let err = task.await.unwrap().unwrap_err();
+        assert!(matches!(err, ConnectionError::Violation(p::Violation::UnknownClientFlags(_))));
+    }
+
+    #[tokio::test]
+    async fn a_flooding_client_is_throttled_and_every_request_is_answered() {
+        const N: u64 = 6000;
+        let config = ServerConfig { max_inflight_requests: 2, ..ServerConfig::default() };
+        let (mut c, _stop, task) = start_with(config, 1024);
+        negotiate(&mut c).await;
+        let (mut rd, mut wr) = tokio::io::split(c);
+        let sender = tokio::spawn(async move {
+            for cookie in 0..N {
+                let mut r = p::REQUEST_MAGIC.to_be_bytes().to_vec();
+                r.extend_from_slice(&0u16.to_be_bytes());
+                r.extend_from_slice(&3u16.to_be_bytes());
+                r.extend_from_slice(&cookie.to_be_bytes());
+                r.extend_from_slice(&[0u8; 12]);
+                wr.write_all(&r).await.unwrap();
+            }
+            wr
+        });
+
+        // Nobody reads replies: the server stops reading once 2 requests wait on the writer
+        // and its read buffer is full, so the client cannot push all its requests.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!sender.is_finished(), "the server kept reading a client that reads no replies");
+
+        // Reading the replies lets everything through; every request is answered once.
+        let mut cookies = Vec::new();
+        for _ in 0..N {
+            let mut r = [0u8; p::SIMPLE_REPLY_LEN];
+            rd.read_exact(&mut r).await.unwrap();
+            assert_eq!(&r[4..8], &[0, 0, 0, 0]);
+            cookies.push(u64::from_be_bytes(r[8..].try_into().unwrap()));
+        }
+        cookies.sort_unstable();
+        assert_eq!(cookies, (0..N).collect::<Vec<_>>());
+        let mut wr = sender.await.unwrap();
+        let mut r = p::REQUEST_MAGIC.to_be_bytes().to_vec();
+        r.extend_from_slice(&[0, 0, 0, 2]);
+        r.extend_from_slice(&[0u8; 20]);
+        wr.write_all(&r).await.unwrap();
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_slow_request_is_overtaken_by_later_ones() {
+        let (mut c, _stop, _task) = start(ServerConfig::default());
+        negotiate(&mut c).await;
+
+        request(&mut c, 5, 0, 1, 0, 4096).await;
+        request(&mut c, 3, 0, 2, 0, 0).await;
+        request(&mut c, 0, 0, 3, 0, 4096).await;
+
+        let mut order = Vec::new();
+        for _ in 0..3 {
+            order.push(match reply(&mut c).await {
+                Msg::Simple { error: 0, cookie } => cookie,
+                Msg::Chunk { cookie, flags, .. } if flags & p::REPLY_FLAG_DONE != 0 => cookie,
+                other => panic!("unexpected {other:?}"),
+            });
+        }
+        assert_eq!(order.last(), Some(&1), "the slow CACHE is answered last: {order:?}");
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_an_idle_session_cleanly() {
+        let (mut c, stop, task) = start(ServerConfig::default());
+        negotiate(&mut c).await;
+        stop.send(true).unwrap();
+        task.await.unwrap().unwrap();
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+    }
+}
