@@ -259,6 +259,12 @@ impl PendingCapture {
         dirty * 100 <= bpc * crate::delta::MAX_DELTA_SHARE_PERCENT as u64
     }
 
+    /// Blocks of chunk `c` (indices within the chunk) dirty in the closed epoch.
+    pub(crate) fn dirty_blocks_in_chunk(&self, c: u64) -> Vec<usize> {
+        let bpc = self.blocks_per_chunk();
+        (0..bpc).filter(|&b| self.tracker.closed_any(c * bpc + b, 1)).filter_map(|b| usize::try_from(b).ok()).collect()
+    }
+
     pub(crate) fn stripe(&self, c: u64) -> &tokio::sync::Mutex<()> {
         &self.stripes[usize::try_from(c % STRIPES as u64).unwrap_or(0)]
     }

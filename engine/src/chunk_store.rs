@@ -229,6 +229,11 @@ impl ChunkStore {
         self.read_record(id, RecordKind::Full).await
     }
 
+    /// Reads and checks a stored delta record's payload.
+    pub(crate) async fn read_delta(&self, id: ChunkId) -> Result<Vec<u8>> {
+        self.read_record(id, RecordKind::Delta).await
+    }
+
     async fn read_record(&self, id: ChunkId, kind: RecordKind) -> Result<Vec<u8>> {
         let loc = self
             .lookup(id)?
@@ -245,7 +250,7 @@ impl ChunkStore {
             ChunkRef::Full(id) => self.read(id).await,
             ChunkRef::Delta { content, base, delta } => {
                 let base_data = self.read(base).await?;
-                let payload = self.read_record(delta, RecordKind::Delta).await?;
+                let payload = self.read_delta(delta).await?;
                 let data = crate::delta::apply(&base_data, &payload)?;
                 if ChunkId::of(&data) != content {
                     return Err(Error::corrupt(

@@ -16,29 +16,36 @@ fn bitmap_bytes(blocks: usize) -> usize {
     blocks.div_ceil(64) * 8
 }
 
-/// The delta taking `base` to `data`, or `None` when too much changed (or the lengths differ).
-pub(crate) fn make(base: &[u8], data: &[u8]) -> Option<Vec<u8>> {
-    if base.len() != data.len() || data.is_empty() {
-        return None;
-    }
+/// The delta holding blocks `changed` (indices within the chunk, ascending, no repeats) of
+/// `data`, or `None` when they are more than [`MAX_DELTA_SHARE_PERCENT`] of its blocks. The
+/// caller knows which blocks differ from the base (change tracking since the base, plus the
+/// blocks of the delta it replaces), so the base itself is never read to make a delta.
+pub(crate) fn make(data: &[u8], changed: &[usize]) -> Option<Vec<u8>> {
     let blocks = data.len().div_ceil(BLOCK_BYTES);
-    let changed: Vec<usize> = (0..blocks)
-        .filter(|&b| {
-            base[b * BLOCK_BYTES..].iter().take(BLOCK_BYTES).ne(data[b * BLOCK_BYTES..].iter().take(BLOCK_BYTES))
-        })
-        .collect();
-    if changed.len() * 100 > blocks * MAX_DELTA_SHARE_PERCENT {
+    if data.is_empty() || changed.len() * 100 > blocks * MAX_DELTA_SHARE_PERCENT {
         return None;
     }
     let mut out = vec![0u8; bitmap_bytes(blocks)];
-    for &b in &changed {
+    for &b in changed {
+        if b >= blocks {
+            return None;
+        }
         out[b / 8] |= 1 << (b % 8);
     }
-    for &b in &changed {
+    for &b in changed {
         let end = ((b + 1) * BLOCK_BYTES).min(data.len());
         out.extend_from_slice(&data[b * BLOCK_BYTES..end]);
     }
     Some(out)
+}
+
+/// The blocks a delta payload for a chunk of `chunk_len` bytes holds.
+pub(crate) fn blocks(payload: &[u8], chunk_len: usize) -> Result<Vec<usize>> {
+    let blocks = chunk_len.div_ceil(BLOCK_BYTES);
+    let map = payload
+        .get(..bitmap_bytes(blocks))
+        .ok_or_else(|| Error::corrupt("delta", "delta shorter than its bitmap".to_owned()))?;
+    Ok((0..blocks).filter(|&b| map[b / 8] & (1 << (b % 8)) != 0).collect())
 }
 
 /// Applies `payload` to `base`.
@@ -77,15 +84,14 @@ mod tests {
         let mut data = base.clone();
         data[5 * BLOCK_BYTES + 3] = 1;
         data[40 * BLOCK_BYTES] = 2;
-        let d = make(&base, &data).unwrap();
+        let d = make(&data, &[5, 40]).unwrap();
         assert_eq!(d.len(), 8 + 2 * BLOCK_BYTES);
+        assert_eq!(blocks(&d, data.len()).unwrap(), vec![5, 40]);
         assert_eq!(apply(&base, &d).unwrap(), data);
-        let mut many = base.clone();
-        for b in 0..17 {
-            many[b * BLOCK_BYTES] = 9;
-        }
-        assert!(make(&base, &many).is_none(), "17 of 64 blocks is past 25%");
-        assert!(make(&base, &data[..BLOCK_BYTES]).is_none());
+        let many: Vec<usize> = (0..17).collect();
+        assert!(make(&data, &many).is_none(), "17 of 64 blocks is past 25%");
+        assert!(make(&data, &[64]).is_none(), "a block past the chunk");
+        assert!(make(&[], &[]).is_none());
     }
 
     #[test]
@@ -93,7 +99,7 @@ mod tests {
         let base = vec![0u8; 8 * BLOCK_BYTES];
         let mut data = base.clone();
         data[0] = 1;
-        let d = make(&base, &data).unwrap();
+        let d = make(&data, &[0]).unwrap();
         assert!(apply(&base, &d[..d.len() - 1]).is_err());
         let mut longer = d.clone();
         longer.push(0);
@@ -106,14 +112,19 @@ mod tests {
 
     proptest! {
         #[test]
-        fn apply_inverts_make(blocks in 1usize..80, short in 0usize..4096, edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..12)) {
-            let len = blocks * BLOCK_BYTES - if blocks > 1 { short } else { 0 };
+        fn apply_inverts_make(n in 1usize..80, short in 0usize..4096, edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..12)) {
+            let len = n * BLOCK_BYTES - if n > 1 { short } else { 0 };
             let base: Vec<u8> = (0..len).map(|i| u8::try_from(i % 251).unwrap()).collect();
             let mut data = base.clone();
+            let mut changed = Vec::new();
             for (at, v) in edits {
                 data[at % len] = v;
+                changed.push((at % len) / BLOCK_BYTES);
             }
-            if let Some(d) = make(&base, &data) {
+            changed.sort_unstable();
+            changed.dedup();
+            if let Some(d) = make(&data, &changed) {
+                prop_assert_eq!(blocks(&d, len).unwrap(), changed);
                 prop_assert_eq!(apply(&base, &d).unwrap(), data);
             }
         }

@@ -45,11 +45,11 @@ enum Analysis {
     },
 }
 
-/// Zero, already stored, a delta over `base` (when few blocks differ from it), or a new
-/// full chunk, in that order of preference.
+/// Zero, already stored, a delta over the planned base (when few blocks may differ from it),
+/// or a new full chunk, in that order of preference.
 fn analyse(
     data: &[u8],
-    base: Option<(ChunkId, Vec<u8>)>,
+    plan: Option<(ChunkId, Vec<usize>)>,
     store_index: &dyn Fn(ChunkId) -> Result<bool>,
     level: i32,
 ) -> Result<Analysis> {
@@ -60,8 +60,8 @@ fn analyse(
     if store_index(id)? {
         return Ok(Analysis::Known(id));
     }
-    if let Some((base, base_data)) = base
-        && let Some(payload) = crate::delta::make(&base_data, data)
+    if let Some((base, changed)) = plan
+        && let Some(payload) = crate::delta::make(data, &changed)
     {
         let delta = ChunkId::of(&payload);
         let record = if store_index(delta)? {
@@ -657,10 +657,10 @@ impl Engine {
                 let task = tokio::spawn(async move {
                     let data = disk.read_chunk_for_capture(&cap, c).await?;
                     let len = data.len() as u64;
-                    let base = engine.delta_base(&cap, lineage, c, seq).await;
+                    let plan = engine.delta_plan(&cap, lineage, c, seq).await;
                     let analysis = tokio::task::spawn_blocking(move || {
                         let known = |id: ChunkId| engine.inner.chunks.lookup(id).map(|l| l.is_some());
-                        analyse(&data, base, &known, level)
+                        analyse(&data, plan, &known, level)
                     })
                     .await
                     .map_err(|e| Error::io("analyse chunk", disk.path(), std::io::Error::other(e)))??;
@@ -836,29 +836,42 @@ impl Engine {
         Ok(())
     }
 
-    /// The full chunk (and its content) a delta of chunk `c` would be taken against: the base
-    /// of the chunk's newest version before `seq`. `None` for full scans, for chunks whose
-    /// dirty share already rules a delta out, and when the base cannot be read intact (a
-    /// corrupt chunk is never built upon: the chunk is stored whole instead).
-    async fn delta_base(
+    /// The full chunk a delta of chunk `c` would be taken against, and the blocks of `c` that
+    /// may differ from it: those dirty in the closed epoch plus those of the delta the
+    /// chunk's previous version already is. `None` for full scans, for chunks whose dirty
+    /// share rules a delta out, and when the previous delta cannot be read intact (the chunk
+    /// is then stored whole).
+    async fn delta_plan(
         &self,
         cap: &PendingCapture,
         lineage: LineageId,
         c: u64,
         seq: u64,
-    ) -> Option<(ChunkId, Vec<u8>)> {
+    ) -> Option<(ChunkId, Vec<usize>)> {
         if cap.full_scan() || !cap.few_dirty_blocks(c) {
             return None;
         }
         let prev = chunk_map::resolve(&self.inner.catalog, lineage, c, seq.checked_sub(1)?).ok()?;
-        let base = prev.full_base()?;
-        match self.inner.chunks.read(base).await {
-            Ok(data) => Some((base, data)),
-            Err(e) => {
-                tracing::warn!(chunk = %base, error = %e, "base of a would-be delta is unreadable; storing the chunk whole");
-                None
+        let mut changed = cap.dirty_blocks_in_chunk(c);
+        let base = match prev {
+            ChunkRef::Zero => return None,
+            ChunkRef::Full(base) => base,
+            ChunkRef::Delta { base, delta, .. } => {
+                let (start, end) = cap.chunk_range(c);
+                let len = usize::try_from(end - start).ok()?;
+                match self.inner.chunks.read_delta(delta).await.and_then(|p| crate::delta::blocks(&p, len)) {
+                    Ok(prev_blocks) => changed.extend(prev_blocks),
+                    Err(e) => {
+                        tracing::warn!(delta = %delta, error = %e, "previous delta unreadable; storing the chunk whole");
+                        return None;
+                    }
+                }
+                changed.sort_unstable();
+                changed.dedup();
+                base
             }
-        }
+        };
+        Some((base, changed))
     }
 
     /// Pauses while the data dir's free space is under the watermark, saying so in the
