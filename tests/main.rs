@@ -23,4 +23,5 @@ mod restore_point_delete;
 mod restore_point_delta;
 mod restore_point_model;
 mod restore_point_rules;
+mod store_gc;
 mod tracking_model;

@@ -101,6 +101,15 @@ impl PackWriter {
     }
 
     /// Appends a record; returns its location (with no references yet).
+    /// Appends a record copied verbatim from another pack (header + stored bytes, already
+    /// checked); returns its new location with the references of `from`.
+    pub(crate) fn append_copy(&mut self, bytes: &[u8], from: ChunkLocation) -> Result<ChunkLocation> {
+        let offset = self.len;
+        self.file.write_all(bytes).map_err(|e| Error::io("write staging pack", &self.path, e))?;
+        self.len += bytes.len() as u64;
+        Ok(ChunkLocation { pack: self.id, offset, ..from })
+    }
+
     pub(crate) fn append(&mut self, rec: &PreparedRecord) -> Result<ChunkLocation> {
         let offset = self.len;
         let io = |e| Error::io("write staging pack", &self.path, e);
@@ -284,6 +293,15 @@ impl ChunkStore {
             Ok(true)
         })?;
         Ok(s)
+    }
+
+    /// Holds the reference-count lock (GC relocations and sweeps take it around their commits).
+    pub(crate) async fn lock_index(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.index_lock.lock().await
+    }
+
+    pub(crate) fn catalog(&self) -> &Catalog {
+        &self.catalog
     }
 
     /// Adds `delta`'s index changes to `batch` and commits it, atomically with whatever else

@@ -97,6 +97,12 @@ pub(crate) struct Inner {
     pub(crate) chunks: Arc<ChunkStore>,
     pub(crate) jobs: crate::jobs::Jobs,
     pub(crate) watermark_bytes: std::sync::atomic::AtomicU64,
+    /// Held shared by every capture for its whole run and exclusively by GC's sweep, so a
+    /// chunk a capture deduplicated against is never freed before its reference commits.
+    pub(crate) gc_gate: Arc<tokio::sync::RwLock<()>>,
+    /// One garbage collection at a time: a second one would take the first's freshly sealed
+    /// pack for an orphan.
+    pub(crate) gc_single: Arc<tokio::sync::Mutex<()>>,
     pub(crate) hooks: RwLock<std::collections::HashMap<GroupId, Vec<Arc<dyn crate::hooks::QuiesceHook>>>>,
 }
 
@@ -164,6 +170,8 @@ impl Engine {
                 chunks,
                 jobs: crate::jobs::Jobs::default(),
                 watermark_bytes: std::sync::atomic::AtomicU64::new(watermark),
+                gc_gate: Arc::new(tokio::sync::RwLock::new(())),
+                gc_single: Arc::new(tokio::sync::Mutex::new(())),
                 hooks: RwLock::new(Default::default()),
             }),
         };

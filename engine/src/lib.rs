@@ -63,6 +63,7 @@ mod error;
 pub mod failpoint;
 pub mod format;
 mod gate;
+mod gc;
 mod group;
 mod hooks;
 mod ids;
@@ -86,6 +87,7 @@ pub use collection::{CollectionRecord, CreateCollection, DEFAULT_MAX_RESTORE_POI
 pub use disk::{CreateDisk, Disk, DiskCounters, DiskRecord, Extent, RestoreSource};
 pub use engine::{Engine, EngineConfig};
 pub use error::{Error, ErrorKind, Result};
+pub use gc::{DEFAULT_GC_LIVE_SHARE_PERCENT, GcReport};
 pub use group::{CreateGroup, Freeze, GroupRecord, MAX_CONFIGURATION_BYTES};
 pub use hooks::{HookContext, QuiesceHook};
 pub use ids::{CollectionId, DiskId, GroupId, LineageId, Name, OperationId, PackId, RestorePointId};

@@ -44,6 +44,9 @@ pub struct OperationRecord {
     pub paused: Option<String>,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
+    /// What the operation found or did (a GC report, a verify report), when it has ended.
+    #[serde(default)]
+    pub result: Option<serde_json::Value>,
 }
 
 impl OperationRecord {

@@ -38,6 +38,7 @@ fn new_operation(kind: OperationKind, target: String, total: u64) -> OperationRe
         paused: None,
         created_at_ms: now,
         updated_at_ms: now,
+        result: None,
     }
 }
 

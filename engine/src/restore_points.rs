@@ -382,6 +382,8 @@ impl Engine {
             return Err(Error::invalid("exclude_disks", format!("excludes every disk of group {}", group.name)));
         }
         let slot = self.inner.jobs.begin_creation(coll.id, coll.name.as_str())?;
+        // Held until the capture ends: GC's sweep waits for it (and a capture for a sweep).
+        let gc_pass = self.inner.gc_gate.clone().read_owned().await;
         let all = self.inner.catalog.list::<RestorePointRecord>()?;
         let in_coll = all.iter().filter(|r| r.collection == coll.id).count();
         if in_coll >= coll.max_restore_points as usize {
@@ -429,6 +431,7 @@ impl Engine {
             paused: None,
             created_at_ms: now,
             updated_at_ms: now,
+            result: None,
         };
         let rp = RestorePointRecord {
             id: rp_id,
@@ -485,7 +488,10 @@ impl Engine {
         let cancel = self.inner.jobs.register(op.id, false);
         let engine = self.clone();
         let (rp2, op2) = (rp.clone(), op.clone());
-        self.inner.jobs.spawn(op.id, async move { engine.run_capture(rp2, op2, caps, cancel, slot).await });
+        self.inner.jobs.spawn(op.id, async move {
+            engine.run_capture(rp2, op2, caps, cancel, slot).await;
+            drop(gc_pass);
+        });
         Ok((rp, op))
     }
 

@@ -20,8 +20,8 @@ pub trait PackStore: Send + Sync + std::fmt::Debug {
     fn put(&self, id: PackId, staged: PathBuf) -> BoxFuture<'_, Result<()>>;
     /// Reads `len` bytes at `offset` of pack `id`.
     fn get_range(&self, id: PackId, offset: u64, len: usize) -> BoxFuture<'_, Result<Vec<u8>>>;
-    /// Every stored pack.
-    fn list(&self) -> BoxFuture<'_, Result<Vec<PackId>>>;
+    /// Every stored pack, with its size in bytes.
+    fn list(&self) -> BoxFuture<'_, Result<Vec<(PackId, u64)>>>;
     /// Removes a pack (only ever one this host wrote).
     fn delete(&self, id: PackId) -> BoxFuture<'_, Result<()>>;
 }
@@ -96,7 +96,7 @@ impl PackStore for LocalPackStore {
         })
     }
 
-    fn list(&self) -> BoxFuture<'_, Result<Vec<PackId>>> {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<(PackId, u64)>>> {
         Box::pin(async move {
             let entries = std::fs::read_dir(&self.dir).map_err(|e| Error::io("list packs", &self.dir, e))?;
             let mut out = Vec::new();
@@ -104,7 +104,8 @@ impl PackStore for LocalPackStore {
                 let entry = entry.map_err(|e| Error::io("list packs", &self.dir, e))?;
                 let name = entry.file_name();
                 if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".pack")).and_then(|n| n.parse().ok()) {
-                    out.push(id);
+                    let size = entry.metadata().map_err(|e| Error::io("stat pack", entry.path(), e))?.len();
+                    out.push((id, size));
                 }
             }
             Ok(out)

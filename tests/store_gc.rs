@@ -1,0 +1,150 @@
+//! Garbage collection: reclaims what no restore point references, rewrites sparse packs,
+//! never frees a referenced chunk, and survives a kill.
+
+use std::path::Path;
+use std::process::Command;
+
+use cairn_engine::{GcReport, IoBuf, OperationState};
+
+use crate::common::{
+    BACKENDS, assert_same, collection, disk, open, pattern, read_all, read_rp, restore_point, wait_op,
+};
+
+const MIB: u64 = 1 << 20;
+
+fn pack_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("packs")).unwrap().count()
+}
+
+async fn gc(engine: &cairn_engine::Engine, share: u32) -> GcReport {
+    let op = engine.collect_garbage(share).await.unwrap();
+    let op = wait_op(engine, op.id).await;
+    assert_eq!(op.state, OperationState::Succeeded, "{op:?}");
+    serde_json::from_value(op.result.unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_everything_then_gc_leaves_an_empty_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), BACKENDS[0]).await;
+    let a = disk(&engine, "a", 16 * MIB).await.id;
+    let (_, coll) = collection(&engine, "c", vec![a]).await;
+    let d = engine.disk(a).unwrap();
+    let mut rps = Vec::new();
+    for i in 0..3u64 {
+        d.write(i * 2 * MIB, IoBuf::from_slice(&pattern(i, 3 * MIB as usize)), false).await.unwrap();
+        rps.push(restore_point(&engine, coll.id, &format!("rp{i}"), vec![]).await);
+    }
+    assert!(pack_files(dir.path()) > 0);
+    // Nothing is garbage yet.
+    let report = gc(&engine, 0).await;
+    assert_eq!(report, GcReport::default());
+
+    for rp in &rps {
+        engine.delete_restore_point(rp.id).await.unwrap();
+    }
+    let report = gc(&engine, 50).await;
+    assert!(report.records_freed > 0 && report.packs_deleted > 0 && report.bytes_reclaimed > 7 * MIB, "{report:?}");
+    let stats = engine.store_stats().unwrap();
+    assert_eq!((stats.records, stats.packs), (0, 0), "{stats:?}");
+    assert_eq!(pack_files(dir.path()), 0);
+    // The disk itself is untouched, and the next restore point is a full one again.
+    let live = read_all(&d).await;
+    let rp = restore_point(&engine, coll.id, "again", vec![]).await;
+    assert!(rp.disks[0].full_scan);
+    assert_same(&read_rp(&engine, rp.id, a).await, &live, "after a full GC");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sparse_packs_are_rewritten_and_the_rest_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), BACKENDS[1]).await;
+    let a = disk(&engine, "a", 16 * MIB).await.id;
+    let (_, coll) = collection(&engine, "c", vec![a]).await;
+    let d = engine.disk(a).unwrap();
+    d.write(0, IoBuf::from_slice(&pattern(1, 8 * MIB as usize)), false).await.unwrap();
+    let rp1 = restore_point(&engine, coll.id, "rp1", vec![]).await;
+    // Overwrite most of it: rp1's pack becomes mostly garbage once rp1 goes.
+    d.write(0, IoBuf::from_slice(&pattern(2, 7 * MIB as usize)), false).await.unwrap();
+    let rp2 = restore_point(&engine, coll.id, "rp2", vec![]).await;
+    let image2 = read_rp(&engine, rp2.id, a).await;
+    engine.delete_restore_point(rp1.id).await.unwrap();
+
+    let report = gc(&engine, 50).await;
+    assert_eq!(report.packs_rewritten, 1, "{report:?}");
+    assert!(report.bytes_reclaimed >= 6 * MIB, "{report:?}");
+    let stats = engine.store_stats().unwrap();
+    assert_eq!(stats.records, stats.referenced_records, "{stats:?}");
+    assert_same(&read_rp(&engine, rp2.id, a).await, &image2, "rp2 after the rewrite");
+
+    // The old pack was retired, and the next run deletes it; rp2 still reads back.
+    let files = pack_files(dir.path());
+    let report = gc(&engine, 50).await;
+    assert_eq!(report.packs_deleted, 1, "{report:?}");
+    assert_eq!(pack_files(dir.path()), files - 1);
+    engine.close().await.unwrap();
+    drop(engine);
+    let engine = open(dir.path(), BACKENDS[0]).await;
+    assert_same(&read_rp(&engine, rp2.id, a).await, &image2, "rp2 after reopen");
+    // Two collections at once are refused.
+    let first = engine.collect_garbage(50).await.unwrap();
+    let err = engine.collect_garbage(50).await.unwrap_err();
+    assert_eq!(err.kind(), cairn_engine::ErrorKind::FailedPrecondition);
+    wait_op(&engine, first.id).await;
+}
+
+const CHILD_ENV: &str = "CAIRN_GC_CHILD_DIR";
+
+/// The child's side of the kill tests. Does nothing unless run as a child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_process_entry() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else { return };
+    let engine = open(Path::new(&dir), BACKENDS[0]).await;
+    let op = engine.collect_garbage(50).await.unwrap();
+    wait_op(&engine, op.id).await;
+}
+
+async fn kill_during_gc(failpoint: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, rp2, image2) = {
+        let engine = open(dir.path(), BACKENDS[0]).await;
+        let a = disk(&engine, "a", 16 * MIB).await.id;
+        let (_, coll) = collection(&engine, "c", vec![a]).await;
+        let d = engine.disk(a).unwrap();
+        d.write(0, IoBuf::from_slice(&pattern(1, 8 * MIB as usize)), false).await.unwrap();
+        let rp1 = restore_point(&engine, coll.id, "rp1", vec![]).await;
+        d.write(0, IoBuf::from_slice(&pattern(2, 7 * MIB as usize)), false).await.unwrap();
+        let rp2 = restore_point(&engine, coll.id, "rp2", vec![]).await;
+        let image2 = read_rp(&engine, rp2.id, a).await;
+        engine.delete_restore_point(rp1.id).await.unwrap();
+        engine.close().await.unwrap();
+        (a, rp2.id, image2)
+    };
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args(["store_gc::child_process_entry", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, dir.path())
+        .env("CAIRN_FAILPOINTS", format!("{failpoint}=return(exit)"))
+        .status()
+        .unwrap();
+    assert!(!status.success(), "{failpoint}: the child was meant to die");
+
+    let engine = open(dir.path(), BACKENDS[1]).await;
+    assert_same(&read_rp(&engine, rp2, a).await, &image2, &format!("{failpoint}: rp2 after the kill"));
+    // A rerun completes the job and leaves only what rp2 needs.
+    gc(&engine, 50).await;
+    gc(&engine, 50).await;
+    let stats = engine.store_stats().unwrap();
+    assert_eq!(stats.records, stats.referenced_records, "{failpoint}: {stats:?}");
+    assert_eq!(pack_files(dir.path()) as u64, stats.packs, "{failpoint}: a pack file nothing references");
+    assert_same(&read_rp(&engine, rp2, a).await, &image2, &format!("{failpoint}: rp2 after the reruns"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_after_the_sweep() {
+    kill_during_gc("gc::after_sweep").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_after_a_rewritten_pack_is_sealed() {
+    kill_during_gc("gc::after_rewrite_seal").await;
+}
