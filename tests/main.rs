@@ -24,4 +24,5 @@ mod restore_point_delta;
 mod restore_point_model;
 mod restore_point_rules;
 mod store_gc;
+mod store_verify;
 mod tracking_model;

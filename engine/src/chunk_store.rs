@@ -175,7 +175,12 @@ pub(crate) struct ChunkStore {
     zstd_level: i32,
     /// Serialises read-modify-write of reference counts up to their commit.
     index_lock: tokio::sync::Mutex<()>,
+    /// Records a verify found corrupt (`meta` keys `corrupt:<id>`): never deduplicated
+    /// against nor built upon; the next capture of that content stores it anew.
+    corrupt: std::sync::RwLock<std::collections::HashSet<ChunkId>>,
 }
+
+const CORRUPT_PREFIX: &[u8] = b"corrupt:";
 
 /// Index changes gathered by a writer, applied by [`ChunkStore::commit`].
 #[derive(Debug, Default)]
@@ -213,7 +218,51 @@ impl ChunkStore {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        Ok(Self { catalog, store, staging_dir, zstd_level, index_lock: tokio::sync::Mutex::new(()) })
+        let mut corrupt = std::collections::HashSet::new();
+        catalog.scan("meta", CORRUPT_PREFIX, CORRUPT_PREFIX, |k, _| {
+            if let Ok(id) = <[u8; 32]>::try_from(&k[CORRUPT_PREFIX.len()..]) {
+                corrupt.insert(ChunkId(id));
+            }
+            Ok(true)
+        })?;
+        Ok(Self {
+            catalog,
+            store,
+            staging_dir,
+            zstd_level,
+            index_lock: tokio::sync::Mutex::new(()),
+            corrupt: std::sync::RwLock::new(corrupt),
+        })
+    }
+
+    /// Whether a verify found this record corrupt (and no capture stored it again since).
+    pub(crate) fn is_corrupt(&self, id: ChunkId) -> bool {
+        self.corrupt.read().unwrap_or_else(|p| p.into_inner()).contains(&id)
+    }
+
+    /// Whether `id` is stored and sound to deduplicate against or build a delta on.
+    pub(crate) fn usable(&self, id: ChunkId) -> Result<bool> {
+        Ok(!self.is_corrupt(id) && self.lookup(id)?.is_some())
+    }
+
+    /// Records that a verify found `id` corrupt.
+    pub(crate) fn mark_corrupt(&self, id: ChunkId, reason: &str) -> Result<()> {
+        let mut batch = self.catalog.batch();
+        batch.put_raw("meta", &[CORRUPT_PREFIX, &id.0].concat(), reason.as_bytes())?;
+        self.catalog.commit(batch)?;
+        self.corrupt.write().unwrap_or_else(|p| p.into_inner()).insert(id);
+        Ok(())
+    }
+
+    /// Reads one record exactly as stored and checks it whole (header, CRC, decoding, hash),
+    /// whatever its kind. Returns the bytes stored.
+    pub(crate) async fn check_record(&self, id: ChunkId, loc: &ChunkLocation) -> Result<u64> {
+        let len = RECORD_HEADER_LEN + loc.stored_len as usize;
+        let bytes = self.store.get_range(loc.pack, loc.offset, len).await?;
+        let where_ = PathBuf::from(format!("pack {}", loc.pack));
+        let header = RecordHeader::decode(&bytes, &where_)?;
+        decode(&bytes, header.kind, id, &where_)?;
+        Ok(len as u64)
     }
 
     pub(crate) fn zstd_level(&self) -> i32 {
@@ -309,12 +358,23 @@ impl ChunkStore {
     /// writers storing the same chunk count correctly (the later copy's record is garbage).
     pub(crate) async fn commit(&self, mut batch: Batch<'_>, delta: &IndexDelta) -> Result<()> {
         let _lock = self.index_lock.lock().await;
+        let mut healed = Vec::new();
         for (id, add) in &delta.refs {
-            let loc = match self.lookup(*id)? {
-                Some(existing) => existing,
-                None => *delta.new.get(id).ok_or_else(|| {
-                    Error::corrupt("catalog/chunks", format!("reference to chunk {id} that is not stored"))
-                })?,
+            let loc = match (self.lookup(*id)?, delta.new.get(id)) {
+                // A record stored anew over one a verify found corrupt replaces it.
+                (Some(existing), Some(fresh)) if self.is_corrupt(*id) => {
+                    batch.delete_raw("meta", &[CORRUPT_PREFIX, &id.0].concat())?;
+                    healed.push(*id);
+                    ChunkLocation { refs: existing.refs, ..*fresh }
+                }
+                (Some(existing), _) => existing,
+                (None, Some(fresh)) => *fresh,
+                (None, None) => {
+                    return Err(Error::corrupt(
+                        "catalog/chunks",
+                        format!("reference to chunk {id} that is not stored"),
+                    ));
+                }
             };
             let refs = loc.refs.checked_add_signed(*add).unwrap_or_else(|| {
                 tracing::error!(chunk = %id, refs = loc.refs, add, "reference count would go negative; clamped to 0");
@@ -326,6 +386,14 @@ impl ChunkStore {
         for (pack, bytes) in &delta.packs {
             batch.put_raw("packs", &pack.to_bytes(), &pack_entry(*bytes))?;
         }
-        self.catalog.commit(batch)
+        self.catalog.commit(batch)?;
+        if !healed.is_empty() {
+            let mut corrupt = self.corrupt.write().unwrap_or_else(|p| p.into_inner());
+            for id in healed {
+                tracing::info!(chunk = %id, "corrupt record replaced by a good copy");
+                corrupt.remove(&id);
+            }
+        }
+        Ok(())
     }
 }

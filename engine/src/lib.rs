@@ -79,6 +79,7 @@ mod stats;
 pub mod store;
 mod sys;
 mod tracking;
+mod verify;
 
 pub use capture::PendingCapture;
 pub use chunk::{ChunkId, ChunkRef};
@@ -101,3 +102,4 @@ pub use restore_points::{DiskRestorePointReader, MAX_RESTORE_POINTS_LIMIT};
 pub use stats::{FreezeStats, FreezeSummary};
 pub use sys::IoBuf;
 pub use tracking::ChangeTracker;
+pub use verify::{Affected, CorruptRecord, VerifyReport, VerifyTarget};

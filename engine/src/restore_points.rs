@@ -665,7 +665,7 @@ impl Engine {
                     let len = data.len() as u64;
                     let plan = engine.delta_plan(&cap, lineage, c, seq).await;
                     let analysis = tokio::task::spawn_blocking(move || {
-                        let known = |id: ChunkId| engine.inner.chunks.lookup(id).map(|l| l.is_some());
+                        let known = |id: ChunkId| engine.inner.chunks.usable(id);
                         analyse(&data, plan, &known, level)
                     })
                     .await
@@ -704,9 +704,7 @@ impl Engine {
                             in_pack.push((c, entry));
                             pack_delta.add_ref(delta);
                             pack_delta.add_ref(base);
-                        } else if let Some(rec) =
-                            record.filter(|_| self.inner.chunks.lookup(delta).ok().flatten().is_none())
-                        {
+                        } else if let Some(rec) = record.filter(|_| !self.inner.chunks.usable(delta).unwrap_or(false)) {
                             self.wait_for_space(op, cancel).await?;
                             let w = match &mut writer {
                                 Some(w) => w,
@@ -730,7 +728,7 @@ impl Engine {
                             drp.chunks_deduplicated += 1;
                             in_pack.push((c, ChunkRef::Full(id)));
                             pack_delta.add_ref(id);
-                        } else if self.inner.chunks.lookup(id)?.is_some() {
+                        } else if self.inner.chunks.usable(id)? {
                             drp.chunks_deduplicated += 1;
                             ready.push((c, ChunkRef::Full(id)));
                             ready_delta.add_ref(id);
@@ -859,6 +857,9 @@ impl Engine {
         }
         let prev = chunk_map::resolve(&self.inner.catalog, lineage, c, seq.checked_sub(1)?).ok()?;
         let mut changed = cap.dirty_blocks_in_chunk(c);
+        if prev.stored().iter().any(|id| self.inner.chunks.is_corrupt(*id)) {
+            return None; // never build on a record a verify found corrupt
+        }
         let base = match prev {
             ChunkRef::Zero => return None,
             ChunkRef::Full(base) => base,

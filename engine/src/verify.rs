@@ -1,0 +1,258 @@
+//! Verify: re-reads stored records and checks them end to end (record header, CRC of the
+//! stored bytes, decoding, BLAKE3 of the content), and names the restore points and disks
+//! each corrupt record affects. A corrupt record is marked so that no capture deduplicates
+//! against it or builds a delta on it: the next capture of that content stores it anew,
+//! which heals every restore point that referenced it by hash.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::chunk::{ChunkId, ChunkLocation, ChunkRef};
+use crate::chunk_map;
+use crate::disk::now_ms;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::format::decode_chunk_map_key;
+use crate::ids::{LineageId, OperationId, RestorePointId};
+use crate::operation::{OperationKind, OperationRecord, OperationState};
+use crate::restore_point::{ProvisioningState, RestorePointRecord};
+
+/// What to verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyTarget {
+    /// Every record in the store.
+    Store,
+    /// Every chunk one restore point reads (through deltas and bases).
+    RestorePoint(RestorePointId),
+}
+
+/// A restore point disk that reads a corrupt record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Affected {
+    pub restore_point: RestorePointId,
+    pub restore_point_name: String,
+    pub disk_name: String,
+}
+
+/// One corrupt record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CorruptRecord {
+    pub chunk: String,
+    pub pack: String,
+    pub reason: String,
+    pub affected: Vec<Affected>,
+}
+
+/// What a verify found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub records_checked: u64,
+    pub bytes_checked: u64,
+    pub corrupt: Vec<CorruptRecord>,
+}
+
+impl Engine {
+    /// Starts a verify of the store or of one restore point; returns its operation at once.
+    /// The report lands in the operation's `result`.
+    pub async fn verify(&self, target: VerifyTarget) -> Result<OperationRecord> {
+        let (label, records) = match target {
+            VerifyTarget::Store => ("store".to_owned(), None),
+            VerifyTarget::RestorePoint(id) => {
+                let rp = self.restore_point(id)?;
+                if rp.state != ProvisioningState::Succeeded {
+                    return Err(Error::FailedPrecondition(format!("restore point {} is {:?}", rp.name, rp.state)));
+                }
+                (format!("restore-point/{id}"), Some(rp))
+            }
+        };
+        let now = now_ms();
+        let mut op = OperationRecord {
+            id: OperationId::new(),
+            kind: OperationKind::Verify,
+            target: label,
+            state: OperationState::Running,
+            bytes_done: 0,
+            bytes_total: 0,
+            paused: None,
+            created_at_ms: now,
+            updated_at_ms: now,
+            result: None,
+        };
+        self.put_operation(&mut op)?;
+        let cancel = self.inner.jobs.register(op.id, true);
+        let engine = self.clone();
+        let ret = op.clone();
+        self.inner.jobs.spawn(op.id, async move {
+            let result = match records {
+                None => engine.verify_store(&mut op, &cancel).await,
+                Some(rp) => engine.verify_restore_point(&rp, &mut op, &cancel).await,
+            };
+            op.state = match result {
+                Ok(report) => {
+                    if !report.corrupt.is_empty() {
+                        tracing::error!(corrupt = report.corrupt.len(), "verify found corrupt records");
+                    }
+                    op.result = serde_json::to_value(&report).ok();
+                    OperationState::Succeeded
+                }
+                Err(Error::Canceled) => OperationState::Canceled,
+                Err(e) => OperationState::Failed { error: e.to_string() },
+            };
+            if let Err(e) = engine.put_operation(&mut op) {
+                tracing::error!(error = %e, "could not record the end of a verify");
+            }
+        });
+        Ok(ret)
+    }
+
+    async fn verify_store(&self, op: &mut OperationRecord, cancel: &AtomicBool) -> Result<VerifyReport> {
+        let chunks = &self.inner.chunks;
+        let mut records: Vec<(ChunkId, ChunkLocation)> = Vec::new();
+        chunks.catalog().scan("chunks", &[], &[], |k, v| {
+            let id: [u8; 32] = k.try_into().map_err(|_| Error::corrupt("catalog/chunks", "bad chunk key"))?;
+            records.push((ChunkId(id), ChunkLocation::decode(v)?));
+            Ok(true)
+        })?;
+        op.bytes_total = records.iter().map(|(_, l)| u64::from(l.stored_len)).sum();
+        let mut report = VerifyReport::default();
+        let mut bad: HashMap<ChunkId, (ChunkLocation, String)> = HashMap::new();
+        for (i, (id, loc)) in records.iter().enumerate() {
+            if cancel.load(Ordering::Acquire) {
+                return Err(Error::Canceled);
+            }
+            match chunks.check_record(*id, loc).await {
+                Ok(bytes) => report.bytes_checked += bytes,
+                Err(e) if e.kind() == crate::error::ErrorKind::Corrupt => {
+                    bad.insert(*id, (*loc, e.to_string()));
+                }
+                Err(e) => return Err(e),
+            }
+            report.records_checked += 1;
+            op.bytes_done += u64::from(loc.stored_len);
+            if i % 256 == 255 {
+                self.put_operation(op)?;
+            }
+        }
+        if !bad.is_empty() {
+            let affected = self.affected_by(&bad.keys().copied().collect::<Vec<_>>())?;
+            for (id, (loc, reason)) in bad {
+                chunks.mark_corrupt(id, &reason)?;
+                report.corrupt.push(CorruptRecord {
+                    chunk: id.to_string(),
+                    pack: loc.pack.to_string(),
+                    reason,
+                    affected: affected.get(&id).cloned().unwrap_or_default(),
+                });
+            }
+        }
+        Ok(report)
+    }
+
+    async fn verify_restore_point(
+        &self,
+        rp: &RestorePointRecord,
+        op: &mut OperationRecord,
+        cancel: &AtomicBool,
+    ) -> Result<VerifyReport> {
+        let mut report = VerifyReport::default();
+        op.bytes_total = rp.disks.iter().map(|d| d.size_bytes).sum();
+        for d in &rp.disks {
+            let reader = self.disk_restore_point(rp.id, d.disk)?;
+            for (index, r) in reader.allocated_chunks()? {
+                if cancel.load(Ordering::Acquire) {
+                    return Err(Error::Canceled);
+                }
+                match reader.read_chunk(index).await {
+                    Ok(data) => report.bytes_checked += data.len() as u64,
+                    Err(e) if e.kind() == crate::error::ErrorKind::Corrupt => {
+                        // Name the record at fault: the delta, its base, or the chunk itself.
+                        let mut culprit = None;
+                        for id in r.stored() {
+                            if let Some(loc) = self.inner.chunks.lookup(id)?
+                                && let Err(e2) = self.inner.chunks.check_record(id, &loc).await
+                            {
+                                self.inner.chunks.mark_corrupt(id, &e2.to_string())?;
+                                culprit = Some((id, loc.pack.to_string(), e2.to_string()));
+                            }
+                        }
+                        let (chunk, pack, reason) = culprit.unwrap_or_else(|| {
+                            let content = match r {
+                                ChunkRef::Delta { content, .. } => content,
+                                ChunkRef::Full(id) => id,
+                                ChunkRef::Zero => ChunkId([0; 32]),
+                            };
+                            (content, String::new(), e.to_string())
+                        });
+                        report.corrupt.push(CorruptRecord {
+                            chunk: chunk.to_string(),
+                            pack,
+                            reason,
+                            affected: vec![Affected {
+                                restore_point: rp.id,
+                                restore_point_name: rp.name.to_string(),
+                                disk_name: d.disk_name.to_string(),
+                            }],
+                        });
+                    }
+                    Err(e) => return Err(e),
+                }
+                report.records_checked += 1;
+            }
+            op.bytes_done += d.size_bytes;
+            self.put_operation(op)?;
+        }
+        Ok(report)
+    }
+
+    /// For each of `ids`, the restore point disks whose view reads it: an entry at seq s for
+    /// chunk i is what every restore point of the lineage from s up to (not including) the
+    /// next newer entry for i reads.
+    fn affected_by(&self, ids: &[ChunkId]) -> Result<HashMap<ChunkId, Vec<Affected>>> {
+        let rps = self.inner.catalog.list::<RestorePointRecord>()?;
+        let mut by_lineage: HashMap<LineageId, Vec<(u64, &RestorePointRecord, String)>> = HashMap::new();
+        for rp in rps.iter().filter(|r| r.state == ProvisioningState::Succeeded) {
+            for d in &rp.disks {
+                by_lineage.entry(d.lineage).or_default().push((rp.seq, rp, d.disk_name.to_string()));
+            }
+        }
+        let mut out: HashMap<ChunkId, Vec<Affected>> = HashMap::new();
+        // (lineage, index) -> entries newest first, each with the ids it references.
+        let mut last: Option<([u8; 16], u64)> = None;
+        let mut newer_seq = u64::MAX;
+        let mut hits: BTreeMap<(LineageId, u64, u64), Vec<ChunkId>> = BTreeMap::new();
+        self.inner.catalog.scan(chunk_map::CF, &[], &[], |k, v| {
+            let Some((lineage, index, seq)) = decode_chunk_map_key(k) else { return Ok(true) };
+            if last != Some((lineage, index)) {
+                last = Some((lineage, index));
+                newer_seq = u64::MAX;
+            }
+            let refs = ChunkRef::decode(v)?.stored();
+            let bad: Vec<ChunkId> = refs.into_iter().filter(|id| ids.contains(id)).collect();
+            if !bad.is_empty() {
+                hits.insert((LineageId::from(uuid::Uuid::from_bytes(lineage)), seq, newer_seq), bad);
+            }
+            newer_seq = seq;
+            Ok(true)
+        })?;
+        for ((lineage, from, until), bad) in hits {
+            for (seq, rp, disk_name) in by_lineage.get(&lineage).map(Vec::as_slice).unwrap_or(&[]) {
+                if *seq >= from && *seq < until {
+                    for id in &bad {
+                        let list = out.entry(*id).or_default();
+                        let a = Affected {
+                            restore_point: rp.id,
+                            restore_point_name: rp.name.to_string(),
+                            disk_name: disk_name.clone(),
+                        };
+                        if !list.contains(&a) {
+                            list.push(a);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
