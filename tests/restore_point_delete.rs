@@ -92,3 +92,32 @@ proptest! {
         })?;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_dry_run_then_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), BACKENDS[1]).await;
+    let a = crate::common::disk(&engine, "a", 4 << 20).await.id;
+    let (_, coll) = collection(&engine, "c", vec![a]).await;
+    let d = engine.disk(a).unwrap();
+    let mut images = Vec::new();
+    for i in 0..5u64 {
+        d.write(i * 500_000, IoBuf::from_slice(&pattern(i, 600_000)), false).await.unwrap();
+        let rp = restore_point(&engine, coll.id, &format!("rp{i}"), vec![]).await;
+        images.push((rp, read_all(&d).await));
+    }
+    let policy = cairn_engine::RetentionPolicy { keep_last: 2, ..Default::default() };
+    let plan = engine.apply_retention(coll.id, policy, true).await.unwrap();
+    let doomed: Vec<&str> = plan.iter().filter(|p| !p.keep).map(|p| p.name.as_str()).collect();
+    assert_eq!(doomed, ["rp2", "rp1", "rp0"]);
+    assert_eq!(engine.list_restore_points(coll.id).unwrap().len(), 5, "a dry run deletes nothing");
+
+    engine.apply_retention(coll.id, policy, false).await.unwrap();
+    let left: Vec<String> = engine.list_restore_points(coll.id).unwrap().iter().map(|r| r.name.to_string()).collect();
+    assert_eq!(left, ["rp3", "rp4"]);
+    for (rp, image) in &images[3..] {
+        assert_same(&read_rp(&engine, rp.id, a).await, image, &rp.name.to_string());
+    }
+    let err = engine.apply_retention(coll.id, cairn_engine::RetentionPolicy::default(), true).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+}

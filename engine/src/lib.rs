@@ -75,6 +75,7 @@ mod restore;
 mod restore_point;
 mod restore_points;
 mod restored;
+pub mod retention;
 mod stats;
 pub mod store;
 mod sys;
@@ -99,6 +100,7 @@ pub use restore_point::{
     ConsistencyMode, CreateRestorePoint, DiskRestorePoint, LineageBase, ProvisioningState, RestorePointRecord,
 };
 pub use restore_points::{DiskRestorePointReader, MAX_RESTORE_POINTS_LIMIT};
+pub use retention::{RetentionDecision, RetentionPolicy};
 pub use stats::{FreezeStats, FreezeSummary};
 pub use sys::IoBuf;
 pub use tracking::ChangeTracker;

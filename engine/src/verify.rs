@@ -130,6 +130,7 @@ impl Engine {
                 Err(e) => return Err(e),
             }
             report.records_checked += 1;
+            crate::failpoint!("verify::after_record");
             op.bytes_done += u64::from(loc.stored_len);
             if i % 256 == 255 {
                 self.put_operation(op)?;
