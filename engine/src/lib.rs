@@ -1,53 +1,84 @@
 //! # Cairn's storage engine
 //!
-//! The engine keeps a host's live disks and (in later layers) their restore points. It has no
-//! network code: the daemon adapts gRPC, NBD and HTTP onto these calls.
+//! The engine keeps a host's live disks and their restore points. It has no network code:
+//! the daemon adapts gRPC, NBD and HTTP onto these calls.
 //!
 //! ## Data dir
 //!
 //! ```text
-//! DATA_DIR/catalog/          RocksDB: disks, groups, collections, restore_points, chunk_map,
-//!                            chunks, packs, grants, operations, meta (format version)
-//! DATA_DIR/disks/<id>.raw    a live disk: sparse file, size a multiple of 4 KiB
-//! DATA_DIR/disks/<id>.ctk    its change tracking: header + two bitmap slots (see `format`)
+//! DATA_DIR/catalog/            RocksDB: disks, groups, collections, restore_points, chunk_map,
+//!                              chunks, packs, grants, operations, meta (format version, next
+//!                              seq, lineage bases, corrupt marks, retired packs)
+//! DATA_DIR/disks/<id>.raw      a live disk: sparse file, size a multiple of 4 KiB
+//! DATA_DIR/disks/<id>.ctk      its change tracking: header + two bitmap slots (see `format`)
+//! DATA_DIR/disks/<id>.local    a restored disk's local map (chunks already in the file)
+//! DATA_DIR/packs/<id>.pack     sealed packs of the local pack store
+//! DATA_DIR/staging/            packs being filled (removed at start: never referenced)
+//! DATA_DIR/spill/              copy-before-write blocks past the memory bound
 //! ```
 //!
 //! ## Write path
 //!
-//! A write passes the disk's write gate (it waits while the disk is frozen), marks its 4 KiB
-//! blocks dirty in the active change-tracking slot (an atomic OR into a shared mapping of the
-//! `.ctk` file), then goes to the I/O backend: io_uring on a ring thread, or blocking
-//! pread/pwrite where io_uring cannot be set up. Trim and write-zeroes punch holes, so the file
-//! stays sparse; reads of holes cost no data I/O. FLUSH = fdatasync of the disk file + msync of
-//! the bitmap. A failed sync poisons the disk: it refuses all further I/O.
+//! A write passes the disk's write gate (it waits while the disk is frozen); on a restored
+//! disk, each chunk it touches that is still in the store is filled from its base first
+//! (written, synced, then marked local); if a capture is pending on the chunk, the old content
+//! of the 4 KiB blocks about to change is preserved (copy-before-write); the blocks are marked
+//! dirty in the active change-tracking slot (an atomic OR into a shared mapping of the `.ctk`
+//! file); then the data goes to the I/O backend: io_uring on a ring thread, or blocking
+//! pread/pwrite where io_uring cannot be set up. Trim and write-zeroes punch holes. FLUSH =
+//! fdatasync + msync of the bitmap. A failed sync poisons the disk: it refuses all further I/O.
 //!
 //! Acknowledged means: a completed write survives a process kill (it is in the page cache),
 //! and a power loss once a FLUSH or its own FUA has returned.
 //!
-//! ## Freeze
+//! ## Restore points
 //!
-//! A group freeze closes the gates of all included disks at once (a fair RwLock: new writes
-//! wait, in-flight ones drain), switches each disk's change-tracking epoch by swapping the
-//! active slot in memory, and reopens the gates. Nothing is copied or synced in the window;
-//! the switch is persisted after the thaw. The window is recorded in a histogram.
+//! Quiesce hooks run, then the freeze closes the gates of all included disks at once (a fair
+//! RwLock: new writes wait, in-flight ones drain), switches each disk's change-tracking epoch
+//! (an in-memory slot swap), installs the copy-before-write state, and reopens the gates:
+//! nothing is copied or synced in the window. Thaw hooks run; the epoch switch and the
+//! `Creating` record are persisted; the capture runs in the background: each chunk dirty in
+//! the closed epoch (every allocated chunk for a first or untrusted capture) is read with its
+//! preserved blocks laid over it, then stored as zero, deduplicated against the store by
+//! BLAKE3, stored as a delta over the full chunk its previous version is based on (when at
+//! most 25% of its blocks may differ), or stored whole, zstd-compressed with a CRC-headed
+//! record in a pack that is synced and put before the catalog batch that references it.
+//!
+//! Chunk maps: `lineage | chunk index | !seq -> ref`; a restore point stores only its
+//! increment, and reading chunk i at seq S is one seek. A restore point owns the entries
+//! between the next older remaining restore point of the history and its own seq; deleting it
+//! keeps, per chunk, the newest of them when a newer restore point or the live disk's next
+//! capture reads through it, and drops the rest (their references with them).
+//!
+//! Restore: a disk made from a disk restore point gets a new lineage whose base is that disk
+//! restore point; chunks not yet local are read from the store; a background job hydrates
+//! them. Its first restore point is an increment over the base.
 //!
 //! ## Crash rules
 //!
 //! - The `.ctk` header's OPEN flag is set while the engine has a disk open; finding it set at
 //!   open means an unclean shutdown, and tracking becomes UNTRUSTED until a full capture.
-//! - Disk creation writes and syncs the files before the catalog record; deletion removes the
-//!   record before the files. Files without a record are removed at open.
+//! - Files are synced before the catalog record that names them; deletion removes the record
+//!   before the files; files without a record are removed at open.
 //! - Every multi-key catalog change is one synced RocksDB WriteBatch.
+//! - A restore point still `Creating` at open becomes `Failed` with its entries dropped; a
+//!   closed epoch is consumed if a succeeded restore point captured it, else merged back.
+//! - Failpoints (`CAIRN_FAILPOINTS`) sit on each of these edges; kill tests drive them.
 //!
 //! ## What may run together
 //!
-//! | operation              | may run with                        | protected by                    |
-//! |------------------------|-------------------------------------|---------------------------------|
-//! | write / trim / zeroes  | reads, flushes, other writes        | write gate (shared)             |
-//! | freeze + epoch switch  | reads, flushes                      | write gate (exclusive)          |
-//! | resize                 | reads, flushes                      | write gate (exclusive) + admin  |
-//! | create/delete disk, group changes | all I/O on other disks   | admin mutex, one catalog batch  |
-//! | capture of closed epoch| writes (active slot only)           | CLOSED_PENDING flag per disk    |
+//! | operation                 | may run with                              | protected by                        |
+//! |---------------------------|-------------------------------------------|-------------------------------------|
+//! | write / trim / zeroes     | reads, flushes, other writes, captures    | write gate (shared), chunk stripes  |
+//! | freeze + epoch switch     | reads, flushes                            | write gate (exclusive)              |
+//! | resize                    | reads, flushes; not a pending capture     | write gate (exclusive) + admin      |
+//! | create/delete disk, group | I/O on other disks                        | admin mutex, one catalog batch      |
+//! | capture                   | writes, reads, restores, deletes in other collections, GC phase 2 | creation slot per collection, GC gate (shared) |
+//! | delete restore point      | captures in other collections, GC         | creation slot, admin, index lock    |
+//! | hydration                 | guest I/O on the same disk                | chunk stripes, local map            |
+//! | GC sweep (phase 1)        | reads, restores, deletes                  | GC gate (exclusive), index lock     |
+//! | GC rewrite (phase 2)      | captures, reads (old packs retired, not deleted) | index lock per switch        |
+//! | verify                    | everything                                | read-only but for corrupt marks     |
 
 mod capture;
 mod catalog;
