@@ -14,6 +14,7 @@ mod freeze_concurrent_writers;
 mod nbd_bad_input;
 mod nbd_listen;
 mod nbd_qemu_clients;
+mod nbd_restore_point;
 mod restore_disk;
 mod restore_point_capture;
 mod restore_point_consistency;

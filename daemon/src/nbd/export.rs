@@ -2,9 +2,9 @@
 //! [`ExportSource`] that finds exports by name, and the one mapping from engine errors to
 //! NBD errnos.
 //!
-//! The server knows nothing about disks: a read-only restore-point export implements the same
-//! trait (with `read_only() == true` and no write calls reaching it, because the server
-//! refuses them with EPERM first).
+//! The server knows nothing about disks: a read-only disk restore point export
+//! ([`super::restore_point`]) implements the same trait (with `read_only() == true` and no
+//! write calls reaching it, because the server refuses them with EPERM first).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -28,6 +28,10 @@ pub trait Export: Send + Sync + 'static {
     fn size_bytes(&self) -> u64;
     /// Smallest addressable unit (a power of two, at most 64 KiB).
     fn min_block_bytes(&self) -> u32;
+    /// The I/O size that costs least per byte (a power of two, at least the minimum).
+    fn preferred_block_bytes(&self) -> u32 {
+        super::proto::PREFERRED_BLOCK_BYTES.max(self.min_block_bytes())
+    }
     /// Read-only exports refuse writes, trims and zeroes with EPERM.
     fn read_only(&self) -> bool;
     /// Whether FLUSH and FUA on one connection cover writes made on every other connection.
@@ -47,6 +51,16 @@ pub trait Export: Send + Sync + 'static {
     /// Asynchronous because finding them may take catalog lookups (restored disks, restore
     /// points), which must not run on the server's threads.
     fn extents(&self, offset: u64, len: u64) -> ExportFuture<'_, Vec<Extent>>;
+
+    /// Names of the dirty bitmaps offered as `qemu:dirty-bitmap:NAME` metadata contexts.
+    fn dirty_bitmaps(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Dirty and clean runs of bitmap `name` covering the range (`Extent::data` = dirty).
+    fn dirty_extents(&self, name: &str, _offset: u64, _len: u64) -> ExportFuture<'_, Vec<Extent>> {
+        let err = Error::NotFound { what: format!("dirty bitmap {name}") };
+        Box::pin(std::future::ready(Err(err)))
+    }
 }
 
 /// A live disk, served read-write.
@@ -110,17 +124,24 @@ pub trait ExportSource: Send + Sync + 'static {
     fn list(&self) -> Vec<String>;
 }
 
-/// Every live disk of an engine, by its name, read-write.
+/// Every export of an engine: each live disk by its name, read-write, and each disk
+/// restore point of a succeeded restore point as `COLLECTION/RESTORE_POINT/DISK`, read-only.
+/// Names never hold `/`, so the two kinds cannot collide.
 #[derive(Debug, Clone)]
 pub struct LiveDisks(pub Engine);
 
 impl ExportSource for LiveDisks {
     fn open(&self, name: &str) -> Option<Arc<dyn Export>> {
+        if name.contains('/') {
+            return super::restore_point::open(&self.0, name).map(|e| Arc::new(e) as Arc<dyn Export>);
+        }
         let disk = self.0.disk_by_name(name).ok()?;
         Some(Arc::new(LiveDisk(disk)))
     }
     fn list(&self) -> Vec<String> {
-        self.0.list_disks().into_iter().map(|r| r.name.to_string()).collect()
+        let mut names: Vec<String> = self.0.list_disks().into_iter().map(|r| r.name.to_string()).collect();
+        names.extend(super::restore_point::list(&self.0));
+        names
     }
 }
 

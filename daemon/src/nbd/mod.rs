@@ -4,19 +4,24 @@
 //! - [`proto`]: the wire format, pure encode/decode with no I/O (fuzzable).
 //! - [`export`]: the [`Export`] trait the server serves, its live-disk implementation, the
 //!   [`ExportSource`] that finds exports by name, and the engine-error-to-errno mapping.
+//! - [`restore_point`]: read-only exports of disk restore points
+//!   (`COLLECTION/RESTORE_POINT/DISK`) with their `qemu:dirty-bitmap:` contexts.
 //! - [`server`]: handshake and transmission over any async byte stream.
 //! - [`listener`]: unix/TCP listening, the accept loop and clean shutdown.
 //!
 //! Supported: fixed newstyle handshake with NO_ZEROES; options GO, INFO, LIST, ABORT,
-//! EXPORT_NAME, STRUCTURED_REPLY, LIST/SET_META_CONTEXT (`base:allocation`); commands READ
+//! EXPORT_NAME, STRUCTURED_REPLY, LIST/SET_META_CONTEXT (`base:allocation`, and
+//! `qemu:dirty-bitmap:OLDER_RESTORE_POINT` on restore point exports); commands READ
 //! (structured replies skip holes), WRITE, FLUSH, TRIM, WRITE_ZEROES, CACHE, BLOCK_STATUS,
 //! DISC. Not yet: STARTTLS and EXTENDED_HEADERS (answered ERR_UNSUP).
 
 pub mod export;
 pub mod listener;
 pub mod proto;
+pub mod restore_point;
 pub mod server;
 
 pub use export::{Export, ExportSource, LiveDisk, LiveDisks};
 pub use listener::{ListenError, Listener, NbdAddr};
+pub use restore_point::DiskRestorePointExport;
 pub use server::{Server, ServerConfig};

@@ -94,6 +94,10 @@ pub const STATE_ZERO: u32 = 1 << 1;
 
 /// The one metadata context every export offers.
 pub const BASE_ALLOCATION: &str = "base:allocation";
+/// Prefix of QEMU's dirty-bitmap contexts (`qemu:dirty-bitmap:NAME`, QEMU docs/interop/nbd.rst).
+pub const DIRTY_BITMAP_PREFIX: &str = "qemu:dirty-bitmap:";
+/// The one flag of a dirty-bitmap context: set where the extent is dirty.
+pub const STATE_DIRTY: u32 = 1 << 0;
 
 /// Longest string (export name, query, message) the protocol allows.
 pub const MAX_STRING_BYTES: usize = 4096;

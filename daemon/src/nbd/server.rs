@@ -52,8 +52,9 @@ const ZERO_STEP_BYTES: u32 = 1 << 20;
 const MAX_STATUS_SPAN_BYTES: u64 = 1 << 30;
 /// Most descriptors in one BLOCK_STATUS chunk (the spec's SHOULD is 2^20).
 const MAX_DESCRIPTORS: usize = 1 << 16;
-/// Context id of `base:allocation` (any nonzero value; ids are per session).
-const BASE_ALLOCATION_ID: u32 = 1;
+/// Most metadata contexts one SET_META_CONTEXT may select (each costs a lookup per
+/// BLOCK_STATUS); more get `NBD_REP_ERR_TOO_BIG`.
+const MAX_META_CONTEXTS: usize = 64;
 
 /// Why a connection ended early.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +86,8 @@ struct Session {
     export: Arc<dyn Export>,
     structured: bool,
     limits: p::Limits,
+    /// Selected metadata contexts; each one's id is its position plus one.
+    contexts: Vec<MetaContext>,
 }
 
 /// How the handshake ended.
@@ -97,7 +100,72 @@ enum Negotiated {
 /// Metadata contexts selected by SET_META_CONTEXT, and for which export.
 struct MetaSelection {
     export: String,
-    base_allocation: bool,
+    contexts: Vec<MetaContext>,
+}
+
+/// A metadata context an export offers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum MetaContext {
+    /// `base:allocation`: holes (and zero chunks) versus data.
+    BaseAllocation,
+    /// `qemu:dirty-bitmap:NAME`: what changed since NAME (an older restore point).
+    DirtyBitmap(String),
+}
+
+impl MetaContext {
+    fn name(&self) -> String {
+        match self {
+            MetaContext::BaseAllocation => p::BASE_ALLOCATION.to_owned(),
+            MetaContext::DirtyBitmap(b) => format!("{}{b}", p::DIRTY_BITMAP_PREFIX),
+        }
+    }
+
+    /// The context a SET_META_CONTEXT query names exactly (wildcards select nothing).
+    fn parse(query: &str) -> Option<Self> {
+        if query == p::BASE_ALLOCATION {
+            return Some(MetaContext::BaseAllocation);
+        }
+        let bitmap = query.strip_prefix(p::DIRTY_BITMAP_PREFIX).filter(|b| !b.is_empty())?;
+        Some(MetaContext::DirtyBitmap(bitmap.to_owned()))
+    }
+
+    /// Whether a LIST_META_CONTEXT query lists this context: its exact name, or the
+    /// wildcards `base:`, `qemu:` and `qemu:dirty-bitmap:` (QEMU's interop doc).
+    fn listed_by(&self, query: &str) -> bool {
+        match self {
+            MetaContext::BaseAllocation => query == "base:" || query == p::BASE_ALLOCATION,
+            MetaContext::DirtyBitmap(_) => query == "qemu:" || query == p::DIRTY_BITMAP_PREFIX || query == self.name(),
+        }
+    }
+}
+
+/// Every metadata context `export` offers.
+fn available_contexts(export: &dyn Export) -> Vec<MetaContext> {
+    let mut all = vec![MetaContext::BaseAllocation];
+    all.extend(export.dirty_bitmaps().into_iter().map(MetaContext::DirtyBitmap));
+    all
+}
+
+/// What LIST_META_CONTEXT answers: everything for no query, else what any query lists.
+fn list_contexts(available: &[MetaContext], queries: &[String]) -> Vec<MetaContext> {
+    available.iter().filter(|c| queries.is_empty() || queries.iter().any(|q| c.listed_by(q))).cloned().collect()
+}
+
+/// What SET_META_CONTEXT selects: each available context a query names, once, in query
+/// order; unknown names are ignored, as the spec demands.
+fn select_contexts(available: &[MetaContext], queries: &[String]) -> Vec<MetaContext> {
+    let mut selected: Vec<MetaContext> = Vec::new();
+    for c in queries.iter().filter_map(|q| MetaContext::parse(q)) {
+        if available.contains(&c) && !selected.contains(&c) {
+            selected.push(c);
+        }
+    }
+    selected
+}
+
+/// Context id of the `index`th selected context (ids are nonzero and per session).
+fn context_id(index: usize) -> u32 {
+    u32::try_from(index + 1).unwrap_or(u32::MAX)
 }
 
 /// Transmission flags for an export: exactly what the server supports on it.
@@ -214,8 +282,8 @@ impl Server {
                     p::encode_export_name_reply(&mut out, size, flags, client.no_zeroes);
                     writer.write_all(&out).await?;
                     writer.flush().await?;
-                    let meta_context = meta_for(&meta, &name);
-                    return Ok(Negotiated::Transmission(session(export, structured, flags, meta_context)));
+                    let contexts = meta_for(meta, &name);
+                    return Ok(Negotiated::Transmission(session(export, structured, flags, contexts)));
                 }
                 ClientOption::Abort => {
                     p::encode_option_reply(&mut out, option, p::REP_ACK, &[]);
@@ -265,38 +333,35 @@ impl Server {
                         &mut out,
                         option,
                         export.min_block_bytes(),
-                        p::PREFERRED_BLOCK_BYTES.max(export.min_block_bytes()),
+                        export.preferred_block_bytes(),
                         p::MAX_PAYLOAD_BYTES,
                     );
                     p::encode_option_reply(&mut out, option, p::REP_ACK, &[]);
                     if go {
                         writer.write_all(&out).await?;
                         writer.flush().await?;
-                        let meta_context = meta_for(&meta, &req.name);
-                        return Ok(Negotiated::Transmission(session(export, structured, flags, meta_context)));
+                        let contexts = meta_for(meta, &req.name);
+                        return Ok(Negotiated::Transmission(session(export, structured, flags, contexts)));
                     }
                 }
                 ClientOption::StructuredReply => {
                     structured = true;
                     p::encode_option_reply(&mut out, option, p::REP_ACK, &[]);
                 }
-                ClientOption::ListMetaContext(req) => {
-                    if self.exports.open(&req.name).is_none() {
-                        p::encode_option_error(
-                            &mut out,
-                            option,
-                            p::REP_ERR_UNKNOWN,
-                            &format!("no export named {:?}", req.name),
-                        );
-                    } else {
-                        let listed = req.queries.is_empty()
-                            || req.queries.iter().any(|q| q == "base:" || q == p::BASE_ALLOCATION);
-                        if listed {
-                            p::encode_meta_context(&mut out, option, 0, p::BASE_ALLOCATION);
+                ClientOption::ListMetaContext(req) => match self.exports.open(&req.name) {
+                    None => p::encode_option_error(
+                        &mut out,
+                        option,
+                        p::REP_ERR_UNKNOWN,
+                        &format!("no export named {:?}", req.name),
+                    ),
+                    Some(export) => {
+                        for c in list_contexts(&available_contexts(&*export), &req.queries) {
+                            p::encode_meta_context(&mut out, option, 0, &c.name());
                         }
                         p::encode_option_reply(&mut out, option, p::REP_ACK, &[]);
                     }
-                }
+                },
                 ClientOption::SetMetaContext(req) => {
                     // The selection is replaced even when this option fails.
                     meta = None;
@@ -307,20 +372,29 @@ impl Server {
                             p::REP_ERR_INVALID,
                             "negotiate NBD_OPT_STRUCTURED_REPLY first",
                         );
-                    } else if self.exports.open(&req.name).is_none() {
+                    } else if let Some(export) = self.exports.open(&req.name) {
+                        let contexts = select_contexts(&available_contexts(&*export), &req.queries);
+                        if contexts.len() > MAX_META_CONTEXTS {
+                            p::encode_option_error(
+                                &mut out,
+                                option,
+                                p::REP_ERR_TOO_BIG,
+                                &format!("at most {MAX_META_CONTEXTS} metadata contexts at once"),
+                            );
+                        } else {
+                            for (i, c) in contexts.iter().enumerate() {
+                                p::encode_meta_context(&mut out, option, context_id(i), &c.name());
+                            }
+                            p::encode_option_reply(&mut out, option, p::REP_ACK, &[]);
+                            meta = Some(MetaSelection { export: req.name, contexts });
+                        }
+                    } else {
                         p::encode_option_error(
                             &mut out,
                             option,
                             p::REP_ERR_UNKNOWN,
                             &format!("no export named {:?}", req.name),
                         );
-                    } else {
-                        let base_allocation = req.queries.iter().any(|q| q == p::BASE_ALLOCATION);
-                        if base_allocation {
-                            p::encode_meta_context(&mut out, option, BASE_ALLOCATION_ID, p::BASE_ALLOCATION);
-                        }
-                        p::encode_option_reply(&mut out, option, p::REP_ACK, &[]);
-                        meta = Some(MetaSelection { export: req.name, base_allocation });
                     }
                 }
                 ClientOption::ExtendedHeaders => {
@@ -428,15 +502,20 @@ impl Server {
     }
 }
 
-fn session(export: Arc<dyn Export>, structured: bool, flags: u16, meta_context: bool) -> Session {
-    let limits =
-        p::Limits { flags, size_bytes: export.size_bytes(), min_block_bytes: export.min_block_bytes(), meta_context };
-    Session { export, structured, limits }
+fn session(export: Arc<dyn Export>, structured: bool, flags: u16, contexts: Vec<MetaContext>) -> Session {
+    let limits = p::Limits {
+        flags,
+        size_bytes: export.size_bytes(),
+        min_block_bytes: export.min_block_bytes(),
+        meta_context: !contexts.is_empty(),
+    };
+    Session { export, structured, limits, contexts }
 }
 
-/// Whether `base:allocation` was selected for the export the client went on to use.
-fn meta_for(meta: &Option<MetaSelection>, export: &str) -> bool {
-    meta.as_ref().is_some_and(|m| m.base_allocation && m.export == export)
+/// The contexts selected for the export the client went on to use (none if it selected
+/// them for another export).
+fn meta_for(meta: Option<MetaSelection>, export: &str) -> Vec<MetaContext> {
+    meta.filter(|m| m.export == export).map(|m| m.contexts).unwrap_or_default()
 }
 
 /// Bytes a request holds in memory while in flight.
@@ -572,7 +651,7 @@ async fn execute(session: &Session, req: Request, payload: Option<IoBuf>, reply:
                 reply.result(write_zeroes(export, offset, len, fua).await);
             }
         }
-        Command::BlockStatus => block_status(export, &req, reply).await,
+        Command::BlockStatus => block_status(session, &req, reply).await,
         // Filtered out before execution.
         Command::Disc | Command::Unknown(_) => reply.error(Errno::Inval, "not executable"),
     }
@@ -685,37 +764,63 @@ fn coalesce(extents: &[cairn_engine::Extent]) -> Vec<cairn_engine::Extent> {
     out
 }
 
-async fn block_status(export: &dyn Export, req: &Request, mut reply: Reply) {
+/// One BLOCK_STATUS chunk per selected context, all looked up before any is sent, so a
+/// failure is a single error reply.
+async fn block_status(session: &Session, req: &Request, mut reply: Reply) {
     if req.len == 0 {
         return reply.error(Errno::Inval, "block status of an empty range");
     }
+    let export = &*session.export;
     let span = u64::from(req.len).min(MAX_STATUS_SPAN_BYTES);
-    let extents = match export.extents(req.offset, span).await {
-        Ok(e) => e,
-        Err(e) => return reply.engine_error(&e),
-    };
-    let mut descriptors: Vec<p::Descriptor> = Vec::with_capacity(extents.len().min(1024));
-    for ext in &extents {
-        let flags = if ext.data { 0 } else { p::STATE_HOLE | p::STATE_ZERO };
-        let len = u32::try_from(ext.len).unwrap_or(u32::MAX);
-        match descriptors.last_mut() {
-            Some(d) if d.flags == flags => d.len = d.len.saturating_add(len),
-            _ => descriptors.push(p::Descriptor { len, flags }),
+    let mut chunks = Vec::with_capacity(session.contexts.len());
+    for (i, context) in session.contexts.iter().enumerate() {
+        let (extents, flags_of): (_, fn(bool) -> u32) = match context {
+            MetaContext::BaseAllocation => {
+                (export.extents(req.offset, span).await, |data| if data { 0 } else { p::STATE_HOLE | p::STATE_ZERO })
+            }
+            MetaContext::DirtyBitmap(name) => {
+                (export.dirty_extents(name, req.offset, span).await, |dirty| if dirty { p::STATE_DIRTY } else { 0 })
+            }
+        };
+        let extents = match extents {
+            Ok(e) => e,
+            Err(e) => return reply.engine_error(&e),
+        };
+        let mut descriptors = descriptors(&extents, flags_of);
+        if req.has(p::CMD_FLAG_REQ_ONE) {
+            descriptors.truncate(1);
         }
-        if descriptors.len() > MAX_DESCRIPTORS {
-            descriptors.truncate(MAX_DESCRIPTORS);
+        if descriptors.is_empty() {
+            return reply.error(Errno::Inval, "block status found no extents");
+        }
+        chunks.push((context_id(i), descriptors));
+    }
+    let last = chunks.len().saturating_sub(1);
+    for (i, (id, descriptors)) in chunks.iter().enumerate() {
+        let mut head = Vec::with_capacity(p::CHUNK_HEADER_LEN + 4 + 8 * descriptors.len());
+        p::encode_block_status(&mut head, reply.cookie, *id, descriptors, i == last);
+        reply.send(head, None, i == last);
+    }
+}
+
+/// Descriptors for extents (adjacent ones with equal flags merged), at most
+/// [`MAX_DESCRIPTORS`] of them.
+fn descriptors(extents: &[cairn_engine::Extent], flags_of: fn(bool) -> u32) -> Vec<p::Descriptor> {
+    let mut out: Vec<p::Descriptor> = Vec::with_capacity(extents.len().min(1024));
+    for ext in extents {
+        let flags = flags_of(ext.data);
+        // Extents lie within one status span (at most 1 GiB).
+        let len = u32::try_from(ext.len).unwrap_or(u32::MAX);
+        match out.last_mut() {
+            Some(d) if d.flags == flags => d.len = d.len.saturating_add(len),
+            _ => out.push(p::Descriptor { len, flags }),
+        }
+        if out.len() > MAX_DESCRIPTORS {
+            out.truncate(MAX_DESCRIPTORS);
             break;
         }
     }
-    if req.has(p::CMD_FLAG_REQ_ONE) {
-        descriptors.truncate(1);
-    }
-    if descriptors.is_empty() {
-        return reply.error(Errno::Inval, "block status found no extents");
-    }
-    let mut head = Vec::with_capacity(p::CHUNK_HEADER_LEN + 4 + 8 * descriptors.len());
-    p::encode_block_status(&mut head, reply.cookie, BASE_ALLOCATION_ID, &descriptors, true);
-    reply.send(head, None, true);
+    out
 }
 
 #[cfg(test)]
@@ -971,6 +1076,31 @@ mod tests {
             cookie: u64::from_be_bytes(r[4..12].try_into().unwrap()),
             payload,
         }
+    }
+
+    #[test]
+    fn meta_contexts_are_listed_by_wildcards_and_selected_by_exact_names() {
+        let bitmap = |n: &str| MetaContext::DirtyBitmap(n.into());
+        let all = vec![MetaContext::BaseAllocation, bitmap("rp1"), bitmap("rp2")];
+        let q = |qs: &[&str]| qs.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(list_contexts(&all, &[]), all);
+        assert_eq!(list_contexts(&all, &q(&["base:"])), vec![MetaContext::BaseAllocation]);
+        assert_eq!(list_contexts(&all, &q(&["qemu:"])), vec![bitmap("rp1"), bitmap("rp2")]);
+        assert_eq!(list_contexts(&all, &q(&["qemu:dirty-bitmap:"])), vec![bitmap("rp1"), bitmap("rp2")]);
+        assert_eq!(list_contexts(&all, &q(&["qemu:dirty-bitmap:rp2", "x-other:y"])), vec![bitmap("rp2")]);
+        assert_eq!(list_contexts(&all, &q(&["qemu:dirty-bitmap:rp9"])), vec![]);
+
+        // Wildcards select nothing; unknown names are ignored; duplicates count once.
+        assert_eq!(
+            select_contexts(&all, &q(&["base:", "qemu:", "qemu:dirty-bitmap:", "qemu:dirty-bitmap:rp9"])),
+            vec![]
+        );
+        assert_eq!(
+            select_contexts(&all, &q(&["qemu:dirty-bitmap:rp2", "base:allocation", "qemu:dirty-bitmap:rp2"])),
+            vec![bitmap("rp2"), MetaContext::BaseAllocation]
+        );
+        assert_eq!(bitmap("rp1").name(), "qemu:dirty-bitmap:rp1");
+        assert_eq!(context_id(0), 1);
     }
 
     #[test]

@@ -1,0 +1,98 @@
+//! Fuzz target for the NBD parsers of untrusted bytes: client flags, option headers, every
+//! option's data, request headers and the judging of requests against a session's limits
+//! (`daemon/src/nbd/proto.rs`). Properties: nothing panics, and what the parsers accept is
+//! within the protocol's bounds.
+//!
+//! Run a short session (stable toolchain: RUSTC_BOOTSTRAP unlocks the sanitizer flags):
+//!
+//!     cargo install cargo-fuzz
+//!     cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run nbd_parsers -- -max_total_time=60
+//!
+//! `proto.rs` is pure (std and thiserror only), so it is compiled straight into the target:
+//! no engine, RocksDB or tokio in the fuzzed binary.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+#[path = "../../daemon/src/nbd/proto.rs"]
+#[allow(dead_code)]
+mod proto;
+
+use proto::{ClientOption, Command, Limits};
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// An option's data through its parser, with the parsed strings within the spec's limits.
+fn option(code: u32, data: &[u8]) {
+    let Ok(parsed) = proto::parse_option(code, data) else { return };
+    match parsed {
+        ClientOption::ExportName(name) => assert!(name.len() <= proto::MAX_STRING_BYTES),
+        ClientOption::Info(req) | ClientOption::Go(req) => {
+            assert!(req.name.len() <= proto::MAX_STRING_BYTES);
+            assert!(req.requests.len() * 2 <= data.len());
+        }
+        ClientOption::ListMetaContext(req) | ClientOption::SetMetaContext(req) => {
+            assert!(req.name.len() <= proto::MAX_STRING_BYTES);
+            assert!(req.queries.len() * 4 <= data.len());
+            assert!(req.queries.iter().all(|q| q.contains(':') && q.len() <= proto::MAX_STRING_BYTES));
+        }
+        _ => {}
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&selector, rest)) = data.split_first() else { return };
+    match selector % 3 {
+        // A handshake as it arrives: client flags, then option headers and data.
+        0 => {
+            if rest.len() < 4 {
+                return;
+            }
+            let _ = proto::decode_client_flags([rest[0], rest[1], rest[2], rest[3]]);
+            let mut stream = &rest[4..];
+            while stream.len() >= proto::OPTION_HEADER_LEN {
+                let mut raw = [0u8; proto::OPTION_HEADER_LEN];
+                raw.copy_from_slice(&stream[..proto::OPTION_HEADER_LEN]);
+                stream = &stream[proto::OPTION_HEADER_LEN..];
+                let Ok(header) = proto::decode_option_header(&raw) else { return };
+                assert!(header.len <= proto::MAX_OPTION_BYTES);
+                let len = (header.len as usize).min(stream.len());
+                option(header.option, &stream[..len]);
+                stream = &stream[len..];
+            }
+        }
+        // One option, the code biased towards the ones that carry data.
+        1 => {
+            if let Some((&code, body)) = rest.split_first() {
+                option(u32::from(code % 16), body);
+            }
+        }
+        // A request header judged against arbitrary session limits.
+        _ => {
+            if rest.len() < proto::REQUEST_LEN + 13 {
+                return;
+            }
+            let mut raw = [0u8; proto::REQUEST_LEN];
+            raw.copy_from_slice(&rest[..proto::REQUEST_LEN]);
+            // Most inputs should get past the magic check.
+            if rest[proto::REQUEST_LEN] & 1 == 0 {
+                raw[..4].copy_from_slice(&proto::REQUEST_MAGIC.to_be_bytes());
+            }
+            let Ok(req) = proto::decode_request(&raw) else { return };
+            assert!(req.payload_len() <= proto::MAX_PAYLOAD_BYTES);
+            let l = &rest[proto::REQUEST_LEN + 1..];
+            let limits = Limits {
+                flags: u16::from_be_bytes([l[0], l[1]]),
+                size_bytes: u64::from(u32_at(l, 2)) << (l[6] % 32),
+                min_block_bytes: 1 << (l[7] % 17),
+                meta_context: l[8] & 1 == 1,
+            };
+            if proto::check_request(&req, &limits).is_ok() && !matches!(req.command, Command::Flush | Command::Disc) {
+                assert!(req.offset.checked_add(u64::from(req.len)).is_some_and(|end| end <= limits.size_bytes));
+                assert!(req.command != Command::Read || req.len <= proto::MAX_PAYLOAD_BYTES);
+            }
+        }
+    }
+});
