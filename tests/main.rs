@@ -6,11 +6,17 @@
 mod common;
 
 mod catalog_resources;
+mod cli_restore_point_story;
 mod daemon_lifecycle;
 mod disk_bad_input;
 mod disk_io;
 mod disk_reopen;
 mod freeze_concurrent_writers;
+mod grpc_bad_input;
+mod grpc_listen;
+mod grpc_python_client;
+mod grpc_restart;
+mod grpc_restore_point_story;
 mod nbd_bad_input;
 mod nbd_listen;
 mod nbd_qemu_clients;

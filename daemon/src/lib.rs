@@ -2,4 +2,6 @@
 //! never touches files or RocksDB itself. The `cairnd` binary wires them to an engine.
 #![forbid(unsafe_code)]
 
+pub mod config;
+pub mod grpc;
 pub mod nbd;

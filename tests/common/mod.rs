@@ -305,3 +305,106 @@ pub fn assert_same(got: &[u8], want: &[u8], what: &str) {
     let first = got.iter().zip(want).position(|(a, b)| a != b);
     panic!("{what}: images differ (lengths {} and {}), first difference at byte {first:?}", got.len(), want.len());
 }
+
+/// Starts the real cairnd like [`start_cairnd`], with extra environment variables (e.g.
+/// `CAIRN_FAILPOINTS`).
+pub fn start_cairnd_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Cairnd {
+    use std::io::BufRead;
+    let mut cmd = Command::new(daemon_bin("cairnd"));
+    cmd.arg("--data-dir").arg(data_dir).args(args).env("RUST_LOG", "info").stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("starting cairnd");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut d = Cairnd { child: Some(child), lines: rx, startup: Vec::new(), socket: data_dir.join("nbd.sock") };
+    d.startup = d.wait_for("cairnd ready");
+    d
+}
+
+impl Cairnd {
+    /// SIGKILL: no clean shutdown at all.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+/// The gRPC endpoint of a cairnd started on `data_dir` with the default `--grpc`.
+pub fn grpc_endpoint(data_dir: &Path) -> String {
+    format!("unix:{}", data_dir.join("cairn.sock").display())
+}
+
+/// A gRPC channel to a cairnd started on `data_dir`.
+pub async fn grpc(data_dir: &Path) -> tonic::transport::Channel {
+    cairn_daemon::grpc::client::connect(&grpc_endpoint(data_dir)).await.unwrap()
+}
+
+/// The `cairn` CLI aimed at a cairnd started on `data_dir`.
+pub fn cairn_cli(data_dir: &Path) -> Command {
+    let mut cmd = Command::new(daemon_bin("cairn"));
+    cmd.arg("--endpoint").arg(grpc_endpoint(data_dir));
+    cmd
+}
+
+/// Writes `data` at `offset` of a live disk through the gRPC WriteDisk stream (flushed).
+pub async fn grpc_write(ch: &tonic::transport::Channel, disk: &str, offset: u64, data: Vec<u8>) {
+    use cairn_proto::v1 as pb;
+    let msgs: Vec<pb::WriteDiskRequest> = data
+        .chunks(1 << 20)
+        .enumerate()
+        .map(|(i, part)| pb::WriteDiskRequest {
+            disk: if i == 0 { disk.into() } else { String::new() },
+            offset: offset + (i as u64) * (1 << 20),
+            data: part.to_vec(),
+            zero_length: 0,
+        })
+        .collect();
+    pb::disk_data_client::DiskDataClient::new(ch.clone()).write_disk(futures::stream::iter(msgs)).await.unwrap();
+}
+
+/// The whole content of a live disk or disk restore point through the gRPC ReadDisk stream,
+/// zero runs expanded; also returns how many zero runs came.
+pub async fn grpc_read(
+    ch: &tonic::transport::Channel,
+    source: cairn_proto::v1::read_disk_request::Source,
+) -> (Vec<u8>, usize) {
+    use cairn_proto::v1 as pb;
+    let req = pb::ReadDiskRequest { source: Some(source), offset: 0, length: 0 };
+    let mut stream = pb::disk_data_client::DiskDataClient::new(ch.clone()).read_disk(req).await.unwrap().into_inner();
+    let mut out = Vec::new();
+    let mut zero_runs = 0;
+    while let Some(m) = stream.message().await.unwrap() {
+        assert_eq!(m.offset, out.len() as u64, "ReadDisk sends the range in order");
+        if m.zero {
+            zero_runs += 1;
+            out.resize(out.len() + m.length as usize, 0);
+        } else {
+            assert_eq!(m.data.len() as u64, m.length);
+            out.extend_from_slice(&m.data);
+        }
+    }
+    (out, zero_runs)
+}
+
+/// Polls an operation over gRPC until it ends; returns its last state.
+pub async fn grpc_wait_op(ch: &tonic::transport::Channel, id: &str) -> cairn_proto::v1::Operation {
+    use cairn_proto::v1 as pb;
+    let mut c = pb::operations_client::OperationsClient::new(ch.clone());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let op = c.get_operation(pb::GetOperationRequest { id: id.into() }).await.unwrap().into_inner();
+        if op.state() != pb::OperationState::Running {
+            return op;
+        }
+        assert!(std::time::Instant::now() < deadline, "operation {id} still running: {op:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

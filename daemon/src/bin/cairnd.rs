@@ -2,15 +2,18 @@
 //!
 //! Opens the engine on the data dir (embedded defaults: `./cairn-data`, io_uring when
 //! available) and serves until SIGINT or SIGTERM, then shuts down cleanly so change tracking
-//! stays trusted. Serves every live disk over NBD (`--nbd`); the gRPC and HTTP listeners
-//! attach to this process as they land.
+//! stays trusted. Serves the gRPC API (`--grpc`, default a mode-0600 unix socket in the data
+//! dir) and every live disk over NBD (`--nbd`); the HTTP listener attaches as it lands.
+//! Flags win over the optional TOML config file (`--config`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use cairn_daemon::config::Config;
+use cairn_daemon::grpc::{self, GrpcAddr, GrpcListener};
 use cairn_daemon::nbd::{Listener, LiveDisks, NbdAddr, Server, ServerConfig};
-use cairn_engine::{Engine, EngineConfig, IoBackendKind};
+use cairn_engine::{Engine, EngineConfig, IoBackendKind, Name};
 use clap::{Parser, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -24,20 +27,33 @@ enum LogFormat {
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Root of all state: catalog (RocksDB) and disks.
-    #[arg(long, env = "CAIRN_DATA_DIR", default_value = "./cairn-data")]
-    data_dir: PathBuf,
+    /// Root of all state: catalog (RocksDB) and disks [default: ./cairn-data].
+    #[arg(long, env = "CAIRN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
 
-    /// I/O backend for live disks: auto (io_uring when available), uring or blocking.
-    #[arg(long, env = "CAIRN_IO", default_value = "auto")]
-    io_backend: String,
+    /// TOML config file; its keys are the long flags' names with `_` (flags win over it).
+    #[arg(long, env = "CAIRN_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// I/O backend for live disks: auto (io_uring when available), uring or blocking [default: auto].
+    #[arg(long, env = "CAIRN_IO")]
+    io_backend: Option<String>,
+
+    /// gRPC listen address: `unix:PATH` or `HOST:PORT` (default `unix:<data-dir>/cairn.sock`,
+    /// created with mode 0600).
+    #[arg(long, env = "CAIRN_GRPC")]
+    grpc: Option<String>,
+
+    /// This daemon's region name [default: local].
+    #[arg(long, env = "CAIRN_REGION")]
+    region: Option<String>,
 
     /// NBD listen address: `unix:PATH` or `HOST:PORT` (default `unix:<data-dir>/nbd.sock`).
     /// Every live disk is an export by its name.
     #[arg(long, env = "CAIRN_NBD")]
     nbd: Option<String>,
 
-    /// Allow NBD over TCP on a non-loopback address without TLS (not implemented yet).
+    /// Allow NBD and gRPC over TCP on a non-loopback address without TLS (not implemented yet).
     #[arg(long)]
     allow_plaintext: bool,
 
@@ -59,20 +75,33 @@ fn init_logging(format: LogFormat) {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(args.log_format);
-    let io_backend: IoBackendKind = args.io_backend.parse().context("--io-backend")?;
-    let nbd_addr: NbdAddr = match &args.nbd {
-        Some(a) => a.parse().context("--nbd")?,
-        None => NbdAddr::Unix(args.data_dir.join("nbd.sock")),
+    let file = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
     };
-    let config = EngineConfig { io_backend, ..EngineConfig::new(&args.data_dir) };
-    let engine = Engine::open(config).await.with_context(|| format!("opening data dir {}", args.data_dir.display()))?;
+    let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./cairn-data"));
+    let io_backend: IoBackendKind =
+        args.io_backend.or(file.io_backend).as_deref().unwrap_or("auto").parse().context("io_backend")?;
+    let nbd_addr: NbdAddr = match args.nbd.or(file.nbd) {
+        Some(a) => a.parse().context("nbd")?,
+        None => NbdAddr::Unix(data_dir.join("nbd.sock")),
+    };
+    let grpc_addr: GrpcAddr = match args.grpc.or(file.grpc) {
+        Some(a) => a.parse().context("grpc")?,
+        None => GrpcAddr::Unix(data_dir.join("cairn.sock")),
+    };
+    let region = args.region.or(file.region).unwrap_or_else(|| "local".into());
+    Name::new(region.as_str()).with_context(|| format!("region {region:?}"))?;
+    let allow_plaintext = args.allow_plaintext || file.allow_plaintext.unwrap_or(false);
+    let config = EngineConfig { io_backend, region, ..EngineConfig::new(&data_dir) };
+    let engine = Engine::open(config).await.with_context(|| format!("opening data dir {}", data_dir.display()))?;
 
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
 
     // Bound only once the engine holds the data dir lock: a stale socket file in the data dir
     // can then be replaced safely. A failure still closes the engine cleanly.
-    let listener = match Listener::bind(&nbd_addr, args.allow_plaintext).await {
+    let listener = match Listener::bind(&nbd_addr, allow_plaintext).await {
         Ok(l) => l,
         Err(e) => {
             engine.close().await.context("closing the engine")?;
@@ -82,9 +111,31 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr(), "nbd listening");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let server = Arc::new(Server::new(Arc::new(LiveDisks(engine.clone())), ServerConfig::default()));
-    let nbd = tokio::spawn(listener.run(server, stopped));
+    let nbd = tokio::spawn(listener.run(server, stopped.clone()));
 
-    tracing::info!(data_dir = %args.data_dir.display(), io = engine.io_backend(), "cairnd ready");
+    let grpc_ctx = grpc::Context { engine: engine.clone(), shutdown: stopped.clone() };
+    let grpc_listener = match GrpcListener::bind(&grpc_addr, allow_plaintext).await {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = stop.send(true);
+            let _ = nbd.await;
+            engine.close().await.context("closing the engine")?;
+            return Err(e).context("starting the gRPC listener");
+        }
+    };
+    let routes = match grpc::routes(&grpc_ctx).await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = stop.send(true);
+            let _ = nbd.await;
+            engine.close().await.context("closing the engine")?;
+            return Err(e).context("building the gRPC services");
+        }
+    };
+    tracing::info!(addr = %grpc_listener.local_addr(), "grpc listening");
+    let grpc_server = tokio::spawn(grpc_listener.run(routes, stopped));
+
+    tracing::info!(data_dir = %data_dir.display(), io = engine.io_backend(), region = engine.region(), "cairnd ready");
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
@@ -93,6 +144,9 @@ async fn main() -> anyhow::Result<()> {
     let _ = stop.send(true);
     if let Err(e) = nbd.await {
         tracing::error!(error = %e, "nbd listener task failed");
+    }
+    if let Err(e) = grpc_server.await {
+        tracing::error!(error = %e, "grpc server task failed");
     }
     engine.close().await.context("closing the engine")?;
     Ok(())

@@ -1,0 +1,825 @@
+//! `cairn`: the command-line client of a Cairn daemon, over its gRPC API.
+//!
+//! Subcommands by noun (`disk`, `group`, `collection`, `rp`, `restore`, `op`). Output is a
+//! table, or with `--output json` one JSON document (stable, for scripts). Exit codes: 0 ok,
+//! 1 the call or the operation failed, 2 usage. Failures print one line on stderr.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use cairn_daemon::grpc::client;
+use cairn_proto::v1 as pb;
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+/// The daemon's default socket, as `cairnd` creates it with its default data dir.
+const DEFAULT_ENDPOINT: &str = "unix:./cairn-data/cairn.sock";
+
+/// Command-line client of the Cairn block-level snapshot storage daemon.
+#[derive(Debug, Parser)]
+#[command(version, name = "cairn")]
+struct Cli {
+    /// The daemon's gRPC endpoint: `unix:PATH`, `HOST:PORT` or an http:// URL.
+    #[arg(long, global = true, env = "CAIRN_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+    endpoint: String,
+
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    output: Output,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Live disks.
+    #[command(subcommand)]
+    Disk(DiskCmd),
+    /// Groups: the disks of one VM plus its configuration.
+    #[command(subcommand)]
+    Group(GroupCmd),
+    /// Restore point collections.
+    #[command(subcommand)]
+    Collection(CollectionCmd),
+    /// Restore points.
+    #[command(subcommand)]
+    Rp(RpCmd),
+    /// Restores a disk of a restore point as a new disk (--disk and --name), or the whole
+    /// restore point as a new group (--group).
+    Restore(RestoreArgs),
+    /// Long-running operations.
+    #[command(subcommand)]
+    Op(OpCmd),
+    /// Prints a shell completion script.
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Subcommand)]
+enum DiskCmd {
+    /// Creates a sparse disk.
+    Create {
+        name: String,
+        /// Size, e.g. 10G, 512M, 4K or bytes.
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+        /// Chunk size (power of two, 4K..4M) [default: 256K].
+        #[arg(long, value_parser = parse_size)]
+        chunk_size: Option<u64>,
+        /// Open the disk file with O_DIRECT.
+        #[arg(long)]
+        direct_io: bool,
+    },
+    List,
+    Show {
+        disk: String,
+    },
+    /// Grows a disk.
+    Resize {
+        disk: String,
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+    },
+    Delete {
+        disk: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupCmd {
+    Create {
+        name: String,
+        /// A disk of the group (id or name); repeat for more.
+        #[arg(long = "disk")]
+        disks: Vec<String>,
+        /// The VM configuration document saved with every restore point.
+        #[arg(long, default_value = "")]
+        configuration: String,
+    },
+    List,
+    Show {
+        group: String,
+    },
+    Delete {
+        group: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CollectionCmd {
+    Create {
+        name: String,
+        /// The group (id or name).
+        #[arg(long)]
+        group: String,
+        /// Most restore points kept [default: 200].
+        #[arg(long)]
+        max_restore_points: Option<u32>,
+        /// Region [default: the daemon's].
+        #[arg(long)]
+        region: Option<String>,
+    },
+    List,
+    Show {
+        collection: String,
+    },
+    Delete {
+        collection: String,
+        /// Also delete the restore points in it.
+        #[arg(long)]
+        cascade: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Consistency {
+    Crash,
+    Filesystem,
+    Application,
+}
+
+#[derive(Debug, Args)]
+struct Wait {
+    /// Follow the operation until it ends (the default).
+    #[arg(long, overrides_with = "no_wait")]
+    wait: bool,
+    /// Return as soon as the operation started.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+impl Wait {
+    fn enabled(&self) -> bool {
+        !self.no_wait
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum RpCmd {
+    /// Creates a restore point of the collection's group.
+    Create {
+        collection: String,
+        name: String,
+        /// A disk to leave out (id or name); repeat for more.
+        #[arg(long = "exclude-disk")]
+        exclude_disks: Vec<String>,
+        #[arg(long, value_enum, default_value = "crash")]
+        consistency: Consistency,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    List {
+        collection: String,
+    },
+    Show {
+        collection: String,
+        restore_point: String,
+        /// Add per-disk progress.
+        #[arg(long)]
+        instance_view: bool,
+    },
+    Delete {
+        collection: String,
+        restore_point: String,
+    },
+    /// Chunks of a disk that changed between two restore points.
+    Diff {
+        collection: String,
+        from: String,
+        to: String,
+        /// The disk (id or name at capture time).
+        #[arg(long)]
+        disk: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct RestoreArgs {
+    collection: String,
+    restore_point: String,
+    /// The disk of the restore point to restore (id or name at capture time).
+    #[arg(long, requires = "name", conflicts_with = "group")]
+    disk: Option<String>,
+    /// Name of the new disk.
+    #[arg(long, requires = "disk")]
+    name: Option<String>,
+    /// Restore every disk into a new group of this name.
+    #[arg(long, required_unless_present = "disk")]
+    group: Option<String>,
+    #[command(flatten)]
+    wait: Wait,
+}
+
+#[derive(Debug, Subcommand)]
+enum OpCmd {
+    List {
+        /// Only operations still running.
+        #[arg(long)]
+        running: bool,
+    },
+    Show {
+        id: String,
+    },
+    /// Follows an operation until it ends.
+    Watch {
+        id: String,
+    },
+    Cancel {
+        id: String,
+    },
+}
+
+/// Parses `10G`, `512M`, `4K`, `1T` (powers of 1024, optional `i`/`B` suffix) or bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t.strip_suffix(['B', 'b']).unwrap_or(t);
+    let t = t.strip_suffix(['i']).unwrap_or(t);
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                'P' => 50,
+                _ => return Err(format!("{s:?}: unknown unit {c:?}; use K, M, G, T or P")),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size like 10G, 512M, 4K or bytes"))?;
+    n.checked_mul(1u64 << shift).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// A failure that ends the command.
+enum Failure {
+    /// The call failed.
+    Rpc(tonic::Status),
+    /// The call worked but the operation ended badly, or something else went wrong.
+    Other(String),
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(s: tonic::Status) -> Self {
+        Failure::Rpc(s)
+    }
+}
+
+type Res<T = ()> = Result<T, Failure>;
+
+fn code_name(c: tonic::Code) -> String {
+    // "Some requested entity was not found" reads worse than NOT_FOUND for a one-liner.
+    format!("{c:?}").chars().fold(String::new(), |mut out, ch| {
+        if ch.is_uppercase() && !out.is_empty() {
+            out.push('_');
+        }
+        out.push(ch.to_ascii_uppercase());
+        out
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Completions { shell } = &cli.command {
+        clap_complete::generate(*shell, &mut Cli::command(), "cairn", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Rpc(s)) => {
+            eprintln!("error: {}: {}", code_name(s.code()), s.message().replace('\n', " "));
+            ExitCode::FAILURE
+        }
+        Err(Failure::Other(m)) => {
+            eprintln!("error: {}", m.replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Client {
+    ch: Channel,
+    output: Output,
+}
+
+async fn run(cli: Cli) -> Res {
+    let ch = client::connect(&cli.endpoint).await.map_err(|e| Failure::Other(e.to_string()))?;
+    let c = Client { ch, output: cli.output };
+    match cli.command {
+        Command::Disk(cmd) => c.disk(cmd).await,
+        Command::Group(cmd) => c.group(cmd).await,
+        Command::Collection(cmd) => c.collection(cmd).await,
+        Command::Rp(cmd) => c.rp(cmd).await,
+        Command::Restore(args) => c.restore(args).await,
+        Command::Op(cmd) => c.op(cmd).await,
+        Command::Completions { .. } => Ok(()),
+    }
+}
+
+// ---- output ------------------------------------------------------------------------------
+
+/// `PROVISIONING_STATE_SUCCEEDED` -> `Succeeded`.
+fn enum_name(full: &str, prefix: &str) -> String {
+    full.strip_prefix(prefix)
+        .unwrap_or(full)
+        .split('_')
+        .map(|w| {
+            let mut cs = w.chars();
+            cs.next().map(|f| f.to_string() + &cs.as_str().to_lowercase()).unwrap_or_default()
+        })
+        .collect()
+}
+
+fn j_disk(d: &pb::Disk) -> Value {
+    json!({
+        "id": d.id, "name": d.name, "size_bytes": d.size_bytes, "chunk_size_bytes": d.chunk_size_bytes,
+        "direct_io": d.direct_io, "group_id": d.group_id, "created_at_ms": d.created_at_ms,
+        "source": d.source.as_ref().map(|s| json!({"restore_point_id": s.restore_point_id, "disk_id": s.disk_id})),
+        "hydrated": d.hydrated, "allocated_bytes": d.allocated_bytes,
+    })
+}
+
+fn j_group(g: &pb::Group) -> Value {
+    json!({"id": g.id, "name": g.name, "disk_ids": g.disk_ids, "configuration": g.configuration,
+           "created_at_ms": g.created_at_ms})
+}
+
+fn j_collection(c: &pb::Collection) -> Value {
+    json!({
+        "id": c.id, "name": c.name, "group_id": c.group_id, "region": c.region,
+        "max_restore_points": c.max_restore_points, "restore_point_count": c.restore_point_count,
+        "hook": c.hook.as_ref().map(|h| json!({"command": h.command, "timeout_ms": h.timeout_ms})),
+        "created_at_ms": c.created_at_ms,
+    })
+}
+
+fn j_op(o: &pb::Operation) -> Value {
+    json!({
+        "id": o.id, "kind": enum_name(o.kind().as_str_name(), "OPERATION_KIND_"), "target": o.target,
+        "state": enum_name(o.state().as_str_name(), "OPERATION_STATE_"), "percent": o.percent,
+        "bytes_done": o.bytes_done, "bytes_total": o.bytes_total, "error": o.error,
+        "paused_reason": o.paused_reason, "created_at_ms": o.created_at_ms, "updated_at_ms": o.updated_at_ms,
+    })
+}
+
+fn j_rp(r: &pb::RestorePoint) -> Value {
+    let disks: Vec<Value> = r
+        .disks
+        .iter()
+        .map(|d| {
+            json!({
+                "disk_id": d.disk_id, "disk_name": d.disk_name, "size_bytes": d.size_bytes,
+                "chunk_size_bytes": d.chunk_size_bytes, "full_scan": d.full_scan,
+                "chunks_captured": d.chunks_captured, "chunks_new": d.chunks_new,
+                "chunks_deduplicated": d.chunks_deduplicated, "chunks_zero": d.chunks_zero,
+                "chunks_delta": d.chunks_delta, "bytes_stored": d.bytes_stored, "bytes_captured": d.bytes_captured,
+            })
+        })
+        .collect();
+    let view = r.instance_view.as_ref().map(|v| {
+        json!({
+            "disks": v.disks.iter().map(|d| json!({"disk_id": d.disk_id, "disk_name": d.disk_name,
+                "bytes_done": d.bytes_done, "bytes_total": d.bytes_total, "percent": d.percent})).collect::<Vec<_>>(),
+            "operation": v.operation.as_ref().map(j_op),
+        })
+    });
+    json!({
+        "id": r.id, "name": r.name, "collection_id": r.collection_id, "description": r.description, "seq": r.seq,
+        "created_at_ms": r.created_at_ms,
+        "provisioning_state": enum_name(r.provisioning_state().as_str_name(), "PROVISIONING_STATE_"),
+        "failure_reason": r.failure_reason,
+        "consistency_mode_requested": enum_name(r.consistency_mode_requested().as_str_name(), "CONSISTENCY_MODE_"),
+        "consistency_mode": enum_name(r.consistency_mode().as_str_name(), "CONSISTENCY_MODE_"),
+        "consistency_note": r.consistency_note, "freeze_window_us": r.freeze_window_us,
+        "configuration": r.configuration, "disks": disks, "excluded_disk_ids": r.excluded_disk_ids,
+        "completed_at_ms": r.completed_at_ms, "operation_id": r.operation_id,
+        "bytes_stored": r.disks.iter().map(|d| d.bytes_stored).sum::<u64>(),
+        "instance_view": view,
+    })
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) if s.is_empty() => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+/// Prints rows as a table of `columns` (JSON keys), or the whole list as JSON.
+fn print_list(output: Output, rows: &[Value], columns: &[&str]) {
+    if output == Output::Json {
+        println!("{}", Value::Array(rows.to_vec()));
+        return;
+    }
+    let cells: Vec<Vec<String>> = rows.iter().map(|r| columns.iter().map(|c| cell(&r[*c])).collect()).collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| cells.iter().map(|r| r[i].len()).chain([c.len()]).max().unwrap_or(0))
+        .collect();
+    let line = |vals: Vec<String>| {
+        let parts: Vec<String> = vals.iter().zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(columns.iter().map(|c| c.to_uppercase()).collect());
+    for r in cells {
+        line(r);
+    }
+}
+
+/// Prints one resource: `key: value` lines, or JSON.
+fn print_one(output: Output, v: &Value) {
+    if output == Output::Json {
+        println!("{v}");
+        return;
+    }
+    if let Value::Object(m) = v {
+        for (k, val) in m {
+            match val {
+                Value::Array(items) if items.iter().any(Value::is_object) => {
+                    println!("{k}:");
+                    for it in items {
+                        println!("  - {}", it);
+                    }
+                }
+                Value::Object(_) => println!("{k}: {val}"),
+                _ => println!("{k}: {}", cell(val)),
+            }
+        }
+    }
+}
+
+const DISK_COLS: &[&str] = &["name", "id", "size_bytes", "allocated_bytes", "group_id", "hydrated"];
+const GROUP_COLS: &[&str] = &["name", "id", "disk_ids"];
+const COLL_COLS: &[&str] = &["name", "id", "group_id", "region", "restore_point_count", "max_restore_points"];
+const RP_COLS: &[&str] = &["name", "id", "provisioning_state", "consistency_mode", "bytes_stored", "created_at_ms"];
+const OP_COLS: &[&str] = &["id", "kind", "state", "percent", "target", "error"];
+
+// ---- commands ----------------------------------------------------------------------------
+
+impl Client {
+    fn disks(&self) -> pb::disks_client::DisksClient<Channel> {
+        pb::disks_client::DisksClient::new(self.ch.clone())
+    }
+    fn groups(&self) -> pb::groups_client::GroupsClient<Channel> {
+        pb::groups_client::GroupsClient::new(self.ch.clone())
+    }
+    fn collections(&self) -> pb::collections_client::CollectionsClient<Channel> {
+        pb::collections_client::CollectionsClient::new(self.ch.clone())
+    }
+    fn rps(&self) -> pb::restore_points_client::RestorePointsClient<Channel> {
+        pb::restore_points_client::RestorePointsClient::new(self.ch.clone())
+    }
+    fn ops(&self) -> pb::operations_client::OperationsClient<Channel> {
+        pb::operations_client::OperationsClient::new(self.ch.clone())
+    }
+
+    async fn disk(&self, cmd: DiskCmd) -> Res {
+        let mut c = self.disks();
+        let d = match cmd {
+            DiskCmd::Create { name, size, chunk_size, direct_io } => {
+                let req = pb::CreateDiskRequest {
+                    name,
+                    size_bytes: size,
+                    chunk_size_bytes: chunk_size.unwrap_or(0),
+                    direct_io,
+                };
+                c.create_disk(req).await?.into_inner()
+            }
+            DiskCmd::List => {
+                let mut rows = Vec::new();
+                let mut page_token = String::new();
+                loop {
+                    let r = c.list_disks(pb::ListDisksRequest { page_size: 0, page_token }).await?.into_inner();
+                    rows.extend(r.disks.iter().map(j_disk));
+                    if r.next_page_token.is_empty() {
+                        break;
+                    }
+                    page_token = r.next_page_token;
+                }
+                print_list(self.output, &rows, DISK_COLS);
+                return Ok(());
+            }
+            DiskCmd::Show { disk } => c.get_disk(pb::GetDiskRequest { disk }).await?.into_inner(),
+            DiskCmd::Resize { disk, size } => {
+                c.resize_disk(pb::ResizeDiskRequest { disk, size_bytes: size }).await?.into_inner()
+            }
+            DiskCmd::Delete { disk } => {
+                c.delete_disk(pb::DeleteDiskRequest { disk: disk.clone() }).await?;
+                return self.deleted("disk", &disk);
+            }
+        };
+        print_one(self.output, &j_disk(&d));
+        Ok(())
+    }
+
+    fn deleted(&self, what: &str, name: &str) -> Res {
+        match self.output {
+            Output::Json => println!("{}", json!({"deleted": what, "name": name})),
+            Output::Table => println!("{what} {name} deleted"),
+        }
+        Ok(())
+    }
+
+    async fn group(&self, cmd: GroupCmd) -> Res {
+        let mut c = self.groups();
+        let g = match cmd {
+            GroupCmd::Create { name, disks, configuration } => {
+                c.create_group(pb::CreateGroupRequest { name, disks, configuration }).await?.into_inner()
+            }
+            GroupCmd::List => {
+                let r = c.list_groups(pb::ListGroupsRequest::default()).await?.into_inner();
+                print_list(self.output, &r.groups.iter().map(j_group).collect::<Vec<_>>(), GROUP_COLS);
+                return Ok(());
+            }
+            GroupCmd::Show { group } => c.get_group(pb::GetGroupRequest { group }).await?.into_inner(),
+            GroupCmd::Delete { group } => {
+                c.delete_group(pb::DeleteGroupRequest { group: group.clone() }).await?;
+                return self.deleted("group", &group);
+            }
+        };
+        print_one(self.output, &j_group(&g));
+        Ok(())
+    }
+
+    async fn collection(&self, cmd: CollectionCmd) -> Res {
+        let mut c = self.collections();
+        let coll = match cmd {
+            CollectionCmd::Create { name, group, max_restore_points, region } => {
+                let req = pb::CreateOrUpdateCollectionRequest {
+                    name,
+                    group,
+                    region: region.unwrap_or_default(),
+                    max_restore_points: max_restore_points.unwrap_or(0),
+                    hook: None,
+                };
+                c.create_or_update_collection(req).await?.into_inner()
+            }
+            CollectionCmd::List => {
+                let r = c.list_collections(pb::ListCollectionsRequest::default()).await?.into_inner();
+                print_list(self.output, &r.collections.iter().map(j_collection).collect::<Vec<_>>(), COLL_COLS);
+                return Ok(());
+            }
+            CollectionCmd::Show { collection } => {
+                c.get_collection(pb::GetCollectionRequest { collection }).await?.into_inner()
+            }
+            CollectionCmd::Delete { collection, cascade } => {
+                c.delete_collection(pb::DeleteCollectionRequest { collection: collection.clone(), cascade }).await?;
+                return self.deleted("collection", &collection);
+            }
+        };
+        print_one(self.output, &j_collection(&coll));
+        Ok(())
+    }
+
+    async fn rp(&self, cmd: RpCmd) -> Res {
+        let mut c = self.rps();
+        match cmd {
+            RpCmd::Create { collection, name, exclude_disks, consistency, description, wait } => {
+                let mode = match consistency {
+                    Consistency::Crash => pb::ConsistencyMode::CrashConsistent,
+                    Consistency::Filesystem => pb::ConsistencyMode::FileSystemConsistent,
+                    Consistency::Application => pb::ConsistencyMode::ApplicationConsistent,
+                };
+                let req = pb::CreateRestorePointRequest {
+                    collection: collection.clone(),
+                    name,
+                    description,
+                    exclude_disks,
+                    consistency_mode: mode.into(),
+                };
+                let r = c.create_restore_point(req).await?.into_inner();
+                let rp = r.restore_point.unwrap_or_default();
+                let op = r.operation.unwrap_or_default();
+                if !wait.enabled() {
+                    print_one(self.output, &json!({"restore_point": j_rp(&rp), "operation": j_op(&op)}));
+                    return Ok(());
+                }
+                let end = self.follow(&op.id, &format!("restore point {}", rp.name)).await?;
+                let rp = c
+                    .get_restore_point(pb::GetRestorePointRequest {
+                        collection,
+                        restore_point: rp.id,
+                        instance_view: false,
+                    })
+                    .await?
+                    .into_inner();
+                print_one(self.output, &j_rp(&rp));
+                op_outcome(&end)
+            }
+            RpCmd::List { collection } => {
+                let r = c
+                    .list_restore_points(pb::ListRestorePointsRequest { collection, ..Default::default() })
+                    .await?
+                    .into_inner();
+                print_list(self.output, &r.restore_points.iter().map(j_rp).collect::<Vec<_>>(), RP_COLS);
+                Ok(())
+            }
+            RpCmd::Show { collection, restore_point, instance_view } => {
+                let r = c
+                    .get_restore_point(pb::GetRestorePointRequest { collection, restore_point, instance_view })
+                    .await?
+                    .into_inner();
+                print_one(self.output, &j_rp(&r));
+                Ok(())
+            }
+            RpCmd::Delete { collection, restore_point } => {
+                c.delete_restore_point(pb::DeleteRestorePointRequest {
+                    collection,
+                    restore_point: restore_point.clone(),
+                })
+                .await?;
+                self.deleted("restore point", &restore_point)
+            }
+            RpCmd::Diff { collection, from, to, disk } => {
+                let mut data = pb::disk_data_client::DiskDataClient::new(self.ch.clone());
+                let mut blocks = Vec::new();
+                let mut page_token = String::new();
+                let block_size = loop {
+                    let req = pb::ListChangedBlocksRequest {
+                        first: Some(pb::DiskRestorePointRef {
+                            collection: collection.clone(),
+                            restore_point: from.clone(),
+                            disk: disk.clone(),
+                        }),
+                        second_restore_point: to.clone(),
+                        page_size: 0,
+                        page_token,
+                    };
+                    let r = data.list_changed_blocks(req).await?.into_inner();
+                    blocks.extend(
+                        r.blocks.iter().map(|b| json!({"index": b.index, "offset": b.offset, "length": b.length})),
+                    );
+                    if r.next_page_token.is_empty() {
+                        break r.block_size_bytes;
+                    }
+                    page_token = r.next_page_token;
+                };
+                if self.output == Output::Json {
+                    println!("{}", json!({"block_size_bytes": block_size, "changed_blocks": blocks}));
+                } else {
+                    print_list(self.output, &blocks, &["index", "offset", "length"]);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn restore(&self, a: RestoreArgs) -> Res {
+        let mut c = pb::restores_client::RestoresClient::new(self.ch.clone());
+        let (out, ops) = match (a.disk, a.name, a.group) {
+            (Some(disk), Some(name), None) => {
+                let req = pb::RestoreDiskRequest {
+                    collection: a.collection,
+                    restore_point: a.restore_point,
+                    disk,
+                    name,
+                    direct_io: false,
+                };
+                let r = c.restore_disk(req).await?.into_inner();
+                let d = r.disk.unwrap_or_default();
+                let op = r.operation.unwrap_or_default();
+                (json!({"disk": j_disk(&d), "operations": [j_op(&op)]}), vec![(op.id, format!("disk {}", d.name))])
+            }
+            (None, None, Some(group_name)) => {
+                let req =
+                    pb::RestoreGroupRequest { collection: a.collection, restore_point: a.restore_point, group_name };
+                let r = c.restore_group(req).await?.into_inner();
+                let g = r.group.unwrap_or_default();
+                let ops = r
+                    .disks
+                    .iter()
+                    .zip(&r.operations)
+                    .map(|(d, o)| (o.id.clone(), format!("disk {}", d.name)))
+                    .collect();
+                (
+                    json!({"group": j_group(&g), "disks": r.disks.iter().map(j_disk).collect::<Vec<_>>(),
+                           "operations": r.operations.iter().map(j_op).collect::<Vec<_>>()}),
+                    ops,
+                )
+            }
+            _ => return Err(Failure::Other("give --disk and --name, or --group".into())),
+        };
+        if !a.wait.enabled() {
+            print_one(self.output, &out);
+            return Ok(());
+        }
+        let mut ends = Vec::new();
+        for (id, what) in ops {
+            ends.push(self.follow(&id, &format!("hydrating {what}")).await?);
+        }
+        let mut out = out;
+        out["operations"] = Value::Array(ends.iter().map(j_op).collect());
+        print_one(self.output, &out);
+        ends.iter().try_for_each(op_outcome)
+    }
+
+    async fn op(&self, cmd: OpCmd) -> Res {
+        let mut c = self.ops();
+        let op = match cmd {
+            OpCmd::List { running } => {
+                let r = c
+                    .list_operations(pb::ListOperationsRequest { running_only: running, ..Default::default() })
+                    .await?
+                    .into_inner();
+                print_list(self.output, &r.operations.iter().map(j_op).collect::<Vec<_>>(), OP_COLS);
+                return Ok(());
+            }
+            OpCmd::Show { id } => c.get_operation(pb::GetOperationRequest { id }).await?.into_inner(),
+            OpCmd::Watch { id } => {
+                let end = self.follow(&id, &format!("operation {id}")).await?;
+                print_one(self.output, &j_op(&end));
+                return op_outcome(&end);
+            }
+            OpCmd::Cancel { id } => c.cancel_operation(pb::CancelOperationRequest { id }).await?.into_inner(),
+        };
+        print_one(self.output, &j_op(&op));
+        Ok(())
+    }
+
+    /// Follows an operation to its end over WatchOperation, with a progress bar when stdout
+    /// is a terminal; returns its last state.
+    async fn follow(&self, id: &str, what: &str) -> Res<pb::Operation> {
+        let mut stream = self.ops().watch_operation(pb::WatchOperationRequest { id: id.into() }).await?.into_inner();
+        let bar = std::io::stdout().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            let style = indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            bar.set_style(style);
+            bar.set_message(what.to_owned());
+            bar
+        });
+        let mut last = None;
+        while let Some(op) = stream.message().await? {
+            if let Some(b) = &bar {
+                b.set_length(op.bytes_total);
+                b.set_position(op.bytes_done);
+            }
+            last = Some(op);
+        }
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        last.ok_or_else(|| Failure::Other(format!("the watch of operation {id} ended without a state")))
+    }
+}
+
+/// Exit status of an operation that ended.
+fn op_outcome(op: &pb::Operation) -> Res {
+    match op.state() {
+        pb::OperationState::Succeeded => Ok(()),
+        pb::OperationState::Failed => Err(Failure::Other(format!("operation {} failed: {}", op.id, op.error))),
+        pb::OperationState::Canceled => Err(Failure::Other(format!("operation {} was canceled", op.id))),
+        other => Err(Failure::Other(format!("operation {} ended {}", op.id, other.as_str_name()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("4K"), Ok(4096));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("10G"), Ok(10 << 30));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("12345"), Ok(12345));
+        assert!(parse_size("10X").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999P").is_err());
+    }
+
+    #[test]
+    fn enum_names_read_like_the_engine() {
+        assert_eq!(enum_name("PROVISIONING_STATE_SUCCEEDED", "PROVISIONING_STATE_"), "Succeeded");
+        assert_eq!(enum_name("CONSISTENCY_MODE_FILE_SYSTEM_CONSISTENT", "CONSISTENCY_MODE_"), "FileSystemConsistent");
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,107 @@
+//! Service `cairn.v1.Collections`: restore point collections.
+//!
+//! The engine has no update of a collection yet, so CreateOrUpdate creates, or returns an
+//! existing collection whose settings already match, and refuses a change of settings with
+//! FAILED_PRECONDITION naming the settings that differ.
+
+use cairn_engine::{CollectionRecord, CreateCollection, DEFAULT_MAX_RESTORE_POINTS, ScriptHook};
+use cairn_proto::v1 as pb;
+use pb::collections_server::Collections;
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, page};
+use super::status::status;
+use super::{Context, guard};
+
+#[derive(Debug)]
+pub struct CollectionsService(pub Context);
+
+impl CollectionsService {
+    fn message(&self, c: &CollectionRecord) -> Result<pb::Collection, Status> {
+        let count = self.0.engine.list_restore_points(c.id).map_err(status)?.len();
+        Ok(convert::collection(c, count))
+    }
+}
+
+#[tonic::async_trait]
+impl Collections for CollectionsService {
+    async fn create_or_update_collection(
+        &self,
+        req: Request<pb::CreateOrUpdateCollectionRequest>,
+    ) -> Result<Response<pb::Collection>, Status> {
+        guard("CreateOrUpdateCollection", async {
+            let r = req.into_inner();
+            let engine = &self.0.engine;
+            let group = convert::group_id(engine, "group", &r.group)?;
+            let hook = r.hook.map(|h| ScriptHook { command: h.command, timeout_ms: h.timeout_ms });
+            let region = (!r.region.is_empty()).then_some(r.region);
+            let max = (r.max_restore_points != 0).then_some(r.max_restore_points);
+            if !r.name.is_empty()
+                && let Ok(existing) = engine.collection_by_name(&r.name)
+            {
+                let mut differ = Vec::new();
+                if existing.group != group {
+                    differ.push("group");
+                }
+                if region.as_ref().is_some_and(|x| *x != existing.region) {
+                    differ.push("region");
+                }
+                if max.unwrap_or(DEFAULT_MAX_RESTORE_POINTS) != existing.max_restore_points {
+                    differ.push("max_restore_points");
+                }
+                if hook != existing.hook {
+                    differ.push("hook");
+                }
+                if !differ.is_empty() {
+                    return Err(Status::failed_precondition(format!(
+                        "collection {} exists with other {}; changing a collection's settings is not supported yet",
+                        existing.name,
+                        differ.join(", ")
+                    )));
+                }
+                return Ok(Response::new(self.message(&existing)?));
+            }
+            let record = engine
+                .create_collection(CreateCollection { name: r.name, group, region, max_restore_points: max, hook })
+                .await
+                .map_err(status)?;
+            Ok(Response::new(self.message(&record)?))
+        })
+        .await
+    }
+
+    async fn get_collection(&self, req: Request<pb::GetCollectionRequest>) -> Result<Response<pb::Collection>, Status> {
+        guard("GetCollection", async {
+            let c = convert::collection_record(&self.0.engine, "collection", &req.get_ref().collection)?;
+            Ok(Response::new(self.message(&c)?))
+        })
+        .await
+    }
+
+    async fn list_collections(
+        &self,
+        req: Request<pb::ListCollectionsRequest>,
+    ) -> Result<Response<pb::ListCollectionsResponse>, Status> {
+        guard("ListCollections", async {
+            let r = req.into_inner();
+            let all = self.0.engine.list_collections().map_err(status)?;
+            let (records, next_page_token) = page(all, r.page_size, &r.page_token)?;
+            let collections = records.iter().map(|c| self.message(c)).collect::<Result<_, _>>()?;
+            Ok(Response::new(pb::ListCollectionsResponse { collections, next_page_token }))
+        })
+        .await
+    }
+
+    async fn delete_collection(
+        &self,
+        req: Request<pb::DeleteCollectionRequest>,
+    ) -> Result<Response<pb::DeleteCollectionResponse>, Status> {
+        guard("DeleteCollection", async {
+            let r = req.into_inner();
+            let c = convert::collection_record(&self.0.engine, "collection", &r.collection)?;
+            self.0.engine.delete_collection(c.id, r.cascade).await.map_err(status)?;
+            Ok(Response::new(pb::DeleteCollectionResponse {}))
+        })
+        .await
+    }
+}
