@@ -16,11 +16,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::chunk::{ChunkId, ChunkLocation};
-use crate::disk::now_ms;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::format::{RECORD_HEADER_LEN, RecordHeader};
-use crate::ids::{OperationId, PackId};
+use crate::ids::PackId;
 use crate::operation::{OperationKind, OperationRecord, OperationState};
 
 const RETIRED_PREFIX: &[u8] = b"retired-pack:";
@@ -54,19 +53,7 @@ impl Engine {
             .clone()
             .try_lock_owned()
             .map_err(|_| Error::FailedPrecondition("a garbage collection is already running".into()))?;
-        let now = now_ms();
-        let mut op = OperationRecord {
-            id: OperationId::new(),
-            kind: OperationKind::Gc,
-            target: "store".into(),
-            state: OperationState::Running,
-            bytes_done: 0,
-            bytes_total: 0,
-            paused: None,
-            created_at_ms: now,
-            updated_at_ms: now,
-            result: None,
-        };
+        let mut op = OperationRecord::start(OperationKind::Gc, "store".into(), 0);
         self.put_operation(&mut op)?;
         let cancel = self.inner.jobs.register(op.id, true);
         let engine = self.clone();

@@ -50,6 +50,23 @@ pub struct OperationRecord {
 }
 
 impl OperationRecord {
+    /// A new running operation.
+    pub(crate) fn start(kind: OperationKind, target: String, bytes_total: u64) -> Self {
+        let now = crate::disk::now_ms();
+        Self {
+            id: OperationId::new(),
+            kind,
+            target,
+            state: OperationState::Running,
+            bytes_done: 0,
+            bytes_total,
+            paused: None,
+            created_at_ms: now,
+            updated_at_ms: now,
+            result: None,
+        }
+    }
+
     /// Progress in percent (100 when there is nothing to do).
     pub fn percent(&self) -> f64 {
         if self.bytes_total == 0 {

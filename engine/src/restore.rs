@@ -8,7 +8,7 @@ use crate::disk::{Disk, DiskRecord, RestoreSource, now_ms};
 use crate::engine::{DiskEntry, Engine};
 use crate::error::{Error, Result};
 use crate::group::{CreateGroup, GroupRecord};
-use crate::ids::{DiskId, LineageId, Name, OperationId, RestorePointId};
+use crate::ids::{DiskId, LineageId, Name, RestorePointId};
 use crate::operation::{OperationKind, OperationRecord, OperationState};
 use crate::restore_points::DiskRestorePointReader;
 
@@ -24,22 +24,6 @@ pub struct RestoreDisk {
     /// Name of the new disk.
     pub name: String,
     pub direct_io: bool,
-}
-
-fn new_operation(kind: OperationKind, target: String, total: u64) -> OperationRecord {
-    let now = now_ms();
-    OperationRecord {
-        id: OperationId::new(),
-        kind,
-        target,
-        state: OperationState::Running,
-        bytes_done: 0,
-        bytes_total: total,
-        paused: None,
-        created_at_ms: now,
-        updated_at_ms: now,
-        result: None,
-    }
 }
 
 impl Engine {
@@ -64,7 +48,7 @@ impl Engine {
             source: Some(RestoreSource { restore_point: req.restore_point, disk: req.disk }),
             hydrated: false,
         };
-        let op = new_operation(OperationKind::Hydration, format!("disk/{}", record.id), record.size_bytes);
+        let op = OperationRecord::start(OperationKind::Hydration, format!("disk/{}", record.id), record.size_bytes);
         let dir = self.inner.disks_dir.clone();
         let disk = Disk::create(&dir, &record, self.inner.io.clone(), Some(base.clone()))?;
         let mut batch = self.inner.catalog.batch();
@@ -125,7 +109,7 @@ impl Engine {
         let disks: Vec<Arc<Disk>> = self.state().disks.values().map(|e| e.disk.clone()).collect();
         for d in disks {
             if let Some((_, _, false)) = d.hydration() {
-                let op = new_operation(OperationKind::Hydration, format!("disk/{}", d.id()), d.size_bytes());
+                let op = OperationRecord::start(OperationKind::Hydration, format!("disk/{}", d.id()), d.size_bytes());
                 if let Err(e) = self.put_operation(&mut op.clone()) {
                     tracing::error!(disk = %d.name(), error = %e, "could not record hydration; retried at next start");
                     continue;

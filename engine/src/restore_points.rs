@@ -74,6 +74,64 @@ fn analyse(
     Ok(Analysis::New(id, prepare_full(id, data, level)?))
 }
 
+/// One capture's entries not committed yet: those whose records are indexed (or zero) and
+/// can commit any time, and those waiting for the seal of the pack their record is in.
+#[derive(Default)]
+struct Pending {
+    writer: Option<PackWriter>,
+    ready: Vec<(u64, ChunkRef)>,
+    ready_delta: IndexDelta,
+    in_pack: Vec<(u64, ChunkRef)>,
+    pack_delta: IndexDelta,
+}
+
+impl Pending {
+    /// An entry whose records are all indexed already.
+    fn ready(&mut self, c: u64, entry: ChunkRef) {
+        for id in entry.stored() {
+            self.ready_delta.add_ref(id);
+        }
+        self.ready.push((c, entry));
+    }
+
+    /// An entry one of whose records is in the unsealed pack.
+    fn waiting(&mut self, c: u64, entry: ChunkRef) {
+        for id in entry.stored() {
+            self.pack_delta.add_ref(id);
+        }
+        self.in_pack.push((c, entry));
+    }
+
+    fn in_pack(&self, id: ChunkId) -> bool {
+        self.pack_delta.new.contains_key(&id)
+    }
+
+    /// Appends record `id` to the capture's pack, opening one if needed; returns the bytes
+    /// it took.
+    fn store(&mut self, engine: &Engine, id: ChunkId, rec: &PreparedRecord) -> Result<u64> {
+        let w = match &mut self.writer {
+            Some(w) => w,
+            None => self.writer.insert(engine.inner.chunks.new_pack()?),
+        };
+        self.pack_delta.new.insert(id, w.append(rec)?);
+        Ok((RECORD_HEADER_LEN + rec.stored.len()) as u64)
+    }
+
+    fn pack_bytes(&self) -> u64 {
+        self.writer.as_ref().map_or(0, PackWriter::len)
+    }
+
+    /// The pack was sealed: its entries are ready with it.
+    fn sealed(&mut self, pack: crate::ids::PackId, bytes: u64) {
+        self.ready.append(&mut self.in_pack);
+        for (id, n) in self.pack_delta.refs.drain() {
+            *self.ready_delta.refs.entry(id).or_default() += n;
+        }
+        self.ready_delta.new.extend(self.pack_delta.new.drain());
+        self.ready_delta.packs.push((pack, bytes));
+    }
+}
+
 impl Engine {
     /// This daemon's region.
     pub fn region(&self) -> &str {
@@ -421,18 +479,7 @@ impl Engine {
         let _admin = self.inner.admin.lock().await;
         let seq = self.next_seq().await?;
         let now = now_ms();
-        let op = OperationRecord {
-            id: OperationId::new(),
-            kind: OperationKind::Capture,
-            target: format!("restore-point/{rp_id}"),
-            state: OperationState::Running,
-            bytes_done: 0,
-            bytes_total: 0,
-            paused: None,
-            created_at_ms: now,
-            updated_at_ms: now,
-            result: None,
-        };
+        let op = OperationRecord::start(OperationKind::Capture, format!("restore-point/{rp_id}"), 0);
         let rp = RestorePointRecord {
             id: rp_id,
             name,
@@ -644,13 +691,7 @@ impl Engine {
         let lineage = disk.lineage();
         let seq = rp.seq;
         let level = self.inner.chunks.zstd_level();
-        let mut writer: Option<PackWriter> = None;
-        // Entries whose chunks are indexed (or zero) vs. entries waiting for their pack's seal.
-        let mut ready: Vec<(u64, ChunkRef)> = Vec::new();
-        let mut ready_delta = IndexDelta::default();
-        let mut in_pack: Vec<(u64, ChunkRef)> = Vec::new();
-        let mut pack_delta = IndexDelta::default();
-        let mut in_pack_ids: std::collections::HashSet<ChunkId> = std::collections::HashSet::new();
+        let mut pending = Pending::default();
 
         let engine = self.clone();
         let mut results = futures::stream::iter(chunks.iter().copied())
@@ -690,153 +731,97 @@ impl Engine {
                 match analysis {
                     Analysis::Zero => {
                         drp.chunks_zero += 1;
-                        ready.push((c, ChunkRef::Zero));
+                        pending.ready(c, ChunkRef::Zero);
                     }
                     Analysis::Known(id) => {
                         drp.chunks_deduplicated += 1;
-                        ready.push((c, ChunkRef::Full(id)));
-                        ready_delta.add_ref(id);
+                        pending.ready(c, ChunkRef::Full(id));
                     }
                     Analysis::Delta { content, base, delta, record } => {
                         drp.chunks_delta += 1;
                         let entry = ChunkRef::Delta { content, base, delta };
-                        if in_pack_ids.contains(&delta) {
-                            in_pack.push((c, entry));
-                            pack_delta.add_ref(delta);
-                            pack_delta.add_ref(base);
-                        } else if let Some(rec) = record.filter(|_| !self.inner.chunks.usable(delta).unwrap_or(false)) {
-                            self.wait_for_space(op, cancel).await?;
-                            let w = match &mut writer {
-                                Some(w) => w,
-                                None => writer.insert(self.inner.chunks.new_pack()?),
-                            };
-                            let loc = w.append(&rec)?;
-                            drp.bytes_stored += (RECORD_HEADER_LEN + rec.stored.len()) as u64;
-                            in_pack_ids.insert(delta);
-                            pack_delta.new.insert(delta, loc);
-                            in_pack.push((c, entry));
-                            pack_delta.add_ref(delta);
-                            pack_delta.add_ref(base);
-                        } else {
-                            ready.push((c, entry));
-                            ready_delta.add_ref(delta);
-                            ready_delta.add_ref(base);
+                        match record
+                            .filter(|_| !pending.in_pack(delta) && !self.inner.chunks.usable(delta).unwrap_or(false))
+                        {
+                            Some(rec) => {
+                                self.wait_for_space(op, cancel).await?;
+                                drp.bytes_stored += pending.store(self, delta, &rec)?;
+                                pending.waiting(c, entry);
+                            }
+                            None if pending.in_pack(delta) => pending.waiting(c, entry),
+                            None => pending.ready(c, entry),
                         }
                     }
                     Analysis::New(id, rec) => {
-                        if in_pack_ids.contains(&id) {
+                        if pending.in_pack(id) {
                             drp.chunks_deduplicated += 1;
-                            in_pack.push((c, ChunkRef::Full(id)));
-                            pack_delta.add_ref(id);
+                            pending.waiting(c, ChunkRef::Full(id));
                         } else if self.inner.chunks.usable(id)? {
                             drp.chunks_deduplicated += 1;
-                            ready.push((c, ChunkRef::Full(id)));
-                            ready_delta.add_ref(id);
+                            pending.ready(c, ChunkRef::Full(id));
                         } else {
                             self.wait_for_space(op, cancel).await?;
-                            let w = match &mut writer {
-                                Some(w) => w,
-                                None => writer.insert(self.inner.chunks.new_pack()?),
-                            };
-                            let loc = w.append(&rec)?;
                             drp.chunks_new += 1;
-                            drp.bytes_stored += (RECORD_HEADER_LEN + rec.stored.len()) as u64;
-                            in_pack_ids.insert(id);
-                            pack_delta.new.insert(id, loc);
-                            in_pack.push((c, ChunkRef::Full(id)));
-                            pack_delta.add_ref(id);
+                            drp.bytes_stored += pending.store(self, id, &rec)?;
+                            pending.waiting(c, ChunkRef::Full(id));
                         }
                     }
                 }
-                if writer.as_ref().is_some_and(|w| w.len() >= PACK_TARGET_BYTES) {
-                    self.seal_and_commit(
-                        rp,
-                        op,
-                        lineage,
-                        seq,
-                        &mut writer,
-                        &mut in_pack,
-                        &mut pack_delta,
-                        &mut ready,
-                        &mut ready_delta,
-                    )
-                    .await?;
-                    in_pack_ids.clear();
-                } else if ready.len() >= ENTRIES_PER_BATCH {
-                    self.commit_entries(rp, op, lineage, seq, &mut ready, &mut ready_delta).await?;
+                if pending.pack_bytes() >= PACK_TARGET_BYTES {
+                    self.seal_and_commit(rp, op, lineage, seq, &mut pending).await?;
+                } else if pending.ready.len() >= ENTRIES_PER_BATCH {
+                    self.commit_entries(rp, op, lineage, seq, &mut pending).await?;
                 }
             }
-            self.seal_and_commit(
-                rp,
-                op,
-                lineage,
-                seq,
-                &mut writer,
-                &mut in_pack,
-                &mut pack_delta,
-                &mut ready,
-                &mut ready_delta,
-            )
-            .await
+            self.seal_and_commit(rp, op, lineage, seq, &mut pending).await
         }
         .await;
         if outcome.is_err()
-            && let Some(w) = writer.take()
+            && let Some(w) = pending.writer.take()
         {
             w.discard();
         }
         outcome
     }
 
-    #[allow(clippy::too_many_arguments, reason = "the pieces of one capture's pending state")]
+    /// Seals the capture's pack (if any) and commits every pending entry with it.
     async fn seal_and_commit(
         &self,
-        rp: &mut RestorePointRecord,
+        rp: &RestorePointRecord,
         op: &mut OperationRecord,
         lineage: LineageId,
         seq: u64,
-        writer: &mut Option<PackWriter>,
-        in_pack: &mut Vec<(u64, ChunkRef)>,
-        pack_delta: &mut IndexDelta,
-        ready: &mut Vec<(u64, ChunkRef)>,
-        ready_delta: &mut IndexDelta,
+        pending: &mut Pending,
     ) -> Result<()> {
-        let mut sealed = None;
-        if let Some(w) = writer.take() {
+        if let Some(w) = pending.writer.take() {
             let bytes = w.len();
             let id = w.seal(self.inner.chunks.pack_store()).await?;
             crate::failpoint!("capture::after_pack_seal");
-            sealed = Some((id, bytes));
+            pending.sealed(id, bytes);
         }
-        ready.append(in_pack);
-        for (id, n) in pack_delta.refs.drain() {
-            *ready_delta.refs.entry(id).or_default() += n;
-        }
-        ready_delta.new.extend(pack_delta.new.drain());
-        ready_delta.packs.extend(sealed);
-        self.commit_entries(rp, op, lineage, seq, ready, ready_delta).await
+        self.commit_entries(rp, op, lineage, seq, pending).await
     }
 
-    #[allow(clippy::too_many_arguments, reason = "the pieces of one capture's pending state")]
+    /// Commits the entries whose records are indexed or sealed, with the restore point's and
+    /// operation's progress, in one batch.
     async fn commit_entries(
         &self,
         rp: &RestorePointRecord,
         op: &mut OperationRecord,
         lineage: LineageId,
         seq: u64,
-        entries: &mut Vec<(u64, ChunkRef)>,
-        delta: &mut IndexDelta,
+        pending: &mut Pending,
     ) -> Result<()> {
         let mut batch = self.inner.catalog.batch();
-        for (index, r) in entries.drain(..) {
+        for (index, r) in pending.ready.drain(..) {
             chunk_map::put(&mut batch, lineage, index, seq, &r)?;
         }
         op.updated_at_ms = now_ms();
         batch.put(rp)?;
         batch.put(&*op)?;
         crate::failpoint!("capture::before_batch");
-        self.inner.chunks.commit(batch, delta).await?;
-        *delta = IndexDelta::default();
+        self.inner.chunks.commit(batch, &pending.ready_delta).await?;
+        pending.ready_delta = IndexDelta::default();
         Ok(())
     }
 

@@ -11,11 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::chunk::{ChunkId, ChunkLocation, ChunkRef};
 use crate::chunk_map;
-use crate::disk::now_ms;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::format::decode_chunk_map_key;
-use crate::ids::{LineageId, OperationId, RestorePointId};
+use crate::ids::{LineageId, RestorePointId};
 use crate::operation::{OperationKind, OperationRecord, OperationState};
 use crate::restore_point::{ProvisioningState, RestorePointRecord};
 
@@ -67,19 +66,7 @@ impl Engine {
                 (format!("restore-point/{id}"), Some(rp))
             }
         };
-        let now = now_ms();
-        let mut op = OperationRecord {
-            id: OperationId::new(),
-            kind: OperationKind::Verify,
-            target: label,
-            state: OperationState::Running,
-            bytes_done: 0,
-            bytes_total: 0,
-            paused: None,
-            created_at_ms: now,
-            updated_at_ms: now,
-            result: None,
-        };
+        let mut op = OperationRecord::start(OperationKind::Verify, label, 0);
         self.put_operation(&mut op)?;
         let cancel = self.inner.jobs.register(op.id, true);
         let engine = self.clone();
