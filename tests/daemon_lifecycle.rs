@@ -11,6 +11,8 @@ fn start(data_dir: &std::path::Path) -> (Child, std::sync::mpsc::Receiver<String
     let mut child = Command::new(daemon_bin("cairnd"))
         .arg("--data-dir")
         .arg(data_dir)
+        // Tests run in parallel: never the default HTTP port.
+        .args(["--http", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()

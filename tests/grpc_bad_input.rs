@@ -29,6 +29,9 @@ fn restores(ch: &Channel) -> pb::restores_client::RestoresClient<Channel> {
 fn ops(ch: &Channel) -> pb::operations_client::OperationsClient<Channel> {
     pb::operations_client::OperationsClient::new(ch.clone())
 }
+fn store(ch: &Channel) -> pb::store_client::StoreClient<Channel> {
+    pb::store_client::StoreClient::new(ch.clone())
+}
 fn data(ch: &Channel) -> pb::disk_data_client::DiskDataClient<Channel> {
     pb::disk_data_client::DiskDataClient::new(ch.clone())
 }
@@ -635,6 +638,56 @@ async fn every_rpc_refuses_bad_input_with_its_code_and_the_daemon_keeps_answerin
             Box::pin({
                 let c = c.clone();
                 async move { ops(&c).watch_operation(pb::WatchOperationRequest { id: UNKNOWN.into() }).await.map(drop) }
+            }),
+        ),
+        (
+            "CollectGarbage live share over 100",
+            Code::InvalidArgument,
+            Box::pin({
+                let c = c.clone();
+                async move {
+                    store(&c)
+                        .collect_garbage(pb::CollectGarbageRequest { live_share_percent: Some(101) })
+                        .await
+                        .map(drop)
+                }
+            }),
+        ),
+        (
+            "Verify unknown restore point",
+            Code::NotFound,
+            Box::pin({
+                let c = c.clone();
+                let req = pb::VerifyRequest { collection: "c".into(), restore_point: "nope".into() };
+                async move { store(&c).verify(req).await.map(drop) }
+            }),
+        ),
+        (
+            "Verify collection without restore point",
+            Code::InvalidArgument,
+            Box::pin({
+                let c = c.clone();
+                let req = pb::VerifyRequest { collection: "c".into(), restore_point: String::new() };
+                async move { store(&c).verify(req).await.map(drop) }
+            }),
+        ),
+        (
+            "ApplyRetention unknown collection",
+            Code::NotFound,
+            Box::pin({
+                let c = c.clone();
+                let policy = Some(pb::RetentionPolicy { keep_last: 1, ..Default::default() });
+                let req = pb::ApplyRetentionRequest { collection: "nope".into(), policy, dry_run: true };
+                async move { store(&c).apply_retention(req).await.map(drop) }
+            }),
+        ),
+        (
+            "ApplyRetention policy keeps nothing",
+            Code::InvalidArgument,
+            Box::pin({
+                let c = c.clone();
+                let req = pb::ApplyRetentionRequest { collection: "c".into(), policy: None, dry_run: false };
+                async move { store(&c).apply_retention(req).await.map(drop) }
             }),
         ),
         ("ReadDisk no source", Code::InvalidArgument, Box::pin(read_all(c.clone(), pb::ReadDiskRequest::default()))),

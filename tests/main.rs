@@ -17,6 +17,8 @@ mod grpc_listen;
 mod grpc_python_client;
 mod grpc_restart;
 mod grpc_restore_point_story;
+mod grpc_store;
+mod http_metrics;
 mod nbd_bad_input;
 mod nbd_listen;
 mod nbd_qemu_clients;

@@ -17,6 +17,8 @@ pub struct Config {
     pub grpc: Option<String>,
     /// NBD listen address (default `unix:<data-dir>/nbd.sock`).
     pub nbd: Option<String>,
+    /// HTTP listen address for `/metrics` and `/healthz`: `HOST:PORT` (default `127.0.0.1:9633`).
+    pub http: Option<String>,
     /// This daemon's region name (default `local`).
     pub region: Option<String>,
     /// Serve TCP on non-loopback addresses without TLS.

@@ -4,4 +4,5 @@
 
 pub mod config;
 pub mod grpc;
+pub mod http;
 pub mod nbd;

@@ -87,13 +87,21 @@ pub async fn create_disks(data_dir: &Path, disks: &[(&str, u64)]) -> Vec<DiskRec
     records
 }
 
-/// Starts the real cairnd on `data_dir` (plus `args`) and waits until it is ready.
+/// `--http 127.0.0.1:0` unless `args` choose an HTTP address: daemons started in parallel
+/// must not fight over the default port.
+fn free_http(args: &[&str]) -> &'static [&'static str] {
+    if args.contains(&"--http") { &[] } else { &["--http", "127.0.0.1:0"] }
+}
+
+/// Starts the real cairnd on `data_dir` (plus `args`, with `--http 127.0.0.1:0` unless they
+/// give `--http`) and waits until it is ready.
 pub fn start_cairnd(data_dir: &Path, args: &[&str]) -> Cairnd {
     use std::io::BufRead;
     let mut child = Command::new(daemon_bin("cairnd"))
         .arg("--data-dir")
         .arg(data_dir)
         .args(args)
+        .args(free_http(args))
         .env("RUST_LOG", "info")
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -111,6 +119,25 @@ pub fn start_cairnd(data_dir: &Path, args: &[&str]) -> Cairnd {
 }
 
 impl Cairnd {
+    /// The `HOST:PORT` the HTTP listener bound, from the startup log (text or JSON).
+    pub fn http_addr(&self) -> String {
+        let line = self.startup.iter().find(|l| l.contains("http listening")).expect("an \"http listening\" log line");
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+            return v["fields"]["addr"].as_str().unwrap().to_owned();
+        }
+        let mut plain = String::new();
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                chars.by_ref().find(|c| *c == 'm');
+            } else {
+                plain.push(c);
+            }
+        }
+        let at = plain.find("addr=").unwrap() + "addr=".len();
+        plain[at..].split_whitespace().next().unwrap().to_owned()
+    }
+
     /// The NBD URI of an export.
     pub fn uri(&self, export: &str) -> String {
         format!("nbd+unix:///{export}?socket={}", self.socket.display())
@@ -311,7 +338,12 @@ pub fn assert_same(got: &[u8], want: &[u8], what: &str) {
 pub fn start_cairnd_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Cairnd {
     use std::io::BufRead;
     let mut cmd = Command::new(daemon_bin("cairnd"));
-    cmd.arg("--data-dir").arg(data_dir).args(args).env("RUST_LOG", "info").stderr(std::process::Stdio::piped());
+    cmd.arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .args(free_http(args))
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -1,8 +1,9 @@
 //! `cairn`: the command-line client of a Cairn daemon, over its gRPC API.
 //!
-//! Subcommands by noun (`disk`, `group`, `collection`, `rp`, `restore`, `op`). Output is a
-//! table, or with `--output json` one JSON document (stable, for scripts). Exit codes: 0 ok,
-//! 1 the call or the operation failed, 2 usage. Failures print one line on stderr.
+//! Subcommands by noun (`disk`, `group`, `collection`, `rp`, `restore`, `op`, `store`) plus
+//! `gc` and `verify`. Output is a table, or with `--output json` one JSON document (stable,
+//! for scripts). Exit codes: 0 ok, 1 the call or the operation failed (or a verify found
+//! corrupt records), 2 usage. Failures print one line on stderr.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -58,6 +59,27 @@ enum Command {
     /// Long-running operations.
     #[command(subcommand)]
     Op(OpCmd),
+    /// The chunk store.
+    #[command(subcommand)]
+    Store(StoreCmd),
+    /// Garbage collection: reclaims stored records no restore point references and rewrites
+    /// sparse packs.
+    Gc {
+        /// Rewrite packs whose live bytes are below this percentage of their size [default: 50].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=100))]
+        live_share: Option<u32>,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Re-reads and checks stored records (the whole store, or one restore point); exits 1
+    /// when it finds corrupt records, listing them with the restore points they affect.
+    Verify {
+        /// Only the records this restore point reads: COLLECTION/RESTORE_POINT.
+        #[arg(long, value_parser = parse_rp_path)]
+        restore_point: Option<(String, String)>,
+        #[command(flatten)]
+        wait: Wait,
+    },
     /// Prints a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -191,6 +213,26 @@ enum RpCmd {
         collection: String,
         restore_point: String,
     },
+    /// Applies a retention policy: deletes the restore points no rule keeps (with
+    /// --dry-run, only lists what would go and why). A restore point kept by any rule stays.
+    Retain {
+        collection: String,
+        /// Keep the newest N restore points.
+        #[arg(long, default_value_t = 0)]
+        keep_last: u32,
+        /// Keep the newest restore point of each of the last N days.
+        #[arg(long, default_value_t = 0)]
+        keep_daily: u32,
+        /// Keep the newest restore point of each of the last N ISO weeks.
+        #[arg(long, default_value_t = 0)]
+        keep_weekly: u32,
+        /// Keep the newest restore point of each of the last N months.
+        #[arg(long, default_value_t = 0)]
+        keep_monthly: u32,
+        /// Only say what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Chunks of a disk that changed between two restore points.
     Diff {
         collection: String,
@@ -217,6 +259,12 @@ struct RestoreArgs {
     group: Option<String>,
     #[command(flatten)]
     wait: Wait,
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCmd {
+    /// Records, bytes, references and packs in the chunk store.
+    Stats,
 }
 
 #[derive(Debug, Subcommand)]
@@ -259,6 +307,14 @@ fn parse_size(s: &str) -> Result<u64, String> {
     };
     let n: u64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size like 10G, 512M, 4K or bytes"))?;
     n.checked_mul(1u64 << shift).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Parses `COLLECTION/RESTORE_POINT`.
+fn parse_rp_path(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((c, r)) if !c.is_empty() && !r.is_empty() && !r.contains('/') => Ok((c.into(), r.into())),
+        _ => Err(format!("{s:?} is not COLLECTION/RESTORE_POINT")),
+    }
 }
 
 /// A failure that ends the command.
@@ -329,6 +385,9 @@ async fn run(cli: Cli) -> Res {
         Command::Rp(cmd) => c.rp(cmd).await,
         Command::Restore(args) => c.restore(args).await,
         Command::Op(cmd) => c.op(cmd).await,
+        Command::Store(StoreCmd::Stats) => c.store_stats().await,
+        Command::Gc { live_share, wait } => c.gc(live_share, &wait).await,
+        Command::Verify { restore_point, wait } => c.verify(restore_point, &wait).await,
         Command::Completions { .. } => Ok(()),
     }
 }
@@ -376,6 +435,7 @@ fn j_op(o: &pb::Operation) -> Value {
         "state": enum_name(o.state().as_str_name(), "OPERATION_STATE_"), "percent": o.percent,
         "bytes_done": o.bytes_done, "bytes_total": o.bytes_total, "error": o.error,
         "paused_reason": o.paused_reason, "created_at_ms": o.created_at_ms, "updated_at_ms": o.updated_at_ms,
+        "result": serde_json::from_str::<Value>(&o.result_json).ok(),
     })
 }
 
@@ -474,6 +534,8 @@ const GROUP_COLS: &[&str] = &["name", "id", "disk_ids"];
 const COLL_COLS: &[&str] = &["name", "id", "group_id", "region", "restore_point_count", "max_restore_points"];
 const RP_COLS: &[&str] = &["name", "id", "provisioning_state", "consistency_mode", "bytes_stored", "created_at_ms"];
 const OP_COLS: &[&str] = &["id", "kind", "state", "percent", "target", "error"];
+const RETAIN_COLS: &[&str] = &["name", "keep", "reasons", "created_at_ms", "restore_point_id"];
+const CORRUPT_COLS: &[&str] = &["chunk", "pack", "reason", "affected"];
 
 // ---- commands ----------------------------------------------------------------------------
 
@@ -492,6 +554,94 @@ impl Client {
     }
     fn ops(&self) -> pb::operations_client::OperationsClient<Channel> {
         pb::operations_client::OperationsClient::new(self.ch.clone())
+    }
+    fn store(&self) -> pb::store_client::StoreClient<Channel> {
+        pb::store_client::StoreClient::new(self.ch.clone())
+    }
+
+    async fn store_stats(&self) -> Res {
+        let s = self.store().get_store_stats(pb::GetStoreStatsRequest {}).await?.into_inner();
+        print_one(
+            self.output,
+            &json!({
+                "records": s.records, "record_bytes": s.record_bytes, "referenced_records": s.referenced_records,
+                "referenced_bytes": s.referenced_bytes, "references": s.references, "packs": s.packs,
+                "pack_bytes": s.pack_bytes,
+            }),
+        );
+        Ok(())
+    }
+
+    async fn gc(&self, live_share: Option<u32>, wait: &Wait) -> Res {
+        let op = self
+            .store()
+            .collect_garbage(pb::CollectGarbageRequest { live_share_percent: live_share })
+            .await?
+            .into_inner();
+        if !wait.enabled() {
+            print_one(self.output, &j_op(&op));
+            return Ok(());
+        }
+        let end = self.follow(&op.id, "garbage collection").await?;
+        print_one(self.output, &j_op(&end));
+        op_outcome(&end)
+    }
+
+    async fn verify(&self, restore_point: Option<(String, String)>, wait: &Wait) -> Res {
+        let (collection, restore_point) = restore_point.unwrap_or_default();
+        let what = if restore_point.is_empty() { "store".to_owned() } else { format!("{collection}/{restore_point}") };
+        let op = self.store().verify(pb::VerifyRequest { collection, restore_point }).await?.into_inner();
+        if !wait.enabled() {
+            print_one(self.output, &j_op(&op));
+            return Ok(());
+        }
+        let end = self.follow(&op.id, &format!("verifying {what}")).await?;
+        op_outcome(&end)?;
+        let report: Value = serde_json::from_str(&end.result_json)
+            .map_err(|e| Failure::Other(format!("operation {} has no verify report: {e}", end.id)))?;
+        let corrupt: Vec<Value> = report["corrupt"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|c| {
+                        let affected: Vec<Value> = c["affected"]
+                            .as_array()
+                            .map(|xs| {
+                                xs.iter()
+                                    .map(|x| {
+                                        Value::String(format!(
+                                            "{}/{}",
+                                            cell(&x["restore_point_name"]),
+                                            cell(&x["disk_name"])
+                                        ))
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        json!({"chunk": c["chunk"], "pack": c["pack"], "reason": c["reason"], "affected": affected})
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        match self.output {
+            Output::Json => println!("{}", j_op(&end)),
+            Output::Table => {
+                println!(
+                    "verified {what}: {} records, {} bytes, {} corrupt",
+                    cell(&report["records_checked"]),
+                    cell(&report["bytes_checked"]),
+                    corrupt.len()
+                );
+                if !corrupt.is_empty() {
+                    print_list(self.output, &corrupt, CORRUPT_COLS);
+                }
+            }
+        }
+        if corrupt.is_empty() {
+            Ok(())
+        } else {
+            Err(Failure::Other(format!("verify found {} corrupt records in {what}", corrupt.len())))
+        }
     }
 
     async fn disk(&self, cmd: DiskCmd) -> Res {
@@ -650,6 +800,33 @@ impl Client {
                 })
                 .await?;
                 self.deleted("restore point", &restore_point)
+            }
+            RpCmd::Retain { collection, keep_last, keep_daily, keep_weekly, keep_monthly, dry_run } => {
+                let req = pb::ApplyRetentionRequest {
+                    collection,
+                    policy: Some(pb::RetentionPolicy { keep_last, keep_daily, keep_weekly, keep_monthly }),
+                    dry_run,
+                };
+                let r = self.store().apply_retention(req).await?.into_inner();
+                let rows: Vec<Value> = r
+                    .decisions
+                    .iter()
+                    .map(|d| {
+                        json!({"restore_point_id": d.restore_point_id, "name": d.name, "created_at_ms": d.created_at_ms,
+                               "keep": d.keep, "reasons": d.reasons})
+                    })
+                    .collect();
+                if self.output == Output::Json {
+                    println!("{}", json!({"dry_run": dry_run, "decisions": rows}));
+                } else {
+                    print_list(self.output, &rows, RETAIN_COLS);
+                    let gone = r.decisions.iter().filter(|d| !d.keep).count();
+                    println!(
+                        "{gone} restore points {}",
+                        if dry_run { "would be deleted (dry run)" } else { "deleted" }
+                    );
+                }
+                Ok(())
             }
             RpCmd::Diff { collection, from, to, disk } => {
                 let mut data = pb::disk_data_client::DiskDataClient::new(self.ch.clone());
@@ -810,6 +987,14 @@ mod tests {
         assert!(parse_size("10X").is_err());
         assert!(parse_size("").is_err());
         assert!(parse_size("99999999999P").is_err());
+    }
+
+    #[test]
+    fn restore_point_paths_need_both_parts() {
+        assert_eq!(parse_rp_path("c/rp1"), Ok(("c".into(), "rp1".into())));
+        assert!(parse_rp_path("c").is_err());
+        assert!(parse_rp_path("c/").is_err());
+        assert!(parse_rp_path("c/r/d").is_err());
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Opens the engine on the data dir (embedded defaults: `./cairn-data`, io_uring when
 //! available) and serves until SIGINT or SIGTERM, then shuts down cleanly so change tracking
 //! stays trusted. Serves the gRPC API (`--grpc`, default a mode-0600 unix socket in the data
-//! dir) and every live disk over NBD (`--nbd`); the HTTP listener attaches as it lands.
+//! dir), every live disk over NBD (`--nbd`), and `/metrics` and `/healthz` over HTTP
+//! (`--http`, default `127.0.0.1:9633`).
 //! Flags win over the optional TOML config file (`--config`).
 
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use cairn_daemon::config::Config;
 use cairn_daemon::grpc::{self, GrpcAddr, GrpcListener};
+use cairn_daemon::http::{DEFAULT_HTTP_ADDR, HttpListener};
 use cairn_daemon::nbd::{Listener, LiveDisks, NbdAddr, Server, ServerConfig};
 use cairn_engine::{Engine, EngineConfig, IoBackendKind, Name};
 use clap::{Parser, ValueEnum};
@@ -53,7 +55,12 @@ struct Args {
     #[arg(long, env = "CAIRN_NBD")]
     nbd: Option<String>,
 
-    /// Allow NBD and gRPC over TCP on a non-loopback address without TLS (not implemented yet).
+    /// HTTP listen address for `/metrics` and `/healthz`: `HOST:PORT` (port 0 picks one)
+    /// [default: 127.0.0.1:9633].
+    #[arg(long, env = "CAIRN_HTTP")]
+    http: Option<String>,
+
+    /// Allow NBD, gRPC and HTTP over TCP on a non-loopback address without TLS (not implemented yet).
     #[arg(long)]
     allow_plaintext: bool,
 
@@ -90,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
         Some(a) => a.parse().context("grpc")?,
         None => GrpcAddr::Unix(data_dir.join("cairn.sock")),
     };
+    let http_addr = args.http.or(file.http).unwrap_or_else(|| DEFAULT_HTTP_ADDR.into());
     let region = args.region.or(file.region).unwrap_or_else(|| "local".into());
     Name::new(region.as_str()).with_context(|| format!("region {region:?}"))?;
     let allow_plaintext = args.allow_plaintext || file.allow_plaintext.unwrap_or(false);
@@ -132,8 +140,19 @@ async fn main() -> anyhow::Result<()> {
             return Err(e).context("building the gRPC services");
         }
     };
+    let http_listener = match HttpListener::bind(&http_addr, allow_plaintext).await {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = stop.send(true);
+            let _ = nbd.await;
+            engine.close().await.context("closing the engine")?;
+            return Err(e).context("starting the HTTP listener");
+        }
+    };
     tracing::info!(addr = %grpc_listener.local_addr(), "grpc listening");
-    let grpc_server = tokio::spawn(grpc_listener.run(routes, stopped));
+    let grpc_server = tokio::spawn(grpc_listener.run(routes, stopped.clone()));
+    tracing::info!(addr = %http_listener.local_addr(), "http listening");
+    let http_server = tokio::spawn(http_listener.run(engine.clone(), stopped));
 
     tracing::info!(data_dir = %data_dir.display(), io = engine.io_backend(), region = engine.region(), "cairnd ready");
     tokio::select! {
@@ -147,6 +166,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Err(e) = grpc_server.await {
         tracing::error!(error = %e, "grpc server task failed");
+    }
+    if let Err(e) = http_server.await {
+        tracing::error!(error = %e, "http server task failed");
     }
     engine.close().await.context("closing the engine")?;
     Ok(())

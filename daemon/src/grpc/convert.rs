@@ -3,7 +3,8 @@
 
 use cairn_engine::{
     CollectionId, CollectionRecord, ConsistencyMode, DiskId, DiskRecord, Engine, GroupId, GroupRecord, OperationId,
-    OperationKind, OperationRecord, OperationState, ProvisioningState, RestorePointId, RestorePointRecord, ScriptHook,
+    OperationKind, OperationRecord, OperationState, ProvisioningState, RestorePointId, RestorePointRecord,
+    RetentionDecision, RetentionPolicy, ScriptHook, StoreStats,
 };
 use cairn_proto::v1 as pb;
 use tonic::Status;
@@ -176,6 +177,39 @@ pub fn operation(r: &OperationRecord) -> pb::Operation {
         paused_reason: r.paused.clone().unwrap_or_default(),
         created_at_ms: r.created_at_ms,
         updated_at_ms: r.updated_at_ms,
+        result_json: r.result.as_ref().map(ToString::to_string).unwrap_or_default(),
+    }
+}
+
+pub fn store_stats(s: &StoreStats) -> pb::StoreStats {
+    pb::StoreStats {
+        records: s.records,
+        record_bytes: s.record_bytes,
+        referenced_records: s.referenced_records,
+        referenced_bytes: s.referenced_bytes,
+        references: s.references,
+        packs: s.packs,
+        pack_bytes: s.pack_bytes,
+    }
+}
+
+/// A requested retention policy; a missing policy keeps nothing (which the engine refuses).
+pub fn retention_policy(p: Option<&pb::RetentionPolicy>) -> RetentionPolicy {
+    p.map_or_else(RetentionPolicy::default, |p| RetentionPolicy {
+        keep_last: p.keep_last,
+        keep_daily: p.keep_daily,
+        keep_weekly: p.keep_weekly,
+        keep_monthly: p.keep_monthly,
+    })
+}
+
+pub fn retention_decision(d: &RetentionDecision) -> pb::RetentionDecision {
+    pb::RetentionDecision {
+        restore_point_id: d.restore_point.to_string(),
+        name: d.name.clone(),
+        created_at_ms: d.created_at_ms,
+        keep: d.keep,
+        reasons: d.reasons.clone(),
     }
 }
 

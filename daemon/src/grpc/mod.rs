@@ -2,7 +2,7 @@
 //! ([`convert`]) where proto types meet engine types, one place ([`status`]) mapping engine
 //! errors to gRPC codes, plus the standard health service and server reflection.
 //!
-//! Long-running calls (restore point creation, restores) return their operation at once.
+//! Long-running calls (restore point creation, restores, GC, verify) return their operation at once.
 //! Every handler runs under [`guard`], so a panic becomes INTERNAL for that call and never
 //! takes the connection or the daemon down. Streams end when the daemon shuts down.
 
@@ -19,6 +19,7 @@ pub mod quiesce;
 pub mod restore_points;
 pub mod restores;
 pub mod status;
+pub mod store;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -84,6 +85,7 @@ pub async fn routes(ctx: &Context) -> Result<Routes, tonic_reflection::server::E
     use pb::quiesce_server::QuiesceServer;
     use pb::restore_points_server::RestorePointsServer;
     use pb::restores_server::RestoresServer;
+    use pb::store_server::StoreServer;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<DisksServer<disks::DisksService>>().await;
@@ -94,6 +96,7 @@ pub async fn routes(ctx: &Context) -> Result<Routes, tonic_reflection::server::E
     health.set_serving::<OperationsServer<operations::OperationsService>>().await;
     health.set_serving::<DiskDataServer<disk_data::DiskDataService>>().await;
     health.set_serving::<QuiesceServer<quiesce::QuiesceService>>().await;
+    health.set_serving::<StoreServer<store::StoreService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(cairn_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
@@ -114,6 +117,7 @@ pub async fn routes(ctx: &Context) -> Result<Routes, tonic_reflection::server::E
         .add_service(OperationsServer::new(operations::OperationsService(ctx.clone())))
         .add_service(DiskDataServer::new(disk_data::DiskDataService(ctx.clone())))
         .add_service(QuiesceServer::new(quiesce::QuiesceService(ctx.clone())))
+        .add_service(StoreServer::new(store::StoreService(ctx.clone())))
         .add_service(AccessServer::new(access::AccessService));
     Ok(b.routes())
 }
