@@ -95,6 +95,9 @@ pub(crate) fn check_chunk_size(chunk: u64) -> Result<()> {
     Ok(())
 }
 
+/// Largest read tried from the page cache on the caller's thread.
+const FAST_READ_MAX_BYTES: u64 = 1 << 20;
+
 /// A run of a disk's address space that is either all data or all hole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extent {
@@ -339,8 +342,22 @@ impl Disk {
             }
             _ => Vec::new(),
         };
-        let (res, mut buf) = self.io.read_at(&self.file, IoBuf::zeroed(n), offset).await;
-        let got = res.map_err(|e| Error::io("read disk", &self.path, e))?;
+        // Page-cache hits are served on the spot: a non-blocking read costs a copy, where a
+        // trip through the I/O backend costs a thread hand-off.
+        let mut buf = IoBuf::zeroed(n);
+        let cached = if self.direct_io || len > FAST_READ_MAX_BYTES {
+            None
+        } else {
+            sys::read_cached(&self.file, &mut buf, offset)
+        };
+        let got = match cached {
+            Some(got) => got,
+            None => {
+                let (res, back) = self.io.read_at(&self.file, buf, offset).await;
+                buf = back;
+                res.map_err(|e| Error::io("read disk", &self.path, e))?
+            }
+        };
         // The file is never shorter than the disk, so a short read only happens if someone
         // truncated it behind our back; the rest reads as zeros (the buffer was zeroed).
         if got < n {

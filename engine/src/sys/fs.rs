@@ -28,6 +28,18 @@ pub(crate) fn next_hole(file: &File, offset: u64) -> io::Result<u64> {
     Ok(seek(file, SeekFrom::Hole(offset))?)
 }
 
+/// Reads `buf.len()` bytes at `offset` only if they are all in the page cache, without
+/// blocking (preadv2 with RWF_NOWAIT). `None` when the read would block, came up short, or
+/// the kernel or file system does not support it: the caller then does a normal read.
+pub(crate) fn read_cached(file: &File, buf: &mut [u8], offset: u64) -> Option<usize> {
+    let want = buf.len();
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    match rustix::io::preadv2(file, &mut iov, offset, rustix::io::ReadWriteFlags::NOWAIT) {
+        Ok(n) if n == want => Some(n),
+        _ => None,
+    }
+}
+
 /// Bytes the file system has allocated to the file.
 pub(crate) fn allocated_bytes(file: &File) -> io::Result<u64> {
     Ok(file.metadata()?.blocks() * 512)

@@ -7,5 +7,5 @@ mod fs;
 mod mapped_words;
 
 pub use buf::IoBuf;
-pub(crate) use fs::{allocated_bytes, next_data, next_hole, punch_hole, sync_dir};
+pub(crate) use fs::{allocated_bytes, next_data, next_hole, punch_hole, read_cached, sync_dir};
 pub(crate) use mapped_words::MappedWords;
