@@ -5,4 +5,5 @@
 pub mod config;
 pub mod grpc;
 pub mod http;
+pub mod listen;
 pub mod nbd;

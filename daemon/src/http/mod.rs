@@ -16,27 +16,11 @@ use cairn_engine::{Engine, ErrorKind};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use crate::listen::ListenError;
+use crate::listen::{self, Bound, ListenAddr};
+
 /// Where cairnd serves HTTP when `--http` is not given.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:9633";
-
-/// Why the HTTP listener could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum HttpError {
-    #[error("bad HTTP listen address {0:?}: expected HOST:PORT")]
-    BadAddress(String),
-    #[error(
-        "refusing to serve HTTP in plaintext on non-loopback address {0}: TLS is not implemented yet (it comes \
-         later); listen on loopback, or pass --allow-plaintext to accept the risk"
-    )]
-    PlaintextRefused(SocketAddr),
-    #[error("{context} {addr}: {source}")]
-    Io {
-        context: &'static str,
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
 
 /// The HTTP status of an engine error kind.
 pub fn http_status(kind: ErrorKind) -> StatusCode {
@@ -74,18 +58,28 @@ pub struct HttpListener {
 }
 
 impl HttpListener {
-    /// Binds `addr` (`HOST:PORT`; port 0 picks one).
-    pub async fn bind(addr: &str, allow_plaintext: bool) -> Result<Self, HttpError> {
-        let io = |context| move |source| HttpError::Io { context, addr: addr.to_owned(), source };
-        if addr.starts_with("unix:") || !addr.contains(':') {
-            return Err(HttpError::BadAddress(addr.into()));
-        }
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr).await.map_err(io("resolving"))?.collect();
-        if !allow_plaintext && let Some(bad) = addrs.iter().find(|s| !s.ip().is_loopback()) {
-            return Err(HttpError::PlaintextRefused(*bad));
-        }
-        let listener = TcpListener::bind(addrs.as_slice()).await.map_err(io("binding"))?;
-        let addr = listener.local_addr().map_err(io("reading the bound address of"))?;
+    /// Binds `addr` (`HOST:PORT`; port 0 picks one; rules in [`crate::listen`]). A unix
+    /// socket is refused: scrapers and probes speak TCP.
+    pub async fn bind(addr: &str, allow_plaintext: bool) -> Result<Self, ListenError> {
+        let parsed = match addr.parse::<ListenAddr>() {
+            Ok(a @ ListenAddr::Tcp(_)) => a,
+            Ok(ListenAddr::Unix(_)) => {
+                return Err(ListenError::BadAddress {
+                    protocol: "HTTP",
+                    addr: addr.into(),
+                    reason: "expected HOST:PORT",
+                });
+            }
+            Err(e) => return Err(ListenError::bad_address("HTTP", e)),
+        };
+        let Bound::Tcp(listener) = listen::bind("HTTP", &parsed, allow_plaintext).await? else {
+            return Err(ListenError::BadAddress { protocol: "HTTP", addr: addr.into(), reason: "expected HOST:PORT" });
+        };
+        let addr = listener.local_addr().map_err(|source| ListenError::Io {
+            context: "reading the bound address of",
+            addr: addr.into(),
+            source,
+        })?;
         Ok(Self { listener, addr })
     }
 
@@ -157,7 +151,7 @@ mod tests {
     async fn public_addresses_are_refused_without_plaintext_and_unix_is_bad() {
         let e = HttpListener::bind("0.0.0.0:0", false).await.unwrap_err();
         assert!(e.to_string().contains("--allow-plaintext"), "{e}");
-        assert!(matches!(HttpListener::bind("unix:/tmp/x", false).await, Err(HttpError::BadAddress(_))));
+        assert!(matches!(HttpListener::bind("unix:/tmp/x", false).await, Err(ListenError::BadAddress { .. })));
         let l = HttpListener::bind("127.0.0.1:0", false).await.unwrap();
         assert_ne!(l.local_addr().port(), 0);
     }
