@@ -103,6 +103,8 @@ pub(crate) struct Inner {
     /// One garbage collection at a time: a second one would take the first's freshly sealed
     /// pack for an orphan.
     pub(crate) gc_single: Arc<tokio::sync::Mutex<()>>,
+    /// Low-priority threads for the CPU work of captures.
+    pub(crate) background: crate::background::BackgroundPool,
     pub(crate) hooks: RwLock<std::collections::HashMap<GroupId, Vec<Arc<dyn crate::hooks::QuiesceHook>>>>,
 }
 
@@ -157,6 +159,8 @@ impl Engine {
         tracing::info!(data_dir = %data_dir.display(), disks = state.disks.len(), groups = state.groups.len(), io = io.name(), "engine open");
 
         let watermark = config.free_space_watermark_bytes;
+        let background = crate::background::BackgroundPool::start()
+            .map_err(|e| Error::io("start background threads", data_dir, e))?;
         let engine = Self {
             inner: Arc::new(Inner {
                 config,
@@ -172,6 +176,7 @@ impl Engine {
                 watermark_bytes: std::sync::atomic::AtomicU64::new(watermark),
                 gc_gate: Arc::new(tokio::sync::RwLock::new(())),
                 gc_single: Arc::new(tokio::sync::Mutex::new(())),
+                background,
                 hooks: RwLock::new(Default::default()),
             }),
         };

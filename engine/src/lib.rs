@@ -80,6 +80,7 @@
 //! | GC rewrite (phase 2)      | captures, reads (old packs retired, not deleted) | index lock per switch        |
 //! | verify                    | everything                                | read-only but for corrupt marks     |
 
+mod background;
 mod capture;
 mod catalog;
 mod chunk;

@@ -705,12 +705,18 @@ impl Engine {
                     let data = disk.read_chunk_for_capture(&cap, c).await?;
                     let len = data.len() as u64;
                     let plan = engine.delta_plan(&cap, lineage, c, seq).await;
-                    let analysis = tokio::task::spawn_blocking(move || {
-                        let known = |id: ChunkId| engine.inner.chunks.usable(id);
-                        analyse(&data, plan, &known, level)
-                    })
-                    .await
-                    .map_err(|e| Error::io("analyse chunk", disk.path(), std::io::Error::other(e)))??;
+                    let work = engine.clone();
+                    let analysis = engine
+                        .inner
+                        .background
+                        .run(move || {
+                            let known = |id: ChunkId| work.inner.chunks.usable(id);
+                            analyse(&data, plan, &known, level)
+                        })
+                        .await
+                        .ok_or_else(|| {
+                            Error::io("analyse chunk", disk.path(), std::io::Error::other("background pool gone"))
+                        })??;
                     Ok::<_, Error>((c, len, analysis))
                 });
                 async move { task.await.map_err(|e| Error::io("capture chunk", path, std::io::Error::other(e)))? }
