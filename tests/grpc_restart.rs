@@ -13,18 +13,7 @@ async fn setup(ch: &tonic::transport::Channel) {
         .create_disk(pb::CreateDiskRequest { name: "d".into(), size_bytes: 8 * MIB, ..Default::default() })
         .await
         .unwrap();
-    pb::groups_client::GroupsClient::new(ch.clone())
-        .create_group(pb::CreateGroupRequest { name: "g".into(), disks: vec!["d".into()], ..Default::default() })
-        .await
-        .unwrap();
-    pb::collections_client::CollectionsClient::new(ch.clone())
-        .create_or_update_collection(pb::CreateOrUpdateCollectionRequest {
-            name: "c".into(),
-            group: "g".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    crate::common::grpc_group_and_collection(ch, "g", &["d"], "c").await;
 }
 
 async fn create_rp(ch: &tonic::transport::Channel, name: &str) -> pb::CreateRestorePointResponse {

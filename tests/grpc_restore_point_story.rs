@@ -215,18 +215,7 @@ async fn a_second_creation_while_one_runs_is_refused() {
         .await
         .unwrap();
     grpc_write(&ch, "d", 0, pattern(9, MIB as usize)).await;
-    pb::groups_client::GroupsClient::new(ch.clone())
-        .create_group(pb::CreateGroupRequest { name: "g".into(), disks: vec!["d".into()], ..Default::default() })
-        .await
-        .unwrap();
-    pb::collections_client::CollectionsClient::new(ch.clone())
-        .create_or_update_collection(pb::CreateOrUpdateCollectionRequest {
-            name: "c".into(),
-            group: "g".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    crate::common::grpc_group_and_collection(&ch, "g", &["d"], "c").await;
     let mut rps = pb::restore_points_client::RestorePointsClient::new(ch.clone());
     let first = rps
         .create_restore_point(pb::CreateRestorePointRequest {

@@ -28,18 +28,7 @@ async fn disk_group_collection(ch: &Channel) {
         .create_disk(pb::CreateDiskRequest { name: "d".into(), size_bytes: 8 * MIB, ..Default::default() })
         .await
         .unwrap();
-    pb::groups_client::GroupsClient::new(ch.clone())
-        .create_group(pb::CreateGroupRequest { name: "vm".into(), disks: vec!["d".into()], configuration: "{}".into() })
-        .await
-        .unwrap();
-    pb::collections_client::CollectionsClient::new(ch.clone())
-        .create_or_update_collection(pb::CreateOrUpdateCollectionRequest {
-            name: "c".into(),
-            group: "vm".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    crate::common::grpc_group_and_collection(ch, "vm", &["d"], "c").await;
 }
 
 async fn create_rp(ch: &Channel, name: &str) {

@@ -43,18 +43,7 @@ async fn healthz_and_metrics_over_curl_follow_io_captures_and_the_store() {
     let health = curl(&format!("{base}/healthz"));
     let before = curl(&format!("{base}/metrics"));
     grpc_write(&ch, "d", 0, pattern(5, MIB as usize)).await;
-    pb::groups_client::GroupsClient::new(ch.clone())
-        .create_group(pb::CreateGroupRequest { name: "vm".into(), disks: vec!["d".into()], configuration: "{}".into() })
-        .await
-        .unwrap();
-    pb::collections_client::CollectionsClient::new(ch.clone())
-        .create_or_update_collection(pb::CreateOrUpdateCollectionRequest {
-            name: "c".into(),
-            group: "vm".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    crate::common::grpc_group_and_collection(&ch, "vm", &["d"], "c").await;
     let r = pb::restore_points_client::RestorePointsClient::new(ch.clone())
         .create_restore_point(pb::CreateRestorePointRequest {
             collection: "c".into(),

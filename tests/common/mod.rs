@@ -440,3 +440,25 @@ pub async fn grpc_wait_op(ch: &tonic::transport::Channel, id: &str) -> cairn_pro
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Over gRPC: a group `group` of `disks` (configuration `{}`) and a collection `collection`
+/// over it.
+pub async fn grpc_group_and_collection(ch: &tonic::transport::Channel, group: &str, disks: &[&str], collection: &str) {
+    use cairn_proto::v1 as pb;
+    pb::groups_client::GroupsClient::new(ch.clone())
+        .create_group(pb::CreateGroupRequest {
+            name: group.into(),
+            disks: disks.iter().map(|d| (*d).to_owned()).collect(),
+            configuration: "{}".into(),
+        })
+        .await
+        .unwrap();
+    pb::collections_client::CollectionsClient::new(ch.clone())
+        .create_or_update_collection(pb::CreateOrUpdateCollectionRequest {
+            name: collection.into(),
+            group: group.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
