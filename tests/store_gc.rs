@@ -55,20 +55,28 @@ async fn deleting_everything_then_gc_leaves_an_empty_store() {
     assert_same(&read_rp(&engine, rp.id, a).await, &live, "after a full GC");
 }
 
+/// A disk with rp1 (8 MiB of data) and rp2 (7 MiB of it overwritten), rp1 then deleted: its
+/// pack is left mostly garbage. Returns the disk, rp2 and rp2's image.
+async fn sparse_pack(
+    engine: &cairn_engine::Engine,
+) -> (cairn_engine::DiskId, cairn_engine::RestorePointRecord, Vec<u8>) {
+    let a = disk(engine, "a", 16 * MIB).await.id;
+    let (_, coll) = collection(engine, "c", vec![a]).await;
+    let d = engine.disk(a).unwrap();
+    d.write(0, IoBuf::from_slice(&pattern(1, 8 * MIB as usize)), false).await.unwrap();
+    let rp1 = restore_point(engine, coll.id, "rp1", vec![]).await;
+    d.write(0, IoBuf::from_slice(&pattern(2, 7 * MIB as usize)), false).await.unwrap();
+    let rp2 = restore_point(engine, coll.id, "rp2", vec![]).await;
+    let image2 = read_rp(engine, rp2.id, a).await;
+    engine.delete_restore_point(rp1.id).await.unwrap();
+    (a, rp2, image2)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sparse_packs_are_rewritten_and_the_rest_reads_back() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(dir.path(), BACKENDS[1]).await;
-    let a = disk(&engine, "a", 16 * MIB).await.id;
-    let (_, coll) = collection(&engine, "c", vec![a]).await;
-    let d = engine.disk(a).unwrap();
-    d.write(0, IoBuf::from_slice(&pattern(1, 8 * MIB as usize)), false).await.unwrap();
-    let rp1 = restore_point(&engine, coll.id, "rp1", vec![]).await;
-    // Overwrite most of it: rp1's pack becomes mostly garbage once rp1 goes.
-    d.write(0, IoBuf::from_slice(&pattern(2, 7 * MIB as usize)), false).await.unwrap();
-    let rp2 = restore_point(&engine, coll.id, "rp2", vec![]).await;
-    let image2 = read_rp(&engine, rp2.id, a).await;
-    engine.delete_restore_point(rp1.id).await.unwrap();
+    let (a, rp2, image2) = sparse_pack(&engine).await;
 
     let report = gc(&engine, 50).await;
     assert_eq!(report.packs_rewritten, 1, "{report:?}");
@@ -108,15 +116,7 @@ async fn kill_during_gc(failpoint: &str) {
     let dir = tempfile::tempdir().unwrap();
     let (a, rp2, image2) = {
         let engine = open(dir.path(), BACKENDS[0]).await;
-        let a = disk(&engine, "a", 16 * MIB).await.id;
-        let (_, coll) = collection(&engine, "c", vec![a]).await;
-        let d = engine.disk(a).unwrap();
-        d.write(0, IoBuf::from_slice(&pattern(1, 8 * MIB as usize)), false).await.unwrap();
-        let rp1 = restore_point(&engine, coll.id, "rp1", vec![]).await;
-        d.write(0, IoBuf::from_slice(&pattern(2, 7 * MIB as usize)), false).await.unwrap();
-        let rp2 = restore_point(&engine, coll.id, "rp2", vec![]).await;
-        let image2 = read_rp(&engine, rp2.id, a).await;
-        engine.delete_restore_point(rp1.id).await.unwrap();
+        let (a, rp2, image2) = sparse_pack(&engine).await;
         engine.close().await.unwrap();
         (a, rp2.id, image2)
     };

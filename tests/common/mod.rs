@@ -96,26 +96,7 @@ fn free_http(args: &[&str]) -> &'static [&'static str] {
 /// Starts the real cairnd on `data_dir` (plus `args`, with `--http 127.0.0.1:0` unless they
 /// give `--http`) and waits until it is ready.
 pub fn start_cairnd(data_dir: &Path, args: &[&str]) -> Cairnd {
-    use std::io::BufRead;
-    let mut child = Command::new(daemon_bin("cairnd"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .args(free_http(args))
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("starting cairnd");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut d = Cairnd { child: Some(child), lines: rx, startup: Vec::new(), socket: data_dir.join("nbd.sock") };
-    d.startup = d.wait_for("cairnd ready");
-    d
+    start_cairnd_env(data_dir, args, &[])
 }
 
 impl Cairnd {
