@@ -7,8 +7,14 @@
 //! the guest pays a small read, not a chunk copy. Preserved blocks stay in memory up to a
 //! bound and spill to a file past it.
 //!
-//! Per chunk, a striped async lock orders "capture reads chunk c" against "a writer preserves
-//! blocks of c": once the capture has read c it marks c done, and writers stop preserving.
+//! Nobody holds a lock across I/O. The one invariant: a block of a pending chunk is modified
+//! only after its old content is preserved. A writer reads the old blocks first, then, under
+//! the short `preserved` lock, keeps those still unpreserved while the chunk is pending (a
+//! block read after someone else preserved it is dropped, so what is kept is always the
+//! freeze-time content). The capture reads the chunk with no lock at all, then under the same
+//! lock marks it done and lays the preserved blocks over what it read: any block it read
+//! mid-write was preserved before that write began. Once a chunk is done writers stop
+//! preserving, and the capture read before that instant.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -20,8 +26,6 @@ use std::sync::{Arc, Mutex};
 use crate::error::{Error, Result};
 use crate::format::{BLOCK_BYTES, BLOCK_SIZE};
 use crate::tracking::ChangeTracker;
-
-const STRIPES: usize = 64;
 
 /// Preserved old block contents, bounded in memory, spilling to a file.
 struct Preserved {
@@ -97,7 +101,7 @@ pub struct PendingCapture {
     chunk_size: u64,
     size_bytes: u64,
     done: Vec<AtomicU64>,
-    stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Also orders "mark a chunk done" against "preserve blocks of it" (see the module doc).
     preserved: Mutex<Preserved>,
     preserved_blocks: AtomicU64,
     /// For a full scan of a restored disk: its local map at the freeze. Only local chunks
@@ -132,7 +136,6 @@ impl PendingCapture {
             chunk_size,
             size_bytes,
             done: (0..words).map(|_| AtomicU64::new(0)).collect(),
-            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             preserved: Mutex::new(Preserved {
                 mem: HashMap::new(),
                 mem_limit_blocks: mem_limit_bytes / BLOCK_BYTES,
@@ -197,7 +200,7 @@ impl PendingCapture {
         w.load(Ordering::Acquire) & (1 << (c % 64)) != 0
     }
 
-    pub(crate) fn mark_done(&self, c: u64) {
+    fn mark_done(&self, c: u64) {
         if let Some(w) = self.done.get((c / 64) as usize) {
             w.fetch_or(1 << (c % 64), Ordering::AcqRel);
         }
@@ -265,37 +268,49 @@ impl PendingCapture {
         (0..bpc).filter(|&b| self.tracker.closed_any(c * bpc + b, 1)).filter_map(|b| usize::try_from(b).ok()).collect()
     }
 
-    pub(crate) fn stripe(&self, c: u64) -> &tokio::sync::Mutex<()> {
-        &self.stripes[usize::try_from(c % STRIPES as u64).unwrap_or(0)]
-    }
-
-    /// Blocks of `[offset, offset + len)` inside chunk `c` that are not preserved yet.
-    pub(crate) fn unpreserved_blocks(&self, c: u64, offset: u64, len: u64) -> Vec<u64> {
+    /// The span of blocks `[first, end)` of `[offset, offset + len)` inside chunk `c` that
+    /// are not preserved yet, or `None` when all are (a hint: a concurrent writer may
+    /// preserve some before [`Self::preserve`] runs, which then keeps only the rest).
+    pub(crate) fn unpreserved_span(&self, c: u64, offset: u64, len: u64) -> Option<(u64, u64)> {
         let (cs, ce) = self.chunk_range(c);
         let start = offset.max(cs);
         let end = (offset + len).min(ce);
         if start >= end {
-            return Vec::new();
+            return None;
         }
         let preserved = self.preserved.lock().unwrap_or_else(|p| p.into_inner());
-        (start / BLOCK_SIZE..end.div_ceil(BLOCK_SIZE)).filter(|b| !preserved.contains(*b)).collect()
+        let mut missing = (start / BLOCK_SIZE..end.div_ceil(BLOCK_SIZE)).filter(|b| !preserved.contains(*b));
+        let first = missing.next()?;
+        let last = missing.next_back().unwrap_or(first);
+        Some((first, last + 1))
     }
 
-    pub(crate) fn preserve(&self, block: u64, data: &[u8]) -> Result<()> {
+    /// Keeps `data`, the content of blocks `first..` of chunk `c` read before the caller's
+    /// write, for each block not preserved yet, if `c` is still pending. Returns whether the
+    /// chunk was still pending (if not, the capture has read it and nothing is needed).
+    pub(crate) fn preserve(&self, c: u64, first: u64, data: &[u8]) -> Result<bool> {
         let mut p = self.preserved.lock().unwrap_or_else(|p| p.into_inner());
-        if !p.contains(block) {
-            p.insert(block, data)?;
-            self.preserved_blocks.fetch_add(1, Ordering::Relaxed);
+        if !self.pending(c) {
+            return Ok(false);
         }
-        Ok(())
+        for (i, block) in data.chunks(BLOCK_BYTES).enumerate() {
+            let b = first + i as u64;
+            if !p.contains(b) {
+                p.insert(b, block)?;
+                self.preserved_blocks.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(true)
     }
 
-    /// Lays preserved blocks of chunk `c` over `data` (the chunk as read from the file now)
-    /// and forgets them.
-    pub(crate) fn overlay(&self, c: u64, data: &mut [u8]) -> Result<()> {
+    /// Completes the capture's read of chunk `c`: `data` is the chunk as read from the file
+    /// (with no lock held, before this call). Marks `c` done, so writers stop preserving it,
+    /// and lays its preserved blocks over `data`, which then holds the chunk at the freeze.
+    pub(crate) fn finish_read(&self, c: u64, data: &mut [u8]) -> Result<()> {
         let (cs, _) = self.chunk_range(c);
         let bpc = self.blocks_per_chunk();
         let mut p = self.preserved.lock().unwrap_or_else(|p| p.into_inner());
+        self.mark_done(c);
         if !p.any_in(c * bpc, (c + 1) * bpc) {
             return Ok(());
         }

@@ -342,22 +342,7 @@ impl Disk {
             }
             _ => Vec::new(),
         };
-        // Page-cache hits are served on the spot: a non-blocking read costs a copy, where a
-        // trip through the I/O backend costs a thread hand-off.
-        let mut buf = IoBuf::zeroed(n);
-        let cached = if self.direct_io || len > FAST_READ_MAX_BYTES {
-            None
-        } else {
-            sys::read_cached(&self.file, &mut buf, offset)
-        };
-        let got = match cached {
-            Some(got) => got,
-            None => {
-                let (res, back) = self.io.read_at(&self.file, buf, offset).await;
-                buf = back;
-                res.map_err(|e| Error::io("read disk", &self.path, e))?
-            }
-        };
+        let (got, mut buf) = self.read_file(IoBuf::zeroed(n), offset, "read disk").await?;
         // The file is never shorter than the disk, so a short read only happens if someone
         // truncated it behind our back; the rest reads as zeros (the buffer was zeroed).
         if got < n {
@@ -443,6 +428,20 @@ impl Disk {
             }
         }
         Ok(())
+    }
+
+    /// Reads the file into `buf` at `offset`; returns the bytes read (short only at the end of
+    /// the file). Page-cache hits are served on the spot: a non-blocking read costs a copy,
+    /// where a trip through the I/O backend costs a thread hand-off.
+    async fn read_file(&self, mut buf: IoBuf, offset: u64, what: &'static str) -> Result<(usize, IoBuf)> {
+        if !self.direct_io
+            && buf.len() as u64 <= FAST_READ_MAX_BYTES
+            && let Some(got) = sys::read_cached(&self.file, &mut buf, offset)
+        {
+            return Ok((got, buf));
+        }
+        let (res, buf) = self.io.read_at(&self.file, buf, offset).await;
+        Ok((res.map_err(|e| Error::io(what, &self.path, e))?, buf))
     }
 
     /// Before a write or trim of a restored disk: every chunk it touches that is still in the
@@ -533,16 +532,15 @@ impl Disk {
             if !cap.pending(c) {
                 continue;
             }
-            let _stripe = cap.stripe(c).lock().await;
-            if !cap.pending(c) {
-                continue;
-            }
-            for block in cap.unpreserved_blocks(c, offset, len) {
-                let at = block * crate::format::BLOCK_SIZE;
-                let (res, buf) = self.io.read_at(&self.file, IoBuf::zeroed(crate::format::BLOCK_BYTES), at).await;
-                res.map_err(|e| Error::io("read block to preserve", &self.path, e))?;
-                cap.preserve(block, &buf)?;
-            }
+            // One read for the blocks this write covers, taken before the write is issued;
+            // `preserve` keeps only those nobody preserved meanwhile (see capture.rs).
+            let Some((first, last)) = cap.unpreserved_span(c, offset, len) else { continue };
+            let n = usize::try_from((last - first) * crate::format::BLOCK_SIZE)
+                .map_err(|_| Error::invalid("length", "too large"))?;
+            let at = first * crate::format::BLOCK_SIZE;
+            let (got, mut buf) = self.read_file(IoBuf::zeroed(n), at, "read blocks to preserve").await?;
+            buf[got..].fill(0);
+            cap.preserve(c, first, &buf)?;
         }
         Ok(())
     }
@@ -564,15 +562,14 @@ impl Disk {
 
     /// Reads chunk `c` as it was at the freeze: the file's content with preserved blocks laid
     /// over it. Marks the chunk done, so writers stop preserving its blocks.
-    pub(crate) async fn read_chunk_for_capture(&self, cap: &PendingCapture, c: u64) -> Result<Vec<u8>> {
+    pub(crate) async fn read_chunk_for_capture(&self, cap: &PendingCapture, c: u64) -> Result<IoBuf> {
         let (start, end) = cap.chunk_range(c);
         let len = usize::try_from(end - start).map_err(|_| Error::invalid("chunk", "too large"))?;
-        let _stripe = cap.stripe(c).lock().await;
-        let (res, buf) = self.io.read_at(&self.file, IoBuf::zeroed(len), start).await;
-        res.map_err(|e| Error::io("read chunk to capture", &self.path, e))?;
-        let mut data = buf.to_vec();
-        cap.overlay(c, &mut data)?;
-        cap.mark_done(c);
+        // No lock across the read: blocks written meanwhile were preserved first, and
+        // `finish_read` lays them back (see capture.rs).
+        let (got, mut data) = self.read_file(IoBuf::zeroed(len), start, "read chunk to capture").await?;
+        data[got..].fill(0);
+        cap.finish_read(c, &mut data)?;
         Ok(data)
     }
 

@@ -69,7 +69,7 @@
 //!
 //! | operation                 | may run with                              | protected by                        |
 //! |---------------------------|-------------------------------------------|-------------------------------------|
-//! | write / trim / zeroes     | reads, flushes, other writes, captures    | write gate (shared), chunk stripes  |
+//! | write / trim / zeroes     | reads, flushes, other writes, captures    | write gate (shared); preserve-before-write with the capture (capture.rs); restored disks' chunk stripes |
 //! | freeze + epoch switch     | reads, flushes                            | write gate (exclusive)              |
 //! | resize                    | reads, flushes; not a pending capture     | write gate (exclusive) + admin      |
 //! | create/delete disk, group | I/O on other disks                        | admin mutex, one catalog batch      |

@@ -697,9 +697,8 @@ impl Engine {
         let mut results = futures::stream::iter(chunks.iter().copied())
             .map(|c| {
                 let (disk, cap, engine) = (disk.clone(), cap.clone(), engine.clone());
-                // A task of its own, so a chunk read (which holds the chunk's stripe lock)
-                // runs to its end even while the consumer below waits (e.g. for free space):
-                // guest writes to that chunk must never wait on the consumer.
+                // A task of its own, so chunks are read and analysed on every worker while
+                // the consumer below appends and commits.
                 let path = disk.path().to_owned();
                 let task = tokio::spawn(async move {
                     let data = disk.read_chunk_for_capture(&cap, c).await?;
