@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 
 use cairn_engine::format::{BLOCK_BYTES, BLOCK_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_ZSTD_LEVEL};
 use cairn_engine::{
-    CollectionId, CreateCollection, CreateDisk, CreateGroup, CreateRestorePoint, Disk, Engine, EngineConfig, IoBuf,
-    OperationId, OperationRecord, OperationState, RestoreDisk, RestorePointRecord,
+    BackgroundPriority, CollectionId, CreateCollection, CreateDisk, CreateGroup, CreateRestorePoint, Disk, Engine,
+    EngineConfig, IoBuf, OperationId, OperationRecord, OperationState, RestoreDisk, RestorePointRecord,
 };
 
 const DISKS: usize = 4;
@@ -325,7 +325,15 @@ async fn main() {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let level = DEFAULT_ZSTD_LEVEL;
     let tmp = tempfile::tempdir_in(std::env::var("CAIRN_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into())).unwrap();
-    let engine = Engine::open(EngineConfig::new(tmp.path().join("data"))).await.unwrap();
+    // CAIRN_BENCH_BACKGROUND=low runs capture threads at nice 10 instead of SCHED_IDLE.
+    let priority = match std::env::var("CAIRN_BENCH_BACKGROUND").as_deref() {
+        Ok("low") => BackgroundPriority::Low,
+        _ => BackgroundPriority::Idle,
+    };
+    let engine =
+        Engine::open(EngineConfig { background_priority: priority, ..EngineConfig::new(tmp.path().join("data")) })
+            .await
+            .unwrap();
     let progress = |what: &str| eprintln!("capture bench: {what}");
 
     // ---- setup: 4 disks, half random, half text-like, in one group with a collection ----
@@ -641,7 +649,7 @@ async fn main() {
 
     println!(
         "restore point capture: {DISKS} disks x {} MiB (half random, half text-like), chunk {} KiB, zstd {level}, {}, \
-         {cores} cores, same run",
+         {cores} cores, capture threads {priority:?}, same run",
         disk_bytes >> 20,
         DEFAULT_CHUNK_SIZE >> 10,
         engine.io_backend()

@@ -93,3 +93,25 @@ async fn restore_points_survive_reopen_and_keep_reading() {
     let d = engine.disk(a).unwrap();
     assert_eq!(d.tracker().active_blocks().len(), 256);
 }
+
+/// Capture threads run under SCHED_IDLE by default, so a woken guest I/O thread preempts them.
+#[tokio::test]
+async fn capture_threads_run_under_sched_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let _engine = open(dir.path(), cairn_engine::IoBackendKind::Blocking).await;
+    let mut seen = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let task = task.unwrap().path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if !comm.starts_with("cairn-bg-") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.join("stat")).unwrap();
+        // Fields after the parenthesised command name; policy is field 41 of the whole line.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let policy: u32 = rest.split(' ').nth(41 - 3).unwrap().parse().unwrap();
+        assert_eq!(policy, 5, "{comm}: SCHED_IDLE is policy 5");
+        seen += 1;
+    }
+    assert!(seen >= 1, "background threads found");
+}

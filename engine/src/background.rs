@@ -1,11 +1,14 @@
 //! A small pool of low-priority threads for the CPU work of background jobs (hashing,
 //! compression), so that on a busy host the guest's I/O path, which runs at normal priority,
-//! gets the CPU first: a capture must not make guest writes wait behind it.
+//! gets the CPU first: a capture must not make guest writes wait behind it. The pool runs
+//! under `SCHED_IDLE` by default, or at nice 10 ([`BackgroundPriority`]).
 
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
+
+use crate::engine::BackgroundPriority;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -25,17 +28,23 @@ impl std::fmt::Debug for BackgroundPool {
 
 impl BackgroundPool {
     /// Starts one thread per core.
-    pub(crate) fn start() -> std::io::Result<Self> {
+    pub(crate) fn start(priority: BackgroundPriority) -> std::io::Result<Self> {
         let (tx, rx) = channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         let threads = std::thread::available_parallelism().map_or(2, usize::from);
         for i in 0..threads {
             let rx: Arc<Mutex<Receiver<Job>>> = rx.clone();
             std::thread::Builder::new().name(format!("cairn-bg-{i}")).spawn(move || {
-                // Linux nice is per thread: this lowers only this one. Failing to lower it
-                // costs latency, not correctness.
-                if let Err(e) = rustix::process::setpriority_process(None, BACKGROUND_NICE) {
-                    tracing::debug!(error = %e, "could not lower background thread priority");
+                // Linux scheduling is per thread: this lowers only this one. Failing to lower
+                // it costs latency, not correctness.
+                let lowered = match priority {
+                    BackgroundPriority::Idle => crate::sys::set_current_thread_idle(),
+                    BackgroundPriority::Low => {
+                        rustix::process::setpriority_process(None, BACKGROUND_NICE).map_err(std::io::Error::from)
+                    }
+                };
+                if let Err(e) = lowered {
+                    tracing::warn!(?priority, error = %e, "could not lower background thread priority");
                 }
                 loop {
                     let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {

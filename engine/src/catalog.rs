@@ -5,6 +5,7 @@
 //! synchronously. The `meta` family holds the format version, checked at open.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rocksdb::{ColumnFamily, DB, Options, WriteBatch, WriteOptions};
 use serde::Serialize;
@@ -175,9 +176,22 @@ impl Catalog {
 
     /// Applies a batch atomically and durably (synced write-ahead log).
     pub(crate) fn commit(&self, batch: Batch<'_>) -> Result<()> {
+        self.write_synced(batch.batch)
+    }
+
+    fn write_synced(&self, batch: WriteBatch) -> Result<()> {
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
-        self.db.write_opt(batch.batch, &opts).map_err(db_err("commit batch"))
+        self.db.write_opt(batch, &opts).map_err(db_err("commit batch"))
+    }
+
+    /// [`Self::commit`] on a blocking thread: the WAL sync then holds no async worker, which
+    /// guest I/O may be waiting for. For background jobs' batches.
+    pub(crate) async fn commit_off_thread(self: &Arc<Self>, batch: Batch<'_>) -> Result<()> {
+        let (catalog, batch) = (self.clone(), batch.batch);
+        tokio::task::spawn_blocking(move || catalog.write_synced(batch))
+            .await
+            .map_err(|e| Error::io("commit batch", &self.path, std::io::Error::other(e)))?
     }
 }
 

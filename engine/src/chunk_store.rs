@@ -78,9 +78,15 @@ pub(crate) fn decode(bytes: &[u8], kind: RecordKind, expect: ChunkId, where_: &P
 pub(crate) struct PackWriter {
     id: PackId,
     path: PathBuf,
-    file: File,
+    file: Arc<File>,
     len: u64,
+    /// Bytes handed to early writeback so far.
+    written_back: u64,
 }
+
+/// A staging pack starts writing to the device every this many bytes, so the fsync of its
+/// seal does not have to write the whole pack at once.
+const PACK_WRITEBACK_BYTES: u64 = 8 << 20;
 
 impl PackWriter {
     pub(crate) fn create(staging_dir: &Path) -> Result<Self> {
@@ -92,7 +98,12 @@ impl PackWriter {
             .open(&path)
             .map_err(|e| Error::io("create staging pack", &path, e))?;
         file.write_all(&encode_pack_header(id.to_bytes())).map_err(|e| Error::io("write staging pack", &path, e))?;
-        Ok(Self { id, path, file, len: PACK_HEADER_LEN as u64 })
+        Ok(Self { id, path, file: Arc::new(file), len: PACK_HEADER_LEN as u64, written_back: 0 })
+    }
+
+    /// The staging file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Bytes written so far.
@@ -105,17 +116,19 @@ impl PackWriter {
     /// checked); returns its new location with the references of `from`.
     pub(crate) fn append_copy(&mut self, bytes: &[u8], from: ChunkLocation) -> Result<ChunkLocation> {
         let offset = self.len;
-        self.file.write_all(bytes).map_err(|e| Error::io("write staging pack", &self.path, e))?;
+        (&*self.file).write_all(bytes).map_err(|e| Error::io("write staging pack", &self.path, e))?;
         self.len += bytes.len() as u64;
+        self.write_back_if_due();
         Ok(ChunkLocation { pack: self.id, offset, ..from })
     }
 
     pub(crate) fn append(&mut self, rec: &PreparedRecord) -> Result<ChunkLocation> {
         let offset = self.len;
         let io = |e| Error::io("write staging pack", &self.path, e);
-        self.file.write_all(&rec.header.encode()).map_err(io)?;
-        self.file.write_all(&rec.stored).map_err(io)?;
+        (&*self.file).write_all(&rec.header.encode()).map_err(io)?;
+        (&*self.file).write_all(&rec.stored).map_err(io)?;
         self.len += (RECORD_HEADER_LEN + rec.stored.len()) as u64;
+        self.write_back_if_due();
         Ok(ChunkLocation {
             pack: self.id,
             offset,
@@ -123,6 +136,27 @@ impl PackWriter {
             raw_len: rec.header.raw_len,
             refs: 0,
         })
+    }
+
+    /// Starts writeback of what was appended since the last call, once there is enough of it,
+    /// on a blocking thread (it may wait for the device queue). Durability still comes from
+    /// the fsync in [`Self::seal`].
+    fn write_back_if_due(&mut self) {
+        let (from, len) = (self.written_back, self.len - self.written_back);
+        if len < PACK_WRITEBACK_BYTES {
+            return;
+        }
+        self.written_back = self.len;
+        let (file, path) = (self.file.clone(), self.path.clone());
+        let start = move || {
+            if let Err(e) = crate::sys::start_writeback(&file, from, len) {
+                tracing::debug!(pack = %path.display(), error = %e, "early writeback failed; the seal syncs anyway");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(start)),
+            Err(_) => start(),
+        }
     }
 
     /// Syncs the pack and hands it to the store. After this, index entries may point at it.
@@ -386,7 +420,7 @@ impl ChunkStore {
         for (pack, bytes) in &delta.packs {
             batch.put_raw("packs", &pack.to_bytes(), &pack_entry(*bytes))?;
         }
-        self.catalog.commit(batch)?;
+        self.catalog.commit_off_thread(batch).await?;
         if !healed.is_empty() {
             let mut corrupt = self.corrupt.write().unwrap_or_else(|p| p.into_inner());
             for id in healed {

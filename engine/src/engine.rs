@@ -31,6 +31,21 @@ pub struct EngineConfig {
     pub preserve_mem_bytes: usize,
     /// Background jobs pause while the data dir has less free space than this.
     pub free_space_watermark_bytes: u64,
+    /// How the CPU work of captures (hashing, compression) yields to everything else.
+    pub background_priority: BackgroundPriority,
+}
+
+/// Scheduling of the threads that hash and compress captured chunks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BackgroundPriority {
+    /// `SCHED_IDLE`: CPU time nothing else wants; a woken guest I/O thread preempts it at
+    /// once. Guest latency is unaffected by captures, but on a host whose CPUs are saturated
+    /// a capture only gets a trickle of CPU time and takes that much longer.
+    #[default]
+    Idle,
+    /// Nice 10: captures get a fair low-priority share even on a saturated host, and a woken
+    /// guest thread may wait up to a scheduler slice (about a millisecond) for a core.
+    Low,
 }
 
 impl EngineConfig {
@@ -42,6 +57,7 @@ impl EngineConfig {
             zstd_level: crate::format::DEFAULT_ZSTD_LEVEL,
             preserve_mem_bytes: 256 << 20,
             free_space_watermark_bytes: 1 << 30,
+            background_priority: BackgroundPriority::default(),
         }
     }
 }
@@ -159,7 +175,7 @@ impl Engine {
         tracing::info!(data_dir = %data_dir.display(), disks = state.disks.len(), groups = state.groups.len(), io = io.name(), "engine open");
 
         let watermark = config.free_space_watermark_bytes;
-        let background = crate::background::BackgroundPool::start()
+        let background = crate::background::BackgroundPool::start(config.background_priority)
             .map_err(|e| Error::io("start background threads", data_dir, e))?;
         let engine = Self {
             inner: Arc::new(Inner {

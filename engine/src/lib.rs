@@ -119,7 +119,7 @@ pub use chunk::{ChunkId, ChunkRef};
 pub use chunk_store::StoreStats;
 pub use collection::{CollectionRecord, CreateCollection, DEFAULT_MAX_RESTORE_POINTS, ScriptHook};
 pub use disk::{CreateDisk, Disk, DiskCounters, DiskRecord, Extent, RestoreSource};
-pub use engine::{Engine, EngineConfig};
+pub use engine::{BackgroundPriority, Engine, EngineConfig};
 pub use error::{Error, ErrorKind, Result};
 pub use gc::{DEFAULT_GC_LIVE_SHARE_PERCENT, GcReport};
 pub use group::{CreateGroup, Freeze, GroupRecord, MAX_CONFIGURATION_BYTES};

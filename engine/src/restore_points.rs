@@ -17,7 +17,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::format::{META_NEXT_SEQ_KEY, PACK_TARGET_BYTES, RECORD_HEADER_LEN};
 use crate::hooks::{HookContext, QuiesceHook, quiesce_all, thaw_all};
-use crate::ids::{CollectionId, DiskId, LineageId, Name, OperationId, RestorePointId};
+use crate::ids::{CollectionId, DiskId, LineageId, Name, OperationId, PackId, RestorePointId};
 use crate::jobs::CreationSlot;
 use crate::operation::{OperationKind, OperationRecord, OperationState};
 use crate::restore_point::{CreateRestorePoint, DiskRestorePoint, ProvisioningState, RestorePointRecord};
@@ -74,36 +74,53 @@ fn analyse(
     Ok(Analysis::New(id, prepare_full(id, data, level)?))
 }
 
+/// A chunk map entry of a capture: (lineage, chunk index, reference).
+type Entry = (LineageId, u64, ChunkRef);
+
+/// A full pack on its way into the store (fsync, then put) while the capture goes on, with
+/// the entries that wait for it and the index changes that come with it.
+struct Sealing {
+    task: tokio::task::JoinHandle<Result<PackId>>,
+    path: std::path::PathBuf,
+    bytes: u64,
+    entries: Vec<Entry>,
+    delta: IndexDelta,
+}
+
 /// One capture's entries not committed yet: those whose records are indexed (or zero) and
-/// can commit any time, and those waiting for the seal of the pack their record is in.
+/// can commit any time, those waiting for the seal of the pack being filled, and those of
+/// the one pack being sealed. Entries are committed in the order their packs seal, so an
+/// entry that refers to a record of an earlier pack always finds it indexed.
 #[derive(Default)]
 struct Pending {
     writer: Option<PackWriter>,
-    ready: Vec<(u64, ChunkRef)>,
+    ready: Vec<Entry>,
     ready_delta: IndexDelta,
-    in_pack: Vec<(u64, ChunkRef)>,
+    in_pack: Vec<Entry>,
     pack_delta: IndexDelta,
+    sealing: Option<Sealing>,
 }
 
 impl Pending {
     /// An entry whose records are all indexed already.
-    fn ready(&mut self, c: u64, entry: ChunkRef) {
-        for id in entry.stored() {
+    fn ready(&mut self, entry: Entry) {
+        for id in entry.2.stored() {
             self.ready_delta.add_ref(id);
         }
-        self.ready.push((c, entry));
+        self.ready.push(entry);
     }
 
-    /// An entry one of whose records is in the unsealed pack.
-    fn waiting(&mut self, c: u64, entry: ChunkRef) {
-        for id in entry.stored() {
+    /// An entry one of whose records is in the pack being filled or sealed: it commits with
+    /// the pack being filled, which seals after the other.
+    fn waiting(&mut self, entry: Entry) {
+        for id in entry.2.stored() {
             self.pack_delta.add_ref(id);
         }
-        self.in_pack.push((c, entry));
+        self.in_pack.push(entry);
     }
 
     fn in_pack(&self, id: ChunkId) -> bool {
-        self.pack_delta.new.contains_key(&id)
+        self.pack_delta.new.contains_key(&id) || self.sealing.as_ref().is_some_and(|s| s.delta.new.contains_key(&id))
     }
 
     /// Appends record `id` to the capture's pack, opening one if needed; returns the bytes
@@ -121,14 +138,55 @@ impl Pending {
         self.writer.as_ref().map_or(0, PackWriter::len)
     }
 
-    /// The pack was sealed: its entries are ready with it.
-    fn sealed(&mut self, pack: crate::ids::PackId, bytes: u64) {
-        self.ready.append(&mut self.in_pack);
-        for (id, n) in self.pack_delta.refs.drain() {
+    /// Starts sealing the pack being filled, with its waiting entries, in a task of its own.
+    /// The previous seal must be finished.
+    fn start_seal(&mut self, engine: &Engine) {
+        debug_assert!(self.sealing.is_none(), "one seal at a time");
+        let entries = std::mem::take(&mut self.in_pack);
+        let delta = std::mem::take(&mut self.pack_delta);
+        let Some(w) = self.writer.take() else {
+            // Entries that waited for a pack sealed meanwhile: ready now.
+            self.merge(entries, delta);
+            return;
+        };
+        let (bytes, path) = (w.len(), w.path().to_owned());
+        let engine = engine.clone();
+        let task = tokio::spawn(async move { w.seal(engine.inner.chunks.pack_store()).await });
+        self.sealing = Some(Sealing { task, path, bytes, entries, delta });
+    }
+
+    fn sealing_done(&self) -> bool {
+        self.sealing.as_ref().is_some_and(|s| s.task.is_finished())
+    }
+
+    /// Waits for the pack being sealed; its entries are then ready.
+    async fn finish_seal(&mut self) -> Result<()> {
+        let Some(Sealing { task, path, bytes, entries, mut delta }) = self.sealing.take() else { return Ok(()) };
+        let pack = task.await.map_err(|e| Error::io("seal pack", path, std::io::Error::other(e)))??;
+        crate::failpoint!("capture::after_pack_seal");
+        delta.packs.push((pack, bytes));
+        self.merge(entries, delta);
+        Ok(())
+    }
+
+    fn merge(&mut self, mut entries: Vec<Entry>, delta: IndexDelta) {
+        self.ready.append(&mut entries);
+        for (id, n) in delta.refs {
             *self.ready_delta.refs.entry(id).or_default() += n;
         }
-        self.ready_delta.new.extend(self.pack_delta.new.drain());
-        self.ready_delta.packs.push((pack, bytes));
+        self.ready_delta.new.extend(delta.new);
+        self.ready_delta.packs.extend(delta.packs);
+    }
+
+    /// After a failure: the pack being filled is thrown away, and the one being sealed is
+    /// left to finish (unreferenced, GC removes it).
+    async fn abandon(&mut self) {
+        if let Some(w) = self.writer.take() {
+            w.discard();
+        }
+        if let Some(s) = self.sealing.take() {
+            let _ = s.task.await;
+        }
     }
 }
 
@@ -656,9 +714,9 @@ impl Engine {
             plans.push(chunks);
         }
         op.bytes_total = rp.disks.iter().map(|d| d.bytes_total).sum();
-        for (i, ((d, cap), chunks)) in caps.iter().zip(plans).enumerate() {
-            self.capture_disk(rp, op, i, d, cap, &chunks, cancel).await?;
-        }
+        let work: Vec<(usize, u64)> =
+            plans.iter().enumerate().flat_map(|(i, chunks)| chunks.iter().map(move |&c| (i, c))).collect();
+        self.capture_chunks(rp, op, caps, &work, cancel).await?;
         crate::failpoint!("capture::before_commit");
         rp.state = ProvisioningState::Succeeded;
         rp.completed_at_ms = Some(now_ms());
@@ -677,33 +735,32 @@ impl Engine {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments, reason = "one disk of one capture: its records, plan and cancel flag")]
-    async fn capture_disk(
+    /// Captures `work`, (disk position in `caps`, chunk) pairs, as one pipeline over all the
+    /// disks: chunks are read and analysed a few at a time on every worker, records go to
+    /// one pack at a time, and a full pack seals while the next one fills.
+    async fn capture_chunks(
         &self,
         rp: &mut RestorePointRecord,
         op: &mut OperationRecord,
-        i: usize,
-        disk: &Arc<Disk>,
-        cap: &Arc<PendingCapture>,
-        chunks: &[u64],
+        caps: &[(Arc<Disk>, Arc<PendingCapture>)],
+        work: &[(usize, u64)],
         cancel: &AtomicBool,
     ) -> Result<()> {
-        let lineage = disk.lineage();
         let seq = rp.seq;
         let level = self.inner.chunks.zstd_level();
         let mut pending = Pending::default();
 
-        let engine = self.clone();
-        let mut results = futures::stream::iter(chunks.iter().copied())
-            .map(|c| {
-                let (disk, cap, engine) = (disk.clone(), cap.clone(), engine.clone());
+        let mut results = futures::stream::iter(work.iter().copied())
+            .map(|(i, c)| {
+                let (disk, cap) = caps[i].clone();
+                let engine = self.clone();
                 // A task of its own, so chunks are read and analysed on every worker while
                 // the consumer below appends and commits.
                 let path = disk.path().to_owned();
                 let task = tokio::spawn(async move {
                     let data = disk.read_chunk_for_capture(&cap, c).await?;
                     let len = data.len() as u64;
-                    let plan = engine.delta_plan(&cap, lineage, c, seq).await;
+                    let plan = engine.delta_plan(&cap, disk.lineage(), c, seq).await;
                     let work = engine.clone();
                     let analysis = engine
                         .inner
@@ -716,7 +773,7 @@ impl Engine {
                         .ok_or_else(|| {
                             Error::io("analyse chunk", disk.path(), std::io::Error::other("background pool gone"))
                         })??;
-                    Ok::<_, Error>((c, len, analysis))
+                    Ok::<_, Error>((i, disk.lineage(), c, len, analysis))
                 });
                 async move { task.await.map_err(|e| Error::io("capture chunk", path, std::io::Error::other(e)))? }
             })
@@ -727,7 +784,7 @@ impl Engine {
                 if cancel.load(Ordering::Acquire) {
                     return Err(Error::Canceled);
                 }
-                let (c, len, analysis) = item?;
+                let (i, lineage, c, len, analysis) = item?;
                 let drp = &mut rp.disks[i];
                 drp.chunks_captured += 1;
                 drp.bytes_captured += len;
@@ -736,75 +793,63 @@ impl Engine {
                 match analysis {
                     Analysis::Zero => {
                         drp.chunks_zero += 1;
-                        pending.ready(c, ChunkRef::Zero);
+                        pending.ready((lineage, c, ChunkRef::Zero));
                     }
                     Analysis::Known(id) => {
                         drp.chunks_deduplicated += 1;
-                        pending.ready(c, ChunkRef::Full(id));
+                        pending.ready((lineage, c, ChunkRef::Full(id)));
                     }
                     Analysis::Delta { content, base, delta, record } => {
                         drp.chunks_delta += 1;
-                        let entry = ChunkRef::Delta { content, base, delta };
+                        let entry = (lineage, c, ChunkRef::Delta { content, base, delta });
                         match record
                             .filter(|_| !pending.in_pack(delta) && !self.inner.chunks.usable(delta).unwrap_or(false))
                         {
                             Some(rec) => {
                                 self.wait_for_space(op, cancel).await?;
-                                drp.bytes_stored += pending.store(self, delta, &rec)?;
-                                pending.waiting(c, entry);
+                                rp.disks[i].bytes_stored += pending.store(self, delta, &rec)?;
+                                pending.waiting(entry);
                             }
-                            None if pending.in_pack(delta) => pending.waiting(c, entry),
-                            None => pending.ready(c, entry),
+                            None if pending.in_pack(delta) => pending.waiting(entry),
+                            None => pending.ready(entry),
                         }
                     }
                     Analysis::New(id, rec) => {
                         if pending.in_pack(id) {
                             drp.chunks_deduplicated += 1;
-                            pending.waiting(c, ChunkRef::Full(id));
+                            pending.waiting((lineage, c, ChunkRef::Full(id)));
                         } else if self.inner.chunks.usable(id)? {
                             drp.chunks_deduplicated += 1;
-                            pending.ready(c, ChunkRef::Full(id));
+                            pending.ready((lineage, c, ChunkRef::Full(id)));
                         } else {
                             self.wait_for_space(op, cancel).await?;
                             drp.chunks_new += 1;
                             drp.bytes_stored += pending.store(self, id, &rec)?;
-                            pending.waiting(c, ChunkRef::Full(id));
+                            pending.waiting((lineage, c, ChunkRef::Full(id)));
                         }
                     }
                 }
                 if pending.pack_bytes() >= PACK_TARGET_BYTES {
-                    self.seal_and_commit(rp, op, lineage, seq, &mut pending).await?;
+                    pending.finish_seal().await?;
+                    pending.start_seal(self);
+                    self.commit_entries(rp, op, seq, &mut pending).await?;
+                } else if pending.sealing_done() {
+                    pending.finish_seal().await?;
+                    self.commit_entries(rp, op, seq, &mut pending).await?;
                 } else if pending.ready.len() >= ENTRIES_PER_BATCH {
-                    self.commit_entries(rp, op, lineage, seq, &mut pending).await?;
+                    self.commit_entries(rp, op, seq, &mut pending).await?;
                 }
             }
-            self.seal_and_commit(rp, op, lineage, seq, &mut pending).await
+            pending.finish_seal().await?;
+            pending.start_seal(self);
+            pending.finish_seal().await?;
+            self.commit_entries(rp, op, seq, &mut pending).await
         }
         .await;
-        if outcome.is_err()
-            && let Some(w) = pending.writer.take()
-        {
-            w.discard();
+        if outcome.is_err() {
+            pending.abandon().await;
         }
         outcome
-    }
-
-    /// Seals the capture's pack (if any) and commits every pending entry with it.
-    async fn seal_and_commit(
-        &self,
-        rp: &RestorePointRecord,
-        op: &mut OperationRecord,
-        lineage: LineageId,
-        seq: u64,
-        pending: &mut Pending,
-    ) -> Result<()> {
-        if let Some(w) = pending.writer.take() {
-            let bytes = w.len();
-            let id = w.seal(self.inner.chunks.pack_store()).await?;
-            crate::failpoint!("capture::after_pack_seal");
-            pending.sealed(id, bytes);
-        }
-        self.commit_entries(rp, op, lineage, seq, pending).await
     }
 
     /// Commits the entries whose records are indexed or sealed, with the restore point's and
@@ -813,12 +858,11 @@ impl Engine {
         &self,
         rp: &RestorePointRecord,
         op: &mut OperationRecord,
-        lineage: LineageId,
         seq: u64,
         pending: &mut Pending,
     ) -> Result<()> {
         let mut batch = self.inner.catalog.batch();
-        for (index, r) in pending.ready.drain(..) {
+        for (lineage, index, r) in pending.ready.drain(..) {
             chunk_map::put(&mut batch, lineage, index, seq, &r)?;
         }
         op.updated_at_ms = now_ms();

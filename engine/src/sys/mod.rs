@@ -1,11 +1,15 @@
 //! Thin, safe wrappers over the few system facilities the engine needs beyond `std`:
 //! aligned I/O buffers, atomic words over a shared file mapping, hole punching and
-//! SEEK_DATA/SEEK_HOLE. The only `unsafe` outside `io/uring.rs` lives here.
+//! SEEK_DATA/SEEK_HOLE, early writeback, the idle scheduling policy. The only `unsafe` outside `io/uring.rs` lives here.
 
 mod buf;
 mod fs;
 mod mapped_words;
+mod sched;
+mod writeback;
 
 pub use buf::IoBuf;
 pub(crate) use fs::{allocated_bytes, next_data, next_hole, punch_hole, read_cached, sync_dir};
 pub(crate) use mapped_words::MappedWords;
+pub(crate) use sched::set_current_thread_idle;
+pub(crate) use writeback::start_writeback;
