@@ -91,6 +91,25 @@ async fn direct_io_disks_need_aligned_io() {
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
         let err = d.read(0, 100).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+
+        // Captures read O_DIRECT disks through the I/O backend (never the page-cache path),
+        // and copy-before-write preserves with aligned reads.
+        d.write(0, cairn_engine::IoBuf::from_slice(&pattern(4, 12 * MIB as usize)), false).await.unwrap();
+        let at_freeze = crate::common::read_all(&d).await;
+        let (_, coll) = crate::common::collection(&engine, "c", vec![rec.id]).await;
+        let req = cairn_engine::CreateRestorePoint { name: "rp".into(), ..Default::default() };
+        let (rp, op) = engine.create_restore_point(coll.id, req).await.unwrap();
+        for i in 0..64u64 {
+            let at = (i * 7 % 12) * MIB + i * 4096;
+            d.write(at, cairn_engine::IoBuf::from_slice(&pattern(100 + i, 8192)), false).await.unwrap();
+        }
+        let op = crate::common::wait_op(&engine, op.id).await;
+        assert_eq!(op.state, cairn_engine::OperationState::Succeeded, "{op:?}");
+        crate::common::assert_same(
+            &crate::common::read_rp(&engine, rp.id, rec.id).await,
+            &at_freeze,
+            &format!("{backend:?}: O_DIRECT disk's restore point"),
+        );
     }
 }
 

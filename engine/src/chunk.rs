@@ -6,6 +6,13 @@ use crate::error::{Error, Result};
 use crate::format::{CHUNK_ENTRY_LEN, REF_DELTA, REF_FULL, REF_ZERO};
 use crate::ids::PackId;
 
+/// Whether `data` is all zeros: compared a page at a time with memcmp, several times faster
+/// than a byte loop, which the early exit keeps the compiler from vectorising.
+pub(crate) fn is_zero(data: &[u8]) -> bool {
+    const ZEROS: [u8; 4096] = [0; 4096];
+    data.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
+}
+
 /// BLAKE3-256 of a chunk's raw bytes: a chunk's identity and its dedup key.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ChunkId(pub [u8; 32]);
@@ -175,6 +182,21 @@ mod tests {
         assert!(ChunkRef::decode(&[REF_FULL, 1, 2]).is_err());
         let loc = ChunkLocation { pack: PackId::new(), offset: 77, stored_len: 5, raw_len: 9, refs: 3 };
         assert_eq!(ChunkLocation::decode(&loc.encode()).unwrap(), loc);
+    }
+
+    #[test]
+    fn is_zero_finds_any_set_byte() {
+        for len in [0usize, 1, 4095, 4096, 4097, 256 << 10] {
+            let mut data = vec![0u8; len];
+            assert!(is_zero(&data), "{len} zeros");
+            for at in [0, len / 2, len.saturating_sub(1)] {
+                if let Some(b) = data.get_mut(at) {
+                    *b = 1;
+                    assert!(!is_zero(&data), "{len} bytes, one set at {at}");
+                    data[at] = 0;
+                }
+            }
+        }
     }
 
     #[test]

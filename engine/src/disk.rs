@@ -460,7 +460,7 @@ impl Disk {
                 continue;
             }
             let data = r.base.read_chunk(c).await?;
-            if data.iter().any(|&b| b != 0) {
+            if !crate::chunk::is_zero(&data) {
                 let (res, _) = self.io.write_at(&self.file, IoBuf::from_slice(&data), c * self.chunk_size_bytes).await;
                 res.map_err(|e| Error::io("fill chunk from its restore point", &self.path, e))?;
                 self.sync_file().await?;
@@ -558,6 +558,22 @@ impl Disk {
     /// The pending capture, if one runs.
     pub fn pending_capture(&self) -> Option<Arc<PendingCapture>> {
         self.capture.load_full()
+    }
+
+    /// [`Self::read_chunk_for_capture`] if the chunk is all in the page cache (a copy on the
+    /// calling thread, which may be a plain thread); `None`, with nothing changed, if not.
+    pub(crate) fn read_chunk_for_capture_cached(&self, cap: &PendingCapture, c: u64) -> Result<Option<IoBuf>> {
+        if self.direct_io {
+            return Ok(None);
+        }
+        let (start, end) = cap.chunk_range(c);
+        let len = usize::try_from(end - start).map_err(|_| Error::invalid("chunk", "too large"))?;
+        let mut data = IoBuf::zeroed(len);
+        if sys::read_cached(&self.file, &mut data, start).is_none() {
+            return Ok(None);
+        }
+        cap.finish_read(c, &mut data)?;
+        Ok(Some(data))
     }
 
     /// Reads chunk `c` as it was at the freeze: the file's content with preserved blocks laid

@@ -53,7 +53,7 @@ fn analyse(
     store_index: &dyn Fn(ChunkId) -> Result<bool>,
     level: i32,
 ) -> Result<Analysis> {
-    if data.iter().all(|&b| b == 0) {
+    if crate::chunk::is_zero(data) {
         return Ok(Analysis::Zero);
     }
     let id = ChunkId::of(data);
@@ -754,26 +754,24 @@ impl Engine {
             .map(|(i, c)| {
                 let (disk, cap) = caps[i].clone();
                 let engine = self.clone();
-                // A task of its own, so chunks are read and analysed on every worker while
-                // the consumer below appends and commits.
                 let path = disk.path().to_owned();
+                // A task of its own per chunk, so the consumer below appends and commits
+                // meanwhile. The chunk's work (read, delta plan, hash, compress) runs as one
+                // job on the background threads, so it yields to guest I/O; only a chunk not
+                // in the page cache is read through the I/O backend first.
                 let task = tokio::spawn(async move {
-                    let data = disk.read_chunk_for_capture(&cap, c).await?;
-                    let len = data.len() as u64;
-                    let plan = engine.delta_plan(&cap, disk.lineage(), c, seq).await;
-                    let work = engine.clone();
-                    let analysis = engine
-                        .inner
-                        .background
-                        .run(move || {
-                            let known = |id: ChunkId| work.inner.chunks.usable(id);
-                            analyse(&data, plan, &known, level)
-                        })
-                        .await
-                        .ok_or_else(|| {
-                            Error::io("analyse chunk", disk.path(), std::io::Error::other("background pool gone"))
-                        })??;
-                    Ok::<_, Error>((i, disk.lineage(), c, len, analysis))
+                    let lineage = disk.lineage();
+                    let analysed = engine.analyse_chunk(&disk, &cap, c, seq, level, None).await?;
+                    let (len, analysis) = match analysed {
+                        Some(done) => done,
+                        None => {
+                            let data = disk.read_chunk_for_capture(&cap, c).await?;
+                            engine.analyse_chunk(&disk, &cap, c, seq, level, Some(data)).await?.ok_or_else(|| {
+                                Error::io("analyse chunk", disk.path(), std::io::Error::other("chunk not analysed"))
+                            })?
+                        }
+                    };
+                    Ok::<_, Error>((i, lineage, c, len, analysis))
                 });
                 async move { task.await.map_err(|e| Error::io("capture chunk", path, std::io::Error::other(e)))? }
             })
@@ -850,6 +848,41 @@ impl Engine {
             pending.abandon().await;
         }
         outcome
+    }
+
+    /// Reads (unless given `data`), plans and analyses chunk `c` on a background thread.
+    /// `None` when `data` was not given and the chunk is not in the page cache: the caller
+    /// then reads it through the I/O backend and calls again with it.
+    async fn analyse_chunk(
+        &self,
+        disk: &Arc<Disk>,
+        cap: &Arc<PendingCapture>,
+        c: u64,
+        seq: u64,
+        level: i32,
+        data: Option<crate::IoBuf>,
+    ) -> Result<Option<(u64, Analysis)>> {
+        let rt = tokio::runtime::Handle::current();
+        let (engine, disk2, cap) = (self.clone(), disk.clone(), cap.clone());
+        let job = move || -> Result<Option<(u64, Analysis)>> {
+            let data = match data {
+                Some(data) => data,
+                None => match disk2.read_chunk_for_capture_cached(&cap, c)? {
+                    Some(data) => data,
+                    None => return Ok(None),
+                },
+            };
+            // Not an async context: blocking here on the plan (a catalog lookup, and for a
+            // chunk that is a delta already, a read of that delta) is what this thread is for.
+            let plan = rt.block_on(engine.delta_plan(&cap, disk2.lineage(), c, seq));
+            let known = |id: ChunkId| engine.inner.chunks.usable(id);
+            Ok(Some((data.len() as u64, analyse(&data, plan, &known, level)?)))
+        };
+        self.inner
+            .background
+            .run(job)
+            .await
+            .ok_or_else(|| Error::io("analyse chunk", disk.path(), std::io::Error::other("background pool gone")))?
     }
 
     /// Commits the entries whose records are indexed or sealed, with the restore point's and
