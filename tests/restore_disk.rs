@@ -52,6 +52,20 @@ async fn restored_disk_is_usable_before_hydration_and_exact_after() {
         assert!(ext.iter().any(|e| e.data && e.offset == 0 && e.len >= 5 * MIB), "{ext:?}");
         assert!(ext.iter().any(|e| !e.data && e.offset <= 6 * MIB && e.offset + e.len >= 12 * MIB), "{ext:?}");
 
+        // Prefetch (NBD CACHE) hydrates the chunks it covers now, out of order: the file then
+        // holds them, and they are local.
+        let fetched = d.prefetch(MIB + 4096, 2 * MIB).await.unwrap();
+        assert_eq!(fetched, 9, "{backend:?}: chunks 4..=12 fetched from the store");
+        assert_eq!(d.hydration().unwrap().0, local + 9);
+        let file = std::fs::read(d.path()).unwrap();
+        assert_same(
+            &file[(MIB) as usize..(3 * MIB + CHUNK) as usize],
+            &image[(MIB) as usize..(3 * MIB + CHUNK) as usize],
+            &format!("{backend:?}: prefetched chunks are in the file"),
+        );
+        assert_eq!(d.prefetch(MIB, MIB).await.unwrap(), 0, "already local");
+        assert_eq!(d.prefetch(0, 17 * MIB).await.unwrap_err().kind(), ErrorKind::InvalidArgument);
+
         // A partial write and a trim of chunks still in the store keep the rest of those chunks.
         let mut expect = image.clone();
         d.write(3 * CHUNK + 100, IoBuf::from_slice(&pattern(9, 5000)), false).await.unwrap();

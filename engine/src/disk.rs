@@ -470,6 +470,38 @@ impl Disk {
         Ok(())
     }
 
+    /// Brings `[offset, offset + len)` close ahead of reads (NBD CACHE). For a restored disk
+    /// still hydrating, the chunks it covers are hydrated now, out of hydration order
+    /// (fetched from the store, written, synced, marked local); the kernel is then asked to
+    /// read the range ahead into the page cache. Returns the chunks hydrated.
+    pub async fn prefetch(&self, offset: u64, len: u64) -> Result<u64> {
+        self.check_usable()?;
+        let end = offset.checked_add(len).ok_or_else(|| Error::invalid("offset", "offset + length overflows"))?;
+        if end > self.size_bytes() {
+            return Err(Error::invalid(
+                "offset",
+                format!("range {offset}+{len} ends past the disk size {}", self.size_bytes()),
+            ));
+        }
+        let mut written = Vec::new();
+        if let Some(r) = &self.restored
+            && !r.local.hydrated()
+        {
+            for (c, ..) in self.chunk_spans(offset, len) {
+                if r.remote(c) && self.hydrate_chunk(c).await? {
+                    written.push(c);
+                }
+            }
+            self.hydrate_commit(&written).await?;
+        }
+        if len > 0
+            && let Err(e) = sys::will_need(&self.file, offset, len)
+        {
+            tracing::debug!(disk = %self.name, error = %e, "readahead advice refused");
+        }
+        Ok(written.len() as u64)
+    }
+
     /// Hydration of one chunk: writes its base content to the file unless it is local or
     /// zero. Returns true when data was written and the chunk awaits [`Self::hydrate_commit`].
     pub(crate) async fn hydrate_chunk(&self, c: u64) -> Result<bool> {

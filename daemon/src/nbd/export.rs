@@ -99,8 +99,10 @@ impl Export for LiveDisk {
     fn flush(&self) -> ExportFuture<'_, ()> {
         Box::pin(self.0.flush())
     }
-    fn cache(&self, _offset: u64, _len: u64) -> ExportFuture<'_, ()> {
-        Box::pin(std::future::ready(Ok(())))
+    fn cache(&self, offset: u64, len: u64) -> ExportFuture<'_, ()> {
+        // A hydrating disk fetches the range's chunks from the store now; any disk asks the
+        // kernel to read the range ahead.
+        Box::pin(async move { self.0.prefetch(offset, len).await.map(drop) })
     }
     fn extents(&self, offset: u64, len: u64) -> ExportFuture<'_, Vec<Extent>> {
         // SEEK_DATA/SEEK_HOLE, and for a restored disk chunk lookups in the catalog.

@@ -40,6 +40,11 @@ pub(crate) fn read_cached(file: &File, buf: &mut [u8], offset: u64) -> Option<us
     }
 }
 
+/// Asks the kernel to read `[offset, offset + len)` into the page cache in the background.
+pub(crate) fn will_need(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    Ok(rustix::fs::fadvise(file, offset, std::num::NonZeroU64::new(len), rustix::fs::Advice::WillNeed)?)
+}
+
 /// Bytes the file system has allocated to the file.
 pub(crate) fn allocated_bytes(file: &File) -> io::Result<u64> {
     Ok(file.metadata()?.blocks() * 512)
