@@ -212,6 +212,21 @@ pub(crate) struct ChunkStore {
     /// Records a verify found corrupt (`meta` keys `corrupt:<id>`): never deduplicated
     /// against nor built upon; the next capture of that content stores it anew.
     corrupt: std::sync::RwLock<std::collections::HashSet<ChunkId>>,
+    /// Recently read chunk contents, by content id. Content-addressed and checked when read,
+    /// so an entry is right for every restore point and disk that holds that content: many
+    /// small reads of one chunk (a client reading an export 4 KiB at a time) decompress it
+    /// once. Verify never reads through it.
+    cache: quick_cache::sync::Cache<ChunkId, Arc<[u8]>, ChunkWeight>,
+}
+
+/// Cache entries weigh their length in bytes.
+#[derive(Debug, Clone, Copy)]
+struct ChunkWeight;
+
+impl quick_cache::Weighter<ChunkId, Arc<[u8]>> for ChunkWeight {
+    fn weight(&self, _id: &ChunkId, data: &Arc<[u8]>) -> u64 {
+        data.len() as u64
+    }
 }
 
 const CORRUPT_PREFIX: &[u8] = b"corrupt:";
@@ -243,6 +258,7 @@ impl ChunkStore {
         store: Arc<dyn PackStore>,
         staging_dir: PathBuf,
         zstd_level: i32,
+        cache_bytes: u64,
     ) -> Result<Self> {
         std::fs::create_dir_all(&staging_dir).map_err(|e| Error::io("create staging directory", &staging_dir, e))?;
         // Staging packs never referenced by the index: left by a crash before their seal.
@@ -266,6 +282,11 @@ impl ChunkStore {
             zstd_level,
             index_lock: tokio::sync::Mutex::new(()),
             corrupt: std::sync::RwLock::new(corrupt),
+            cache: quick_cache::sync::Cache::with_weighter(
+                usize::try_from(cache_bytes / (256 << 10)).unwrap_or(1).max(1),
+                cache_bytes,
+                ChunkWeight,
+            ),
         })
     }
 
@@ -337,11 +358,27 @@ impl ChunkStore {
     /// The raw content a chunk map entry names (`len` bytes for a zero chunk), checked end to
     /// end: a delta is applied to its base and the result must hash to the entry's content.
     pub(crate) async fn read_ref(&self, r: ChunkRef, len: usize) -> Result<Vec<u8>> {
+        let content = match r {
+            ChunkRef::Zero => return Ok(vec![0; len]),
+            ChunkRef::Full(id) | ChunkRef::Delta { content: id, .. } => id,
+        };
+        if let Some(hit) = self.cache.get(&content) {
+            return Ok(hit.to_vec());
+        }
+        let data = self.read_ref_uncached(r).await?;
+        self.cache.insert(content, Arc::from(data.as_slice()));
+        Ok(data)
+    }
+
+    async fn read_ref_uncached(&self, r: ChunkRef) -> Result<Vec<u8>> {
         match r {
-            ChunkRef::Zero => Ok(vec![0; len]),
+            ChunkRef::Zero => Ok(Vec::new()),
             ChunkRef::Full(id) => self.read(id).await,
             ChunkRef::Delta { content, base, delta } => {
-                let base_data = self.read(base).await?;
+                let base_data = match self.cache.get(&base) {
+                    Some(hit) => hit.to_vec(),
+                    None => self.read(base).await?,
+                };
                 let payload = self.read_delta(delta).await?;
                 let data = crate::delta::apply(&base_data, &payload)?;
                 if ChunkId::of(&data) != content {

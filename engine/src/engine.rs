@@ -33,6 +33,8 @@ pub struct EngineConfig {
     pub free_space_watermark_bytes: u64,
     /// How the CPU work of captures (hashing, compression) yields to everything else.
     pub background_priority: BackgroundPriority,
+    /// Memory for recently read chunk contents (restore point exports, restored disks).
+    pub chunk_cache_bytes: u64,
 }
 
 /// Scheduling of the threads that hash and compress captured chunks.
@@ -58,6 +60,7 @@ impl EngineConfig {
             preserve_mem_bytes: 256 << 20,
             free_space_watermark_bytes: 1 << 30,
             background_priority: BackgroundPriority::default(),
+            chunk_cache_bytes: 64 << 20,
         }
     }
 }
@@ -157,7 +160,13 @@ impl Engine {
         create_dir(&spill_dir)?;
         clear_dir(&spill_dir);
         let packs = Arc::new(LocalPackStore::open(&data_dir.join("packs"))?);
-        let chunks = Arc::new(ChunkStore::open(catalog.clone(), packs, data_dir.join("staging"), config.zstd_level)?);
+        let chunks = Arc::new(ChunkStore::open(
+            catalog.clone(),
+            packs,
+            data_dir.join("staging"),
+            config.zstd_level,
+            config.chunk_cache_bytes,
+        )?);
 
         let mut state = State::default();
         for record in catalog.list::<DiskRecord>()? {

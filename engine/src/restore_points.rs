@@ -1176,14 +1176,20 @@ impl DiskRestorePointReader {
             ));
         }
         let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        if len == 0 {
+            return Ok(out);
+        }
+        // The chunks a request spans are fetched and decompressed a few at a time.
         let cs = self.chunk_size_bytes;
+        let mut chunks =
+            futures::stream::iter(offset / cs..=(end - 1) / cs).map(|index| self.read_chunk(index)).buffered(4);
         let mut pos = offset;
-        while pos < end {
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
             let index = pos / cs;
-            let chunk = self.read_chunk(index).await?;
             let from = usize::try_from(pos - index * cs).unwrap_or(0);
             let to = usize::try_from((end - index * cs).min(chunk.len() as u64)).unwrap_or(0);
-            out.extend_from_slice(&chunk[from..to]);
+            out.extend_from_slice(chunk.get(from..to).unwrap_or_default());
             pos = index * cs + to as u64;
         }
         Ok(out)
