@@ -30,11 +30,11 @@ struct Cli {
     tls_ca: Option<PathBuf>,
 
     /// Client certificate (PEM) for a daemon that requires one; needs --tls-key.
-    #[arg(long, global = true, env = "CAIRN_TLS_CERT", value_name = "FILE")]
+    #[arg(long, global = true, env = "CAIRN_CLIENT_CERT", value_name = "FILE")]
     tls_cert: Option<PathBuf>,
 
     /// The client certificate's private key (PEM).
-    #[arg(long, global = true, env = "CAIRN_TLS_KEY", value_name = "FILE")]
+    #[arg(long, global = true, env = "CAIRN_CLIENT_KEY", value_name = "FILE")]
     tls_key: Option<PathBuf>,
 
     /// File holding the daemon's bearer token (its --grpc-token-file); the CAIRN_TOKEN

@@ -87,9 +87,9 @@ struct Args {
     #[arg(long, env = "CAIRN_GRPC_TOKEN_FILE", value_name = "FILE")]
     grpc_token_file: Option<PathBuf>,
 
-    /// Serve on a non-loopback TCP address without TLS, or (gRPC, NBD) without
-    /// authenticating clients by certificate or token. Refused otherwise: use it only on a
-    /// private network or behind a tunnel.
+    /// Serve on a non-loopback TCP address without TLS, or gRPC and NBD there without
+    /// authenticating clients (by client certificate, or for gRPC a token). Refused
+    /// otherwise: use it only on a private network or behind a tunnel.
     #[arg(long)]
     allow_plaintext: bool,
 
