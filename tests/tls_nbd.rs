@@ -1,7 +1,7 @@
 //! NBD over TLS (STARTTLS, FORCEDTLS) with real clients: libnbd's nbdinfo and QEMU (both
 //! GnuTLS) connect with the test PKI's client certificate, a plaintext client is refused
-//! (NBD_REP_ERR_TLS_REQD, whose message libnbd relays), and the daemon keeps serving TLS
-//! clients afterwards.
+//! (NBD_REP_ERR_TLS_REQD, whose message libnbd relays), so is a TLS client without a
+//! certificate, and the daemon keeps serving TLS clients afterwards.
 
 use std::path::Path;
 use std::process::Command;
@@ -38,6 +38,14 @@ async fn tls_nbd_serves_libnbd_and_qemu_and_refuses_plaintext() {
     let read = qemu_io_tls(&addr, &certs, "read -P 0x5c 1M 64k");
     // libnbd shows the server's error message in its debug output.
     let plain = Command::new("nbdinfo").arg(format!("nbd://{addr}/d")).env("LIBNBD_DEBUG", "1").output().unwrap();
+    // A client without a certificate fails its TLS handshake; only that connection ends.
+    let anonymous = dir.path().join("anonymous");
+    std::fs::create_dir(&anonymous).unwrap();
+    std::fs::copy(certs.join("ca-cert.pem"), anonymous.join("ca-cert.pem")).unwrap();
+    let no_cert = Command::new("nbdinfo")
+        .arg(format!("nbds://{addr}/d?tls-certificates={}", anonymous.display()))
+        .output()
+        .unwrap();
     let info_after = nbdinfo_tls(&addr, &certs);
 
     assert!(info.contains("export=\"d\"") && info.contains("4194304"), "{info}");
@@ -46,6 +54,7 @@ async fn tls_nbd_serves_libnbd_and_qemu_and_refuses_plaintext() {
     assert!(!plain.status.success(), "plaintext nbdinfo was served");
     let err = String::from_utf8_lossy(&plain.stderr);
     assert!(err.contains("this server requires TLS"), "{err}");
+    assert!(!no_cert.status.success(), "a client without a certificate was served");
     assert_eq!(info_after, info);
     daemon.stop();
 }
