@@ -2,17 +2,10 @@
 //! loopback TCP works, a public address without TLS and an unknown config key fail at start.
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 
 use cairn_proto::v1 as pb;
 
-use crate::common::{daemon_bin, start_cairnd};
-
-fn start_fails(data_dir: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new(daemon_bin("cairnd")).arg("--data-dir").arg(data_dir).args(args).output().unwrap();
-    assert!(!out.status.success(), "cairnd {args:?} started");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use crate::common::{start_cairnd, start_fails};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_listens_on_a_private_socket_or_loopback_tcp() {
@@ -49,7 +42,7 @@ async fn grpc_listens_on_a_private_socket_or_loopback_tcp() {
 fn bad_listen_addresses_and_config_keys_fail_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let err = start_fails(dir.path(), &["--grpc", "0.0.0.0:0"]);
-    assert!(err.contains("TLS is not implemented yet") && err.contains("--allow-plaintext"), "{err}");
+    assert!(err.contains("--tls-cert") && err.contains("--allow-plaintext"), "{err}");
     let config = dir.path().join("cairnd.toml");
     std::fs::write(&config, "region = \"west\"\ngrcp = \"unix:/tmp/x\"\n").unwrap();
     let err = start_fails(dir.path(), &["--config", config.to_str().unwrap()]);

@@ -35,4 +35,7 @@ mod restore_point_rules;
 mod store_gc;
 mod store_kill;
 mod store_verify;
+mod tls_grpc;
+mod tls_http;
+mod tls_nbd;
 mod tracking_model;

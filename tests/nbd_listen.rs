@@ -1,5 +1,5 @@
 //! Where cairnd serves NBD: loopback TCP works with real clients; a non-loopback TCP address
-//! is refused (no TLS yet) unless plaintext is explicitly allowed.
+//! is refused without TLS unless plaintext is explicitly allowed.
 
 use std::process::Command;
 
@@ -37,7 +37,7 @@ fn non_loopback_tcp_is_refused_without_allow_plaintext() {
 
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("TLS is not implemented") && err.contains("--allow-plaintext"), "{err}");
+    assert!(err.contains("--tls-cert") && err.contains("--allow-plaintext"), "{err}");
 }
 
 #[tokio::test]

@@ -21,8 +21,16 @@ pub struct Config {
     pub http: Option<String>,
     /// This daemon's region name (default `local`).
     pub region: Option<String>,
-    /// Serve TCP on non-loopback addresses without TLS.
+    /// Serve TCP on non-loopback addresses without TLS or client authentication.
     pub allow_plaintext: Option<bool>,
+    /// Server certificate chain (PEM): with `tls_key`, TLS on every TCP listener.
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) that gRPC and NBD client certificates must chain to; makes them required.
+    pub tls_client_ca: Option<PathBuf>,
+    /// File holding the bearer token gRPC clients must send.
+    pub grpc_token_file: Option<PathBuf>,
 }
 
 /// Why the config file could not be used.
@@ -61,6 +69,20 @@ mod tests {
             .unwrap();
         assert_eq!(c.region.as_deref(), Some("west"));
         assert_eq!(c.allow_plaintext, Some(true));
+    }
+
+    #[test]
+    fn tls_keys_parse_and_a_misspelt_one_is_named() {
+        let c = Config::parse(
+            "tls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\ntls_client_ca = \"/ca.pem\"\ngrpc_token_file = \"/t\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.tls_cert.as_deref(), Some(Path::new("/c.pem")));
+        assert_eq!(c.tls_key.as_deref(), Some(Path::new("/k.pem")));
+        assert_eq!(c.tls_client_ca.as_deref(), Some(Path::new("/ca.pem")));
+        assert_eq!(c.grpc_token_file.as_deref(), Some(Path::new("/t")));
+        let e = Config::parse("tls_certificate = \"/c.pem\"\n").unwrap_err();
+        assert!(e.contains("tls_certificate"), "{e}");
     }
 
     #[test]

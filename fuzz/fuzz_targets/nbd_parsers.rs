@@ -1,6 +1,6 @@
 //! Fuzz target for the NBD parsers of untrusted bytes: client flags, option headers, every
-//! option's data, request headers and the judging of requests against a session's limits
-//! (`daemon/src/nbd/proto.rs`). Properties: nothing panics, and what the parsers accept is
+//! option's data, the TLS mode's verdict on each option, request headers and the judging of
+//! requests against a session's limits (`daemon/src/nbd/proto.rs`). Properties: nothing panics, and what the parsers accept is
 //! within the protocol's bounds.
 //!
 //! Run a short session (stable toolchain: RUSTC_BOOTSTRAP unlocks the sanitizer flags):
@@ -42,6 +42,21 @@ fn option(code: u32, data: &[u8]) {
     }
 }
 
+/// The TLS rules on an option header, in every mode: TLS_REQD only before the upgrade,
+/// STARTTLS never proceeds unhandled, the upgrade only from FORCEDTLS.
+fn tls(option: u32, len: u32) {
+    use proto::{TlsMode, TlsVerdict};
+    for mode in [TlsMode::Unconfigured, TlsMode::NotOffered, TlsMode::Required, TlsMode::Active] {
+        let v = proto::tls_verdict(mode, option, len);
+        if let TlsVerdict::Refuse { reply, .. } = v {
+            assert!(reply != proto::REP_ERR_TLS_REQD || mode == TlsMode::Required);
+        }
+        assert!(option != proto::OPT_STARTTLS || v != TlsVerdict::Proceed);
+        assert!(v != TlsVerdict::StartTls || (mode == TlsMode::Required && len == 0));
+        assert!(v != TlsVerdict::Close || mode == TlsMode::Required);
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, rest)) = data.split_first() else { return };
     match selector % 3 {
@@ -58,6 +73,7 @@ fuzz_target!(|data: &[u8]| {
                 stream = &stream[proto::OPTION_HEADER_LEN..];
                 let Ok(header) = proto::decode_option_header(&raw) else { return };
                 assert!(header.len <= proto::MAX_OPTION_BYTES);
+                tls(header.option, header.len);
                 let len = (header.len as usize).min(stream.len());
                 option(header.option, &stream[..len]);
                 stream = &stream[len..];

@@ -7,6 +7,44 @@ use std::sync::OnceLock;
 
 use cairn_engine::{CreateDisk, DiskRecord, Engine, EngineConfig, IoBackendKind};
 
+/// Throwaway CA, server and client certificates (the daemon's unit tests use the same).
+#[path = "../../daemon/src/test_pki.rs"]
+pub mod pki;
+
+/// A temp dir with a fresh test PKI in its `certs/` (as `ca-cert.pem`, `server-cert.pem`,
+/// ... the names QEMU and libnbd look for): the dir, `certs/`, and cairnd's TLS flags for
+/// it, with the client CA (client certificates required) if `client_ca`.
+pub fn tls_setup(client_ca: bool) -> (tempfile::TempDir, PathBuf, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    pki::TestPki::generate().write_to(&certs);
+    let path = |name: &str| certs.join(name).to_str().unwrap().to_owned();
+    let mut flags = vec!["--tls-cert".into(), path("server-cert.pem"), "--tls-key".into(), path("server-key.pem")];
+    if client_ca {
+        flags.extend(["--tls-client-ca".into(), path("ca-cert.pem")]);
+    }
+    (dir, certs, flags)
+}
+
+/// Borrowed views of owned arguments.
+pub fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// Runs cairnd on `data_dir` with `args`, asserting it fails to start; returns its stderr.
+pub fn start_fails(data_dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(daemon_bin("cairnd")).arg("--data-dir").arg(data_dir).args(args).output().unwrap();
+    assert!(!out.status.success(), "cairnd {args:?} started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A `127.0.0.1:PORT` with a port that was free a moment ago.
+pub fn free_loopback_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    format!("127.0.0.1:{port}")
+}
+
 /// Both I/O backends: every I/O test runs on each.
 pub const BACKENDS: [IoBackendKind; 2] = [IoBackendKind::Uring, IoBackendKind::Blocking];
 
@@ -102,7 +140,12 @@ pub fn start_cairnd(data_dir: &Path, args: &[&str]) -> Cairnd {
 impl Cairnd {
     /// The `HOST:PORT` the HTTP listener bound, from the startup log (text or JSON).
     pub fn http_addr(&self) -> String {
-        let line = self.startup.iter().find(|l| l.contains("http listening")).expect("an \"http listening\" log line");
+        self.logged_addr("http listening")
+    }
+
+    /// The `addr` field of the startup log line containing `needle` (text or JSON).
+    pub fn logged_addr(&self, needle: &str) -> String {
+        let line = self.startup.iter().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("a {needle:?} log line"));
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
             return v["fields"]["addr"].as_str().unwrap().to_owned();
         }

@@ -6,13 +6,13 @@
 //! corrupt records), 2 usage. Failures print one line on stderr.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cairn_daemon::grpc::client;
+use cairn_daemon::grpc::client::{self, AuthChannel, Credentials};
 use cairn_proto::v1 as pb;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 
 /// The daemon's default socket, as `cairnd` creates it with its default data dir.
 const DEFAULT_ENDPOINT: &str = "unix:./cairn-data/cairn.sock";
@@ -21,9 +21,26 @@ const DEFAULT_ENDPOINT: &str = "unix:./cairn-data/cairn.sock";
 #[derive(Debug, Parser)]
 #[command(version, name = "cairn")]
 struct Cli {
-    /// The daemon's gRPC endpoint: `unix:PATH`, `HOST:PORT` or an http:// URL.
+    /// The daemon's gRPC endpoint: `unix:PATH`, `HOST:PORT`, or an http:// or https:// URL.
     #[arg(long, global = true, env = "CAIRN_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
     endpoint: String,
+
+    /// CA certificate (PEM) that an https:// endpoint's certificate must chain to.
+    #[arg(long, global = true, env = "CAIRN_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for a daemon that requires one; needs --tls-key.
+    #[arg(long, global = true, env = "CAIRN_CLIENT_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(long, global = true, env = "CAIRN_CLIENT_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+
+    /// File holding the daemon's bearer token (its --grpc-token-file); the CAIRN_TOKEN
+    /// environment variable may hold the token itself instead.
+    #[arg(long, global = true, env = "CAIRN_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
 
     /// Output format.
     #[arg(long, global = true, value_enum, default_value = "table")]
@@ -371,12 +388,28 @@ fn main() -> ExitCode {
 }
 
 struct Client {
-    ch: Channel,
+    ch: AuthChannel,
     output: Output,
 }
 
+/// The credentials the flags and environment give.
+fn credentials(cli: &Cli) -> Result<Credentials, client::ConnectError> {
+    let creds = Credentials {
+        tls_ca: cli.tls_ca.clone(),
+        tls_cert: cli.tls_cert.clone(),
+        tls_key: cli.tls_key.clone(),
+        token: None,
+    };
+    match (&cli.token_file, std::env::var("CAIRN_TOKEN")) {
+        (Some(path), _) => creds.with_token_file(path),
+        (None, Ok(token)) => Ok(Credentials { token: Some(token.trim().to_owned()), ..creds }),
+        (None, Err(_)) => Ok(creds),
+    }
+}
+
 async fn run(cli: Cli) -> Res {
-    let ch = client::connect(&cli.endpoint).await.map_err(|e| Failure::Other(e.to_string()))?;
+    let other = |e: client::ConnectError| Failure::Other(e.to_string());
+    let ch = client::connect_with(&cli.endpoint, &credentials(&cli).map_err(other)?).await.map_err(other)?;
     let c = Client { ch, output: cli.output };
     match cli.command {
         Command::Disk(cmd) => c.disk(cmd).await,
@@ -540,22 +573,22 @@ const CORRUPT_COLS: &[&str] = &["chunk", "pack", "reason", "affected"];
 // ---- commands ----------------------------------------------------------------------------
 
 impl Client {
-    fn disks(&self) -> pb::disks_client::DisksClient<Channel> {
+    fn disks(&self) -> pb::disks_client::DisksClient<AuthChannel> {
         pb::disks_client::DisksClient::new(self.ch.clone())
     }
-    fn groups(&self) -> pb::groups_client::GroupsClient<Channel> {
+    fn groups(&self) -> pb::groups_client::GroupsClient<AuthChannel> {
         pb::groups_client::GroupsClient::new(self.ch.clone())
     }
-    fn collections(&self) -> pb::collections_client::CollectionsClient<Channel> {
+    fn collections(&self) -> pb::collections_client::CollectionsClient<AuthChannel> {
         pb::collections_client::CollectionsClient::new(self.ch.clone())
     }
-    fn rps(&self) -> pb::restore_points_client::RestorePointsClient<Channel> {
+    fn rps(&self) -> pb::restore_points_client::RestorePointsClient<AuthChannel> {
         pb::restore_points_client::RestorePointsClient::new(self.ch.clone())
     }
-    fn ops(&self) -> pb::operations_client::OperationsClient<Channel> {
+    fn ops(&self) -> pb::operations_client::OperationsClient<AuthChannel> {
         pb::operations_client::OperationsClient::new(self.ch.clone())
     }
-    fn store(&self) -> pb::store_client::StoreClient<Channel> {
+    fn store(&self) -> pb::store_client::StoreClient<AuthChannel> {
         pb::store_client::StoreClient::new(self.ch.clone())
     }
 

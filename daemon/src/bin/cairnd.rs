@@ -6,15 +6,22 @@
 //! dir), every live disk over NBD (`--nbd`), and `/metrics` and `/healthz` over HTTP
 //! (`--http`, default `127.0.0.1:9633`).
 //! Flags win over the optional TOML config file (`--config`).
+//!
+//! TLS (`--tls-cert`, `--tls-key`) covers every TCP listener; client certificates
+//! (`--tls-client-ca`) or a bearer token (`--grpc-token-file`) authenticate gRPC clients.
+//! The rules for non-loopback addresses are in `cairn_daemon::listen`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
 use cairn_daemon::config::Config;
+use cairn_daemon::grpc::auth::{BearerToken, RequireToken};
 use cairn_daemon::grpc::{self, GrpcAddr, GrpcListener};
 use cairn_daemon::http::{DEFAULT_HTTP_ADDR, HttpListener};
+use cairn_daemon::listen::Security;
 use cairn_daemon::nbd::{Listener, LiveDisks, NbdAddr, Server, ServerConfig};
+use cairn_daemon::tls::{ServerTls, TlsFiles};
 use cairn_engine::{Engine, EngineConfig, IoBackendKind, Name};
 use clap::{Parser, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
@@ -60,7 +67,29 @@ struct Args {
     #[arg(long, env = "CAIRN_HTTP")]
     http: Option<String>,
 
-    /// Allow NBD, gRPC and HTTP over TCP on a non-loopback address without TLS (not implemented yet).
+    /// Server certificate chain (PEM, leaf first); needs --tls-key. Every TCP listener then
+    /// speaks TLS, loopback included: gRPC and HTTP directly, NBD through STARTTLS, required
+    /// before any other option. Unix sockets stay plain (mode 0600).
+    #[arg(long, env = "CAIRN_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+
+    /// Server private key (PEM: PKCS#8, PKCS#1 or SEC1) matching --tls-cert.
+    #[arg(long, env = "CAIRN_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+
+    /// CA certificates (PEM): gRPC and NBD clients over TCP must present a certificate
+    /// issued by one of them.
+    #[arg(long, env = "CAIRN_TLS_CLIENT_CA", value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
+
+    /// File holding a token every gRPC call must carry as `authorization: Bearer <token>`
+    /// (the health service excepted), on every gRPC listener.
+    #[arg(long, env = "CAIRN_GRPC_TOKEN_FILE", value_name = "FILE")]
+    grpc_token_file: Option<PathBuf>,
+
+    /// Serve on a non-loopback TCP address without TLS, or gRPC and NBD there without
+    /// authenticating clients (by client certificate, or for gRPC a token). Refused
+    /// otherwise: use it only on a private network or behind a tunnel.
     #[arg(long)]
     allow_plaintext: bool,
 
@@ -76,6 +105,24 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// TLS and client authentication from flags and config, every file read and checked now.
+fn security(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    token_file: Option<&Path>,
+    allow_plaintext: bool,
+) -> anyhow::Result<Security> {
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some(ServerTls::load(&TlsFiles { cert, key, client_ca })?),
+        (None, None) if client_ca.is_none() => None,
+        (None, None) => anyhow::bail!("--tls-client-ca needs --tls-cert and --tls-key"),
+        _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+    };
+    let grpc_token = token_file.map(BearerToken::load).transpose()?;
+    Ok(Security { tls, grpc_token, allow_plaintext })
 }
 
 #[tokio::main]
@@ -101,6 +148,14 @@ async fn main() -> anyhow::Result<()> {
     let region = args.region.or(file.region).unwrap_or_else(|| "local".into());
     Name::new(region.as_str()).with_context(|| format!("region {region:?}"))?;
     let allow_plaintext = args.allow_plaintext || file.allow_plaintext.unwrap_or(false);
+    let token_file = args.grpc_token_file.or(file.grpc_token_file);
+    let security = security(
+        args.tls_cert.or(file.tls_cert),
+        args.tls_key.or(file.tls_key),
+        args.tls_client_ca.or(file.tls_client_ca),
+        token_file.as_deref(),
+        allow_plaintext,
+    )?;
     let config = EngineConfig { io_backend, region, ..EngineConfig::new(&data_dir) };
     let engine = Engine::open(config).await.with_context(|| format!("opening data dir {}", data_dir.display()))?;
 
@@ -109,20 +164,20 @@ async fn main() -> anyhow::Result<()> {
 
     // Bound only once the engine holds the data dir lock: a stale socket file in the data dir
     // can then be replaced safely. A failure still closes the engine cleanly.
-    let listener = match Listener::bind(&nbd_addr, allow_plaintext).await {
+    let listener = match Listener::bind(&nbd_addr, &security).await {
         Ok(l) => l,
         Err(e) => {
             engine.close().await.context("closing the engine")?;
             return Err(e).context("starting the NBD listener");
         }
     };
-    tracing::info!(addr = %listener.local_addr(), "nbd listening");
+    tracing::info!(addr = %listener.local_addr(), starttls = listener.requires_tls(), "nbd listening");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let server = Arc::new(Server::new(Arc::new(LiveDisks(engine.clone())), ServerConfig::default()));
     let nbd = tokio::spawn(listener.run(server, stopped.clone()));
 
     let grpc_ctx = grpc::Context { engine: engine.clone(), shutdown: stopped.clone() };
-    let grpc_listener = match GrpcListener::bind(&grpc_addr, allow_plaintext).await {
+    let grpc_listener = match GrpcListener::bind(&grpc_addr, &security).await {
         Ok(l) => l,
         Err(e) => {
             let _ = stop.send(true);
@@ -131,7 +186,7 @@ async fn main() -> anyhow::Result<()> {
             return Err(e).context("starting the gRPC listener");
         }
     };
-    let routes = match grpc::routes(&grpc_ctx).await {
+    let routes = match grpc::routes(&grpc_ctx, RequireToken(security.grpc_token.clone())).await {
         Ok(r) => r,
         Err(e) => {
             let _ = stop.send(true);
@@ -140,7 +195,7 @@ async fn main() -> anyhow::Result<()> {
             return Err(e).context("building the gRPC services");
         }
     };
-    let http_listener = match HttpListener::bind(&http_addr, allow_plaintext).await {
+    let http_listener = match HttpListener::bind(&http_addr, &security).await {
         Ok(l) => l,
         Err(e) => {
             let _ = stop.send(true);
@@ -151,7 +206,7 @@ async fn main() -> anyhow::Result<()> {
     };
     tracing::info!(addr = %grpc_listener.local_addr(), "grpc listening");
     let grpc_server = tokio::spawn(grpc_listener.run(routes, stopped.clone()));
-    tracing::info!(addr = %http_listener.local_addr(), "http listening");
+    tracing::info!(addr = %http_listener.local_addr(), tls = http_listener.is_tls(), "http listening");
     let http_server = tokio::spawn(http_listener.run(engine.clone(), stopped));
 
     tracing::info!(data_dir = %data_dir.display(), io = engine.io_backend(), region = engine.region(), "cairnd ready");

@@ -1,14 +1,16 @@
 //! Where the gRPC server listens (binding rules in [`crate::listen`]) and the serve loop.
+//! On TCP with TLS configured, tonic terminates TLS (and checks client certificates when a
+//! client CA is given); a unix socket stays plain.
 
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 pub use crate::listen::ListenError;
-use crate::listen::{self, Bound, ListenAddr};
+use crate::listen::{self, Bound, ClientAuth, ListenAddr, Protection, Security};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::service::Routes;
-use tonic::transport::Server;
+use tonic::transport::{Server, ServerTlsConfig};
 
 /// How long shutdown waits for calls in flight before dropping the connections.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -18,16 +20,35 @@ pub type GrpcAddr = ListenAddr;
 
 /// A bound gRPC listener.
 #[derive(Debug)]
-pub struct GrpcListener(Bound);
+pub struct GrpcListener {
+    bound: Bound,
+    tls: Option<ServerTlsConfig>,
+}
 
 impl GrpcListener {
-    pub async fn bind(addr: &GrpcAddr, allow_plaintext: bool) -> Result<Self, ListenError> {
-        listen::bind("gRPC", addr, allow_plaintext).await.map(Self)
+    /// Binds `addr`: clients authenticate with a certificate (client CA) or the token.
+    pub async fn bind(addr: &GrpcAddr, security: &Security) -> Result<Self, ListenError> {
+        let client_certs = security.tls.as_ref().is_some_and(|t| t.client_auth());
+        let client_auth = if client_certs || security.grpc_token.is_some() {
+            ClientAuth::Configured
+        } else {
+            ClientAuth::Missing("--tls-client-ca or --grpc-token-file")
+        };
+        let protection =
+            Protection { tls: security.tls.is_some(), client_auth, allow_plaintext: security.allow_plaintext };
+        let bound = listen::bind("gRPC", addr, &protection).await?;
+        let tls = match &bound {
+            Bound::Tcp(_) => security.tls.as_ref().map(|t| t.grpc_config()),
+            Bound::Unix(..) => None,
+        };
+        Ok(Self { bound, tls })
     }
 
-    /// The address actually bound (with the port chosen when 0 was asked).
+    /// The address actually bound (with the port chosen when 0 was asked), `https://`
+    /// first when it speaks TLS.
     pub fn local_addr(&self) -> String {
-        self.0.local_addr()
+        let addr = self.bound.local_addr();
+        if self.tls.is_some() { format!("https://{addr}") } else { addr }
     }
 
     /// Serves `routes` until `stop` turns true, then lets calls in flight finish (up to a
@@ -37,8 +58,20 @@ impl GrpcListener {
         let signal = async move {
             let _ = signal_rx.wait_for(|s| *s).await;
         };
-        let server = Server::builder().add_routes(routes);
-        let (serve, socket): (futures::future::BoxFuture<'_, Result<(), tonic::transport::Error>>, _) = match self.0 {
+        let mut builder = Server::builder();
+        if let Some(tls) = self.tls {
+            builder = match builder.tls_config(tls) {
+                Ok(b) => b,
+                Err(e) => {
+                    // The files were checked at start, so this is not expected.
+                    tracing::error!(error = %e, "gRPC TLS setup failed; not serving gRPC");
+                    return;
+                }
+            };
+        }
+        let server = builder.add_routes(routes);
+        let (serve, socket): (futures::future::BoxFuture<'_, Result<(), tonic::transport::Error>>, _) = match self.bound
+        {
             Bound::Unix(l, path) => {
                 (Box::pin(server.serve_with_incoming_shutdown(UnixListenerStream::new(l), signal)), Some(path))
             }
@@ -72,16 +105,30 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn plaintext_on_a_public_address_is_refused_naming_tls() {
-        let e = GrpcListener::bind(&GrpcAddr::Tcp("0.0.0.0:0".into()), false).await.unwrap_err();
-        assert!(e.to_string().contains("TLS is not implemented yet"), "{e}");
+    async fn a_public_address_needs_tls_and_client_authentication() {
+        let public = GrpcAddr::Tcp("0.0.0.0:0".into());
+        let e = GrpcListener::bind(&public, &Security::default()).await.unwrap_err();
+        assert!(e.to_string().contains("--tls-cert"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        crate::test_pki::TestPki::generate().write_to(dir.path());
+        let files = crate::tls::TlsFiles {
+            cert: dir.path().join("server-cert.pem"),
+            key: dir.path().join("server-key.pem"),
+            client_ca: None,
+        };
+        let tls = Some(crate::tls::ServerTls::load(&files).unwrap());
+        let e = GrpcListener::bind(&public, &Security { tls: tls.clone(), ..Security::default() }).await.unwrap_err();
+        assert!(e.to_string().contains("--grpc-token-file"), "{e}");
+        let token = Some(crate::grpc::auth::BearerToken::new("t"));
+        let l = GrpcListener::bind(&public, &Security { tls, grpc_token: token, ..Security::default() }).await.unwrap();
+        assert!(l.local_addr().starts_with("https://"), "{}", l.local_addr());
     }
 
     #[tokio::test]
     async fn unix_socket_is_private_to_the_owner() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cairn.sock");
-        let _l = GrpcListener::bind(&GrpcAddr::Unix(path.clone()), false).await.unwrap();
+        let _l = GrpcListener::bind(&GrpcAddr::Unix(path.clone()), &Security::default()).await.unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
     }

@@ -1,12 +1,14 @@
 //! Cairn's gRPC API (package `cairn.v1`): one module per service, one conversion module
 //! ([`convert`]) where proto types meet engine types, one place ([`status`]) mapping engine
-//! errors to gRPC codes, plus the standard health service and server reflection.
+//! errors to gRPC codes, plus the standard health service and server reflection. With a
+//! bearer token configured ([`auth`]), every service but health demands it.
 //!
 //! Long-running calls (restore point creation, restores, GC, verify) return their operation at once.
 //! Every handler runs under [`guard`], so a panic becomes INTERNAL for that call and never
 //! takes the connection or the daemon down. Streams end when the daemon shuts down.
 
 pub mod access;
+pub mod auth;
 pub mod client;
 pub mod collections;
 pub mod convert;
@@ -74,8 +76,9 @@ pub fn spawn_guarded<M: Send + 'static>(
     });
 }
 
-/// Every Cairn service plus health and reflection, ready to serve.
-pub async fn routes(ctx: &Context) -> Result<Routes, tonic_reflection::server::Error> {
+/// Every Cairn service plus health and reflection, ready to serve; `auth` guards all but
+/// health.
+pub async fn routes(ctx: &Context, auth: auth::RequireToken) -> Result<Routes, tonic_reflection::server::Error> {
     use pb::access_server::AccessServer;
     use pb::collections_server::CollectionsServer;
     use pb::disk_data_server::DiskDataServer;
@@ -86,6 +89,7 @@ pub async fn routes(ctx: &Context) -> Result<Routes, tonic_reflection::server::E
     use pb::restore_points_server::RestorePointsServer;
     use pb::restores_server::RestoresServer;
     use pb::store_server::StoreServer;
+    use tonic::service::interceptor::InterceptedService;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<DisksServer<disks::DisksService>>().await;
@@ -107,17 +111,20 @@ pub async fn routes(ctx: &Context) -> Result<Routes, tonic_reflection::server::E
 
     let mut b = Routes::builder();
     b.add_service(health_service)
-        .add_service(reflection.build_v1()?)
-        .add_service(reflection_v1alpha)
-        .add_service(DisksServer::new(disks::DisksService(ctx.clone())))
-        .add_service(GroupsServer::new(groups::GroupsService(ctx.clone())))
-        .add_service(CollectionsServer::new(collections::CollectionsService(ctx.clone())))
-        .add_service(RestorePointsServer::new(restore_points::RestorePointsService(ctx.clone())))
-        .add_service(RestoresServer::new(restores::RestoresService(ctx.clone())))
-        .add_service(OperationsServer::new(operations::OperationsService(ctx.clone())))
-        .add_service(DiskDataServer::new(disk_data::DiskDataService(ctx.clone())))
-        .add_service(QuiesceServer::new(quiesce::QuiesceService(ctx.clone())))
-        .add_service(StoreServer::new(store::StoreService(ctx.clone())))
-        .add_service(AccessServer::new(access::AccessService));
+        .add_service(InterceptedService::new(reflection.build_v1()?, auth.clone()))
+        .add_service(InterceptedService::new(reflection_v1alpha, auth.clone()))
+        .add_service(DisksServer::with_interceptor(disks::DisksService(ctx.clone()), auth.clone()))
+        .add_service(GroupsServer::with_interceptor(groups::GroupsService(ctx.clone()), auth.clone()))
+        .add_service(CollectionsServer::with_interceptor(collections::CollectionsService(ctx.clone()), auth.clone()))
+        .add_service(RestorePointsServer::with_interceptor(
+            restore_points::RestorePointsService(ctx.clone()),
+            auth.clone(),
+        ))
+        .add_service(RestoresServer::with_interceptor(restores::RestoresService(ctx.clone()), auth.clone()))
+        .add_service(OperationsServer::with_interceptor(operations::OperationsService(ctx.clone()), auth.clone()))
+        .add_service(DiskDataServer::with_interceptor(disk_data::DiskDataService(ctx.clone()), auth.clone()))
+        .add_service(QuiesceServer::with_interceptor(quiesce::QuiesceService(ctx.clone()), auth.clone()))
+        .add_service(StoreServer::with_interceptor(store::StoreService(ctx.clone()), auth.clone()))
+        .add_service(AccessServer::with_interceptor(access::AccessService, auth));
     Ok(b.routes())
 }

@@ -1,13 +1,15 @@
 //! Where the NBD server listens (binding rules in [`crate::listen`]) and the accept loop.
+//! With TLS configured a TCP connection must upgrade with STARTTLS before anything else
+//! (FORCEDTLS); a unix socket stays plain and refuses STARTTLS by policy.
 
 use std::sync::Arc;
 
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use super::server::Server;
+use super::server::{Server, TlsPolicy};
 pub use crate::listen::ListenError;
-use crate::listen::{self, Bound, ListenAddr};
+use crate::listen::{self, Bound, ClientAuth, ListenAddr, Protection, Security};
 
 /// How long shutdown waits for connections to finish their requests in flight.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -17,17 +19,37 @@ pub type NbdAddr = ListenAddr;
 
 /// A bound NBD listener.
 #[derive(Debug)]
-pub struct Listener(Bound);
+pub struct Listener {
+    bound: Bound,
+    tls: TlsPolicy,
+}
 
 impl Listener {
-    /// Binds `addr` (rules in [`crate::listen`]).
-    pub async fn bind(addr: &NbdAddr, allow_plaintext: bool) -> Result<Self, ListenError> {
-        listen::bind("NBD", addr, allow_plaintext).await.map(Self)
+    /// Binds `addr` (rules in [`crate::listen`]): clients authenticate with certificates.
+    pub async fn bind(addr: &NbdAddr, security: &Security) -> Result<Self, ListenError> {
+        let client_auth = match &security.tls {
+            Some(t) if t.client_auth() => ClientAuth::Configured,
+            _ => ClientAuth::Missing("--tls-client-ca"),
+        };
+        let protection =
+            Protection { tls: security.tls.is_some(), client_auth, allow_plaintext: security.allow_plaintext };
+        let bound = listen::bind("NBD", addr, &protection).await?;
+        let tls = match (&security.tls, &bound) {
+            (None, _) => TlsPolicy::Unconfigured,
+            (Some(_), Bound::Unix(..)) => TlsPolicy::NotOffered,
+            (Some(t), Bound::Tcp(_)) => TlsPolicy::Required(t.nbd_acceptor()),
+        };
+        Ok(Self { bound, tls })
     }
 
     /// Where it listens, as an address string.
     pub fn local_addr(&self) -> String {
-        self.0.local_addr()
+        self.bound.local_addr()
+    }
+
+    /// Whether TCP clients must start TLS.
+    pub fn requires_tls(&self) -> bool {
+        matches!(self.tls, TlsPolicy::Required(_))
     }
 
     /// Accepts and serves connections until `shutdown` turns true, then waits for every
@@ -42,7 +64,7 @@ impl Listener {
                 a = self.accept() => a,
             };
             while conns.try_join_next().is_some() {}
-            let (reader, writer, peer) = match accepted {
+            let (conn, peer) = match accepted {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "nbd accept failed");
@@ -57,9 +79,14 @@ impl Listener {
             };
             let server = server.clone();
             let shutdown = shutdown.clone();
+            let tls = self.tls.clone();
             conns.spawn(async move {
                 tracing::debug!(%peer, "nbd connection");
-                match server.serve(reader, writer, shutdown).await {
+                let served = match conn {
+                    Accepted::Unix(s) => server.serve(s, tls, shutdown).await,
+                    Accepted::Tcp(s) => server.serve(s, tls, shutdown).await,
+                };
+                match served {
                     Ok(()) => tracing::debug!(%peer, "nbd connection closed"),
                     Err(e) => tracing::info!(%peer, error = %e, "nbd connection ended"),
                 }
@@ -76,29 +103,30 @@ impl Listener {
             );
             conns.shutdown().await;
         }
-        if let Bound::Unix(_, path) = &self.0
+        if let Bound::Unix(_, path) = &self.bound
             && let Err(e) = std::fs::remove_file(path)
         {
             tracing::warn!(path = %path.display(), error = %e, "could not remove nbd socket");
         }
     }
 
-    async fn accept(&self) -> std::io::Result<(BoxRead, BoxWrite, String)> {
-        match &self.0 {
+    async fn accept(&self) -> std::io::Result<(Accepted, String)> {
+        match &self.bound {
             Bound::Unix(l, path) => {
                 let (s, _) = l.accept().await?;
-                let (r, w) = s.into_split();
-                Ok((Box::new(r), Box::new(w), format!("unix:{}", path.display())))
+                Ok((Accepted::Unix(s), format!("unix:{}", path.display())))
             }
             Bound::Tcp(l) => {
                 let (s, peer) = l.accept().await?;
                 s.set_nodelay(true)?;
-                let (r, w) = s.into_split();
-                Ok((Box::new(r), Box::new(w), peer.to_string()))
+                Ok((Accepted::Tcp(s), peer.to_string()))
             }
         }
     }
 }
 
-type BoxRead = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
-type BoxWrite = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
+/// An accepted connection; each kind is served through the same generic server.
+enum Accepted {
+    Unix(tokio::net::UnixStream),
+    Tcp(tokio::net::TcpStream),
+}

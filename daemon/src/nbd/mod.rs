@@ -13,7 +13,8 @@
 //! EXPORT_NAME, STRUCTURED_REPLY, LIST/SET_META_CONTEXT (`base:allocation`, and
 //! `qemu:dirty-bitmap:OLDER_RESTORE_POINT` on restore point exports); commands READ
 //! (structured replies skip holes), WRITE, FLUSH, TRIM, WRITE_ZEROES, CACHE, BLOCK_STATUS,
-//! DISC. Not yet: STARTTLS and EXTENDED_HEADERS (answered ERR_UNSUP).
+//! DISC; STARTTLS (FORCEDTLS on TCP when TLS is configured, X.509 through rustls). Not yet:
+//! EXTENDED_HEADERS (answered ERR_UNSUP).
 
 pub mod export;
 pub mod listener;
@@ -24,4 +25,4 @@ pub mod server;
 pub use export::{Export, ExportSource, LiveDisk, LiveDisks};
 pub use listener::{ListenError, Listener, NbdAddr};
 pub use restore_point::DiskRestorePointExport;
-pub use server::{Server, ServerConfig};
+pub use server::{Connection, Server, ServerConfig, TlsPolicy};

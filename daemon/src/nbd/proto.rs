@@ -262,6 +262,60 @@ pub fn parse_option(option: u32, data: &[u8]) -> Result<ClientOption, InvalidOpt
     }
 }
 
+// ---- TLS (NBD_OPT_STARTTLS) -------------------------------------------------------------
+
+/// Where one connection stands with TLS: the spec's modes as the option haggling sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// NOTLS: the server has no TLS configured at all.
+    Unconfigured,
+    /// NOTLS by policy: TLS is configured, but not offered on this kind of listener (unix
+    /// sockets, protected by their file mode).
+    NotOffered,
+    /// FORCEDTLS, before the upgrade: only STARTTLS and ABORT are served.
+    Required,
+    /// After a successful STARTTLS.
+    Active,
+}
+
+/// What the TLS mode makes of an option, decided from its code and data length alone,
+/// before its data is parsed (an option refused for want of TLS is refused whatever it holds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVerdict {
+    /// Handle the option as usual.
+    Proceed,
+    /// Reply `NBD_REP_ACK`, then upgrade the stream to TLS.
+    StartTls,
+    /// Reply with this error and go on with the haggling.
+    Refuse { reply: u32, message: &'static str },
+    /// End the session: `NBD_OPT_EXPORT_NAME` before TLS, which has no error reply.
+    Close,
+}
+
+/// Applies the spec's TLS rules to option `option` carrying `len` data bytes.
+pub fn tls_verdict(mode: TlsMode, option: u32, len: u32) -> TlsVerdict {
+    use TlsVerdict::{Close, Proceed, Refuse, StartTls};
+    match (mode, option) {
+        (TlsMode::Unconfigured, OPT_STARTTLS) => {
+            Refuse { reply: REP_ERR_UNSUP, message: "TLS is not configured on this server" }
+        }
+        (TlsMode::NotOffered, OPT_STARTTLS) => {
+            Refuse { reply: REP_ERR_POLICY, message: "TLS is not offered on this listener" }
+        }
+        (TlsMode::Required, OPT_STARTTLS) if len > 0 => {
+            Refuse { reply: REP_ERR_INVALID, message: "NBD_OPT_STARTTLS takes no data" }
+        }
+        (TlsMode::Required, OPT_STARTTLS) => StartTls,
+        (TlsMode::Required, OPT_ABORT) => Proceed,
+        (TlsMode::Required, OPT_EXPORT_NAME) => Close,
+        (TlsMode::Required, _) => {
+            Refuse { reply: REP_ERR_TLS_REQD, message: "this server requires TLS: send NBD_OPT_STARTTLS first" }
+        }
+        (TlsMode::Active, OPT_STARTTLS) => Refuse { reply: REP_ERR_INVALID, message: "TLS is already active" },
+        _ => Proceed,
+    }
+}
+
 fn no_data(data: &[u8], what: &str) -> Result<(), InvalidOption> {
     if data.is_empty() { Ok(()) } else { Err(InvalidOption(format!("{what} takes no data"))) }
 }
@@ -764,6 +818,51 @@ mod tests {
         assert_eq!(parse_option(OPT_ABORT, &[1, 2]), Ok(ClientOption::Abort));
         assert_eq!(parse_option(99, &[1, 2]), Ok(ClientOption::Unknown(99)));
         assert_eq!(parse_option(OPT_EXTENDED_HEADERS, &[]), Ok(ClientOption::ExtendedHeaders));
+    }
+
+    #[test]
+    fn starttls_is_refused_without_tls_as_unsupported_or_by_policy() {
+        let unsup = tls_verdict(TlsMode::Unconfigured, OPT_STARTTLS, 0);
+        assert!(matches!(unsup, TlsVerdict::Refuse { reply: REP_ERR_UNSUP, .. }), "{unsup:?}");
+        let policy = tls_verdict(TlsMode::NotOffered, OPT_STARTTLS, 0);
+        assert!(matches!(policy, TlsVerdict::Refuse { reply: REP_ERR_POLICY, .. }), "{policy:?}");
+        // NOTLS never answers TLS_REQD: everything else proceeds, EXPORT_NAME included.
+        for mode in [TlsMode::Unconfigured, TlsMode::NotOffered] {
+            for option in [OPT_EXPORT_NAME, OPT_LIST, OPT_INFO, OPT_GO, OPT_STRUCTURED_REPLY, 99] {
+                assert_eq!(tls_verdict(mode, option, 4), TlsVerdict::Proceed, "{mode:?} {option}");
+            }
+        }
+    }
+
+    #[test]
+    fn forced_tls_serves_only_starttls_and_abort_before_the_upgrade() {
+        assert_eq!(tls_verdict(TlsMode::Required, OPT_STARTTLS, 0), TlsVerdict::StartTls);
+        let with_data = tls_verdict(TlsMode::Required, OPT_STARTTLS, 1);
+        assert!(matches!(with_data, TlsVerdict::Refuse { reply: REP_ERR_INVALID, .. }), "{with_data:?}");
+        assert_eq!(tls_verdict(TlsMode::Required, OPT_ABORT, 0), TlsVerdict::Proceed);
+        assert_eq!(tls_verdict(TlsMode::Required, OPT_EXPORT_NAME, 3), TlsVerdict::Close);
+        for option in [
+            OPT_LIST,
+            OPT_INFO,
+            OPT_GO,
+            OPT_STRUCTURED_REPLY,
+            OPT_LIST_META_CONTEXT,
+            OPT_SET_META_CONTEXT,
+            OPT_EXTENDED_HEADERS,
+            99,
+        ] {
+            let v = tls_verdict(TlsMode::Required, option, 0);
+            assert!(matches!(v, TlsVerdict::Refuse { reply: REP_ERR_TLS_REQD, .. }), "{option}: {v:?}");
+        }
+    }
+
+    #[test]
+    fn after_the_upgrade_a_second_starttls_is_invalid_and_the_rest_proceeds() {
+        let again = tls_verdict(TlsMode::Active, OPT_STARTTLS, 0);
+        assert!(matches!(again, TlsVerdict::Refuse { reply: REP_ERR_INVALID, .. }), "{again:?}");
+        for option in [OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST, OPT_INFO, OPT_GO, OPT_STRUCTURED_REPLY, 99] {
+            assert_eq!(tls_verdict(TlsMode::Active, option, 0), TlsVerdict::Proceed, "{option}");
+        }
     }
 
     fn request(cmd: u16, flags: u16, offset: u64, len: u32) -> [u8; REQUEST_LEN] {

@@ -10,6 +10,13 @@
 //! Malformed input that leaves the stream undecodable (bad magic, oversize lengths, unknown
 //! client flags) ends that one connection; everything else gets the spec's error reply and
 //! the session goes on.
+//!
+//! TLS: on a connection whose listener has TLS the server is in the spec's FORCEDTLS mode
+//! (the rules are [`p::tls_verdict`]): after `NBD_OPT_STARTTLS` is acknowledged the same
+//! stream is upgraded with rustls and the haggling starts over inside TLS, with no state
+//! kept from before. The handshake and transmission are generic over the stream
+//! ([`Connection`]), so plain and TLS connections run the same code; a failed TLS handshake
+//! ends that connection only.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,9 +25,11 @@ use cairn_engine::IoBuf;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 use super::export::{Export, ExportSource, errno};
-use super::proto::{self as p, ClientOption, Command, Errno, Request};
+use super::proto::{self as p, ClientOption, Command, Errno, Request, TlsMode, TlsVerdict};
 
 /// Tunables of the server; the defaults suit a hypervisor host.
 #[derive(Debug, Clone)]
@@ -67,6 +76,82 @@ pub enum ConnectionError {
     UnknownExport(String),
     #[error("handshake not finished within {0:?}")]
     HandshakeTimeout(Duration),
+    #[error("TLS is required and the client asked for an export without it (or without fixed newstyle)")]
+    TlsRequired,
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+}
+
+/// A byte stream the server can serve. Transmission reads and writes from two tasks, so
+/// the stream splits into halves: sockets without a lock, anything else (TLS) through
+/// [`tokio::io::split`].
+pub trait Connection: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    type Read: AsyncRead + Unpin + Send + 'static;
+    type Write: AsyncWrite + Unpin + Send + 'static;
+    fn into_halves(self) -> (Self::Read, Self::Write);
+}
+
+impl Connection for tokio::net::TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+    fn into_halves(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+impl Connection for tokio::net::UnixStream {
+    type Read = tokio::net::unix::OwnedReadHalf;
+    type Write = tokio::net::unix::OwnedWriteHalf;
+    fn into_halves(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+impl Connection for tokio::io::DuplexStream {
+    type Read = tokio::io::ReadHalf<Self>;
+    type Write = tokio::io::WriteHalf<Self>;
+    fn into_halves(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
+    }
+}
+
+impl<S: Connection> Connection for tokio_rustls::server::TlsStream<S> {
+    type Read = tokio::io::ReadHalf<Self>;
+    type Write = tokio::io::WriteHalf<Self>;
+    fn into_halves(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
+    }
+}
+
+/// What TLS a connection gets, as its listener decides.
+#[derive(Clone)]
+pub enum TlsPolicy {
+    /// No TLS configured: STARTTLS is unsupported.
+    Unconfigured,
+    /// TLS configured but not on this listener (a unix socket): STARTTLS is refused by policy.
+    NotOffered,
+    /// TLS required before anything else (FORCEDTLS), with this acceptor.
+    Required(TlsAcceptor),
+}
+
+impl std::fmt::Debug for TlsPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TlsPolicy::Unconfigured => "Unconfigured",
+            TlsPolicy::NotOffered => "NotOffered",
+            TlsPolicy::Required(_) => "Required",
+        })
+    }
+}
+
+impl TlsPolicy {
+    fn mode(&self) -> TlsMode {
+        match self {
+            TlsPolicy::Unconfigured => TlsMode::Unconfigured,
+            TlsPolicy::NotOffered => TlsMode::NotOffered,
+            TlsPolicy::Required(_) => TlsMode::Required,
+        }
+    }
 }
 
 /// An NBD server over a source of exports.
@@ -93,6 +178,8 @@ struct Session {
 /// How the handshake ended.
 enum Negotiated {
     Transmission(Session),
+    /// STARTTLS was acknowledged: upgrade the stream, then haggle again.
+    StartTls,
     /// The client aborted, or the server is shutting down.
     Closed,
 }
@@ -201,63 +288,105 @@ impl Server {
 
     /// Serves one connection until the client disconnects, breaks the protocol, or
     /// `shutdown` turns true (then requests in flight finish and their replies are sent).
-    pub async fn serve<R, W>(
+    pub async fn serve<S: Connection>(
         &self,
-        reader: R,
-        writer: W,
+        mut stream: S,
+        tls: TlsPolicy,
         mut shutdown: watch::Receiver<bool>,
-    ) -> Result<(), ConnectionError>
-    where
-        R: AsyncRead + Unpin + Send + 'static,
-        W: AsyncWrite + Unpin + Send + 'static,
-    {
-        // Buffered both ways: many small requests per read syscall, many replies per write.
-        // Payloads larger than the buffer bypass it, so big writes are not copied twice.
-        let mut reader = BufReader::with_capacity(128 << 10, reader);
-        let mut writer = BufWriter::with_capacity(256 << 10, writer);
-        let timeout = self.config.handshake_timeout;
-        let negotiated = tokio::select! {
+    ) -> Result<(), ConnectionError> {
+        // One deadline for the whole handshake, the TLS upgrade included.
+        let deadline = Instant::now() + self.config.handshake_timeout;
+        let mode = tls.mode();
+        let Some(client) = self.step(deadline, &mut shutdown, greet(&mut stream, mode)).await? else {
+            return self.finish(Negotiated::Closed, stream, shutdown).await;
+        };
+        let negotiated = self.step(deadline, &mut shutdown, self.options(&mut stream, client, mode)).await?;
+        let acceptor = match (negotiated, tls) {
+            (Some(Negotiated::StartTls), TlsPolicy::Required(acceptor)) => acceptor,
+            (negotiated, _) => return self.finish(negotiated.unwrap_or(Negotiated::Closed), stream, shutdown).await,
+        };
+        let upgrade = async { acceptor.accept(stream).await.map_err(ConnectionError::Tls) };
+        let Some(mut stream) = self.step(deadline, &mut shutdown, upgrade).await? else { return Ok(()) };
+        let negotiated = self.step(deadline, &mut shutdown, self.options(&mut stream, client, TlsMode::Active)).await?;
+        self.finish(negotiated.unwrap_or(Negotiated::Closed), stream, shutdown).await
+    }
+
+    /// Runs one handshake step before `deadline`; `None` when the daemon shuts down first.
+    async fn step<T>(
+        &self,
+        deadline: Instant,
+        shutdown: &mut watch::Receiver<bool>,
+        step: impl Future<Output = Result<T, ConnectionError>>,
+    ) -> Result<Option<T>, ConnectionError> {
+        tokio::select! {
             biased;
-            () = stopped(&mut shutdown) => Ok(Negotiated::Closed),
-            r = tokio::time::timeout(timeout, self.handshake(&mut reader, &mut writer)) => {
-                r.map_err(|_| ConnectionError::HandshakeTimeout(timeout))?
-            }
-        }?;
-        match negotiated {
-            Negotiated::Closed => {
-                let _ = writer.shutdown().await;
-                Ok(())
-            }
-            Negotiated::Transmission(session) => {
-                tracing::debug!(export = %session.export.name(), structured = session.structured, "transmission");
-                self.transmit(session, reader, writer, shutdown).await
+            () = stopped(shutdown) => Ok(None),
+            r = tokio::time::timeout_at(deadline, step) => {
+                r.map_err(|_| ConnectionError::HandshakeTimeout(self.config.handshake_timeout))?.map(Some)
             }
         }
     }
 
-    async fn handshake<R, W>(&self, reader: &mut R, writer: &mut W) -> Result<Negotiated, ConnectionError>
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
-        writer.write_all(&p::greeting()).await?;
-        writer.flush().await?;
-        let mut raw = [0u8; 4];
-        reader.read_exact(&mut raw).await?;
-        let client = p::decode_client_flags(raw)?;
+    /// Enters transmission, or closes the stream.
+    async fn finish<S: Connection>(
+        &self,
+        negotiated: Negotiated,
+        mut stream: S,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(), ConnectionError> {
+        match negotiated {
+            Negotiated::Transmission(session) => {
+                tracing::debug!(export = %session.export.name(), structured = session.structured, "transmission");
+                self.transmit(session, stream, shutdown).await
+            }
+            // Only a FORCEDTLS connection acknowledges STARTTLS, and `serve` upgrades those.
+            Negotiated::StartTls => Err(ConnectionError::TlsRequired),
+            Negotiated::Closed => {
+                let _ = stream.shutdown().await;
+                Ok(())
+            }
+        }
+    }
 
+    /// Option haggling until an export is chosen, the client aborts, or STARTTLS is
+    /// acknowledged. Unbuffered: nothing the client sends after STARTTLS is read here.
+    async fn options<S>(
+        &self,
+        stream: &mut S,
+        client: p::ClientFlags,
+        mode: TlsMode,
+    ) -> Result<Negotiated, ConnectionError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let mut structured = false;
         let mut meta: Option<MetaSelection> = None;
         let mut out = Vec::with_capacity(256);
         loop {
             out.clear();
             let mut raw = [0u8; p::OPTION_HEADER_LEN];
-            reader.read_exact(&mut raw).await?;
+            stream.read_exact(&mut raw).await?;
             let header = p::decode_option_header(&raw)?;
             let len = usize::try_from(header.len).unwrap_or(usize::MAX);
             let mut data = vec![0u8; len];
-            reader.read_exact(&mut data).await?;
+            stream.read_exact(&mut data).await?;
             let option = header.option;
+            match p::tls_verdict(mode, option, header.len) {
+                TlsVerdict::Proceed => {}
+                TlsVerdict::StartTls => {
+                    p::encode_option_reply(&mut out, option, p::REP_ACK, &[]);
+                    stream.write_all(&out).await?;
+                    stream.flush().await?;
+                    return Ok(Negotiated::StartTls);
+                }
+                TlsVerdict::Refuse { reply, message } => {
+                    p::encode_option_error(&mut out, option, reply, message);
+                    stream.write_all(&out).await?;
+                    stream.flush().await?;
+                    continue;
+                }
+                TlsVerdict::Close => return Err(ConnectionError::TlsRequired),
+            }
 
             let parsed = match p::parse_option(option, &data) {
                 Ok(o) => o,
@@ -267,8 +396,8 @@ impl Server {
                         return Err(ConnectionError::UnknownExport(invalid.to_string()));
                     }
                     p::encode_option_error(&mut out, option, p::REP_ERR_INVALID, &invalid.0);
-                    writer.write_all(&out).await?;
-                    writer.flush().await?;
+                    stream.write_all(&out).await?;
+                    stream.flush().await?;
                     continue;
                 }
             };
@@ -280,16 +409,16 @@ impl Server {
                     let flags = transmission_flags(&*export, structured);
                     let size = export.size_bytes();
                     p::encode_export_name_reply(&mut out, size, flags, client.no_zeroes);
-                    writer.write_all(&out).await?;
-                    writer.flush().await?;
+                    stream.write_all(&out).await?;
+                    stream.flush().await?;
                     let contexts = meta_for(meta, &name);
                     return Ok(Negotiated::Transmission(session(export, structured, flags, contexts)));
                 }
                 ClientOption::Abort => {
                     p::encode_option_reply(&mut out, option, p::REP_ACK, &[]);
                     // The client may already be gone: a failed ACK is not an error.
-                    let _ = writer.write_all(&out).await;
-                    let _ = writer.flush().await;
+                    let _ = stream.write_all(&out).await;
+                    let _ = stream.flush().await;
                     return Ok(Negotiated::Closed);
                 }
                 ClientOption::List => {
@@ -298,12 +427,10 @@ impl Server {
                     }
                     p::encode_option_reply(&mut out, option, p::REP_ACK, &[]);
                 }
-                ClientOption::StartTls => p::encode_option_error(
-                    &mut out,
-                    option,
-                    p::REP_ERR_UNSUP,
-                    "TLS is not implemented by this server yet",
-                ),
+                // `tls_verdict` answers every STARTTLS; this one is never reached.
+                ClientOption::StartTls => {
+                    p::encode_option_error(&mut out, option, p::REP_ERR_INVALID, "NBD_OPT_STARTTLS is not valid now")
+                }
                 ClientOption::Info(req) | ClientOption::Go(req) => {
                     let go = option == p::OPT_GO;
                     let Some(export) = self.exports.open(&req.name) else {
@@ -313,8 +440,8 @@ impl Server {
                             p::REP_ERR_UNKNOWN,
                             &format!("no export named {:?}", req.name),
                         );
-                        writer.write_all(&out).await?;
-                        writer.flush().await?;
+                        stream.write_all(&out).await?;
+                        stream.flush().await?;
                         continue;
                     };
                     let flags = transmission_flags(&*export, structured);
@@ -338,8 +465,8 @@ impl Server {
                     );
                     p::encode_option_reply(&mut out, option, p::REP_ACK, &[]);
                     if go {
-                        writer.write_all(&out).await?;
-                        writer.flush().await?;
+                        stream.write_all(&out).await?;
+                        stream.flush().await?;
                         let contexts = meta_for(meta, &req.name);
                         return Ok(Negotiated::Transmission(session(export, structured, flags, contexts)));
                     }
@@ -407,22 +534,22 @@ impl Server {
                     &format!("option {code} is not supported"),
                 ),
             }
-            writer.write_all(&out).await?;
-            writer.flush().await?;
+            stream.write_all(&out).await?;
+            stream.flush().await?;
         }
     }
 
-    async fn transmit<R, W>(
+    async fn transmit<S: Connection>(
         &self,
         session: Session,
-        mut reader: R,
-        writer: BufWriter<W>,
+        stream: S,
         mut shutdown: watch::Receiver<bool>,
-    ) -> Result<(), ConnectionError>
-    where
-        R: AsyncRead + Unpin + Send + 'static,
-        W: AsyncWrite + Unpin + Send + 'static,
-    {
+    ) -> Result<(), ConnectionError> {
+        // Buffered both ways: many small requests per read syscall, many replies per write.
+        // Payloads larger than the buffer bypass it, so big writes are not copied twice.
+        let (reader, writer) = stream.into_halves();
+        let mut reader = BufReader::with_capacity(128 << 10, reader);
+        let writer = BufWriter::with_capacity(256 << 10, writer);
         let session = Arc::new(session);
         let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
         let writer_task = tokio::spawn(write_loop(writer, rx));
@@ -500,6 +627,23 @@ impl Server {
             Err(join) => result.and(Err(std::io::Error::other(join).into())),
         }
     }
+}
+
+/// Greeting and client flags. TLS needs fixed newstyle: without it a FORCEDTLS connection
+/// cannot go on.
+async fn greet<S>(stream: &mut S, mode: TlsMode) -> Result<p::ClientFlags, ConnectionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    stream.write_all(&p::greeting()).await?;
+    stream.flush().await?;
+    let mut raw = [0u8; 4];
+    stream.read_exact(&mut raw).await?;
+    let client = p::decode_client_flags(raw)?;
+    if mode == TlsMode::Required && !client.fixed_newstyle {
+        return Err(ConnectionError::TlsRequired);
+    }
+    Ok(client)
 }
 
 fn session(export: Arc<dyn Export>, structured: bool, flags: u16, contexts: Vec<MetaContext>) -> Session {
@@ -968,16 +1112,28 @@ mod tests {
         config: ServerConfig,
         pipe_bytes: usize,
     ) -> (DuplexStream, watch::Sender<bool>, tokio::task::JoinHandle<Result<(), ConnectionError>>) {
+        start_tls(config, pipe_bytes, TlsPolicy::Unconfigured)
+    }
+
+    /// Like [`start_with`], with a TLS policy.
+    fn start_tls(
+        config: ServerConfig,
+        pipe_bytes: usize,
+        tls: TlsPolicy,
+    ) -> (DuplexStream, watch::Sender<bool>, tokio::task::JoinHandle<Result<(), ConnectionError>>) {
         let export = Arc::new(MemExport::new(1 << 20));
         let server = Server::new(Arc::new(Source(export)), config);
         let (client, serverside) = tokio::io::duplex(pipe_bytes);
-        let (r, w) = tokio::io::split(serverside);
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(async move { server.serve(r, w, stopped).await });
+        let task = tokio::spawn(async move { server.serve(serverside, tls, stopped).await });
         (client, stop, task)
     }
 
-    async fn option(c: &mut DuplexStream, option: u32, data: &[u8]) {
+    /// A client end: a plain or a TLS stream.
+    trait Client: AsyncRead + AsyncWrite + Unpin {}
+    impl<T: AsyncRead + AsyncWrite + Unpin> Client for T {}
+
+    async fn option(c: &mut impl Client, option: u32, data: &[u8]) {
         let mut msg = p::IHAVEOPT.to_be_bytes().to_vec();
         msg.extend_from_slice(&option.to_be_bytes());
         msg.extend_from_slice(&u32::try_from(data.len()).unwrap().to_be_bytes());
@@ -986,7 +1142,7 @@ mod tests {
     }
 
     /// Reads one option reply: (option, reply type, payload).
-    async fn option_reply(c: &mut DuplexStream) -> (u32, u32, Vec<u8>) {
+    async fn option_reply(c: &mut impl Client) -> (u32, u32, Vec<u8>) {
         let mut h = [0u8; 20];
         c.read_exact(&mut h).await.unwrap();
         assert_eq!(&h[..8], &p::OPTION_REPLY_MAGIC.to_be_bytes());
@@ -1006,11 +1162,21 @@ mod tests {
     }
 
     /// Greeting, flags, STRUCTURED_REPLY, SET_META_CONTEXT base:allocation, GO.
-    async fn negotiate(c: &mut DuplexStream) -> u16 {
+    async fn negotiate(c: &mut impl Client) -> u16 {
+        greet_server(c).await;
+        haggle(c).await
+    }
+
+    /// Reads the greeting and sends the client flags (fixed newstyle, no zeroes).
+    async fn greet_server(c: &mut impl Client) {
         let mut g = [0u8; p::GREETING_LEN];
         c.read_exact(&mut g).await.unwrap();
         assert_eq!(g, p::greeting());
         c.write_all(&3u32.to_be_bytes()).await.unwrap();
+    }
+
+    /// STRUCTURED_REPLY, SET_META_CONTEXT base:allocation, GO; the export's flags.
+    async fn haggle(c: &mut impl Client) -> u16 {
         option(c, p::OPT_STRUCTURED_REPLY, &[]).await;
         assert_eq!(option_reply(c).await.1, p::REP_ACK);
         let mut q = 1u32.to_be_bytes().to_vec();
@@ -1035,7 +1201,7 @@ mod tests {
         flags.unwrap()
     }
 
-    async fn request(c: &mut DuplexStream, cmd: u16, flags: u16, cookie: u64, off: u64, len: u32) {
+    async fn request(c: &mut impl Client, cmd: u16, flags: u16, cookie: u64, off: u64, len: u32) {
         let mut r = p::REQUEST_MAGIC.to_be_bytes().to_vec();
         r.extend_from_slice(&flags.to_be_bytes());
         r.extend_from_slice(&cmd.to_be_bytes());
@@ -1052,7 +1218,7 @@ mod tests {
         Chunk { flags: u16, kind: u16, cookie: u64, payload: Vec<u8> },
     }
 
-    async fn reply(c: &mut DuplexStream) -> Msg {
+    async fn reply(c: &mut impl Client) -> Msg {
         let mut m = [0u8; 4];
         c.read_exact(&mut m).await.unwrap();
         let magic = u32::from_be_bytes(m);
@@ -1242,6 +1408,8 @@ mod tests {
         assert_eq!(option_reply(&mut c).await, (1234, p::REP_ERR_UNSUP, b"option 1234 is not supported".to_vec()));
         option(&mut c, p::OPT_EXTENDED_HEADERS, &[]).await;
         assert_eq!(option_reply(&mut c).await.1, p::REP_ERR_UNSUP);
+        option(&mut c, p::OPT_STARTTLS, &[]).await;
+        assert_eq!(option_reply(&mut c).await.1, p::REP_ERR_UNSUP, "no TLS configured");
         option(&mut c, p::OPT_GO, &name_data("nope", &0u16.to_be_bytes())).await;
         assert_eq!(option_reply(&mut c).await.1, p::REP_ERR_UNKNOWN);
         option(&mut c, p::OPT_GO, &[0, 0, 0, 9]).await;
@@ -1259,6 +1427,104 @@ mod tests {
         c.write_all(&0x8000_0001u32.to_be_bytes()).await.unwrap();
         let err = task.await.unwrap().unwrap_err();
         assert!(matches!(err, ConnectionError::Violation(p::Violation::UnknownClientFlags(_))));
+    }
+
+    /// A server with TLS from a throwaway PKI (client certificates required), and a rustls
+    /// client that trusts its CA, presenting the client certificate or not.
+    fn tls_pair(client_cert: bool) -> (TlsPolicy, tokio_rustls::TlsConnector) {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+        let dir = tempfile::tempdir().unwrap();
+        let pki = crate::test_pki::TestPki::generate();
+        pki.write_to(dir.path());
+        let files = crate::tls::TlsFiles {
+            cert: dir.path().join("server-cert.pem"),
+            key: dir.path().join("server-key.pem"),
+            client_ca: Some(dir.path().join("ca-cert.pem")),
+        };
+        let server = crate::tls::ServerTls::load(&files).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(pki.ca.as_bytes()).unwrap()).unwrap();
+        let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let config = if client_cert {
+            let cert = CertificateDer::from_pem_slice(pki.client_cert.as_bytes()).unwrap();
+            let key = PrivateKeyDer::from_pem_slice(pki.client_key.as_bytes()).unwrap();
+            builder.with_client_auth_cert(vec![cert], key).unwrap()
+        } else {
+            builder.with_no_client_auth()
+        };
+        (TlsPolicy::Required(server.nbd_acceptor()), tokio_rustls::TlsConnector::from(Arc::new(config)))
+    }
+
+    fn server_name() -> rustls_pki_types::ServerName<'static> {
+        rustls_pki_types::ServerName::try_from("localhost").unwrap()
+    }
+
+    #[tokio::test]
+    async fn forced_tls_refuses_options_until_starttls_then_serves_over_tls() {
+        let (policy, connector) = tls_pair(true);
+        let (mut c, _stop, task) = start_tls(ServerConfig::default(), 1 << 20, policy);
+        greet_server(&mut c).await;
+        for opt in [p::OPT_LIST, p::OPT_STRUCTURED_REPLY, 1234] {
+            option(&mut c, opt, &[]).await;
+            assert_eq!(option_reply(&mut c).await.1, p::REP_ERR_TLS_REQD, "option {opt}");
+        }
+        option(&mut c, p::OPT_GO, &name_data("mem", &0u16.to_be_bytes())).await;
+        assert_eq!(option_reply(&mut c).await.1, p::REP_ERR_TLS_REQD);
+        option(&mut c, p::OPT_STARTTLS, b"x").await;
+        assert_eq!(option_reply(&mut c).await.1, p::REP_ERR_INVALID, "STARTTLS takes no data");
+        option(&mut c, p::OPT_STARTTLS, &[]).await;
+        assert_eq!(option_reply(&mut c).await, (p::OPT_STARTTLS, p::REP_ACK, Vec::new()));
+
+        let mut tls = connector.connect(server_name(), c).await.unwrap();
+        option(&mut tls, p::OPT_STARTTLS, &[]).await;
+        assert_eq!(option_reply(&mut tls).await.1, p::REP_ERR_INVALID, "a second STARTTLS");
+        haggle(&mut tls).await;
+        request(&mut tls, 1, 0, 7, 0, 4096).await;
+        tls.write_all(&[0x5a; 4096]).await.unwrap();
+        assert!(matches!(reply(&mut tls).await, Msg::Simple { error: 0, cookie: 7 }));
+        request(&mut tls, 0, 0, 8, 0, 4096).await;
+        let Msg::Chunk { cookie: 8, payload, .. } = reply(&mut tls).await else { panic!("no data chunk") };
+        assert_eq!(&payload[8..], &[0x5a; 4096][..]);
+        request(&mut tls, 2, 0, 9, 0, 0).await;
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn export_name_before_tls_and_a_failed_tls_handshake_end_only_that_connection() {
+        let (policy, _) = tls_pair(true);
+        let (mut c, _stop, task) = start_tls(ServerConfig::default(), 1 << 20, policy);
+        greet_server(&mut c).await;
+        option(&mut c, p::OPT_EXPORT_NAME, b"mem").await;
+        assert!(matches!(task.await.unwrap(), Err(ConnectionError::TlsRequired)));
+
+        // Without the client certificate the server ends the handshake.
+        let (policy, connector) = tls_pair(false);
+        let (mut c, _stop, task) = start_tls(ServerConfig::default(), 1 << 20, policy);
+        greet_server(&mut c).await;
+        option(&mut c, p::OPT_STARTTLS, &[]).await;
+        assert_eq!(option_reply(&mut c).await.1, p::REP_ACK);
+        // TLS 1.3 reports the refusal only after the client's first flight.
+        if let Ok(mut tls) = connector.connect(server_name(), c).await {
+            let _ = tls.write_all(&[0; 16]).await;
+            let _ = tls.flush().await;
+            let mut b = [0u8; 1];
+            assert!(tls.read_exact(&mut b).await.is_err(), "the server never answers it");
+        }
+        assert!(matches!(task.await.unwrap(), Err(ConnectionError::Tls(_))));
+    }
+
+    #[tokio::test]
+    async fn a_plain_listener_of_a_tls_server_refuses_starttls_by_policy() {
+        let (mut c, _stop, _task) = start_tls(ServerConfig::default(), 1 << 20, TlsPolicy::NotOffered);
+        greet_server(&mut c).await;
+        option(&mut c, p::OPT_STARTTLS, &[]).await;
+        assert_eq!(option_reply(&mut c).await.1, p::REP_ERR_POLICY);
+        haggle(&mut c).await;
     }
 
     #[tokio::test]
