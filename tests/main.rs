@@ -20,6 +20,7 @@ mod grpc_restore_point_story;
 mod grpc_store;
 mod http_metrics;
 mod nbd_bad_input;
+mod nbd_cache;
 mod nbd_listen;
 mod nbd_qemu_clients;
 mod nbd_restore_point;

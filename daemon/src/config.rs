@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use cairn_engine::{BackgroundPriority, EngineConfig};
 use serde::Deserialize;
 
 /// `cairnd`'s config file.
@@ -31,6 +32,27 @@ pub struct Config {
     pub tls_client_ca: Option<PathBuf>,
     /// File holding the bearer token gRPC clients must send.
     pub grpc_token_file: Option<PathBuf>,
+    /// zstd level of stored chunks, 1 to 19 (default 3).
+    pub zstd_level: Option<i32>,
+    /// `idle` (default: capture threads run under SCHED_IDLE, guest I/O first) or `low`
+    /// (nice 10: captures keep a share of a saturated host's CPUs).
+    pub capture_priority: Option<CapturePriority>,
+    /// Background jobs (capture, hydration) pause while the data dir has less free space
+    /// than this, e.g. `1G` (the default).
+    pub free_space_watermark: Option<String>,
+    /// Memory for recently read chunk contents, e.g. `64M` (the default).
+    pub chunk_cache: Option<String>,
+    /// Copy-before-write memory per capture before spilling to a file, e.g. `256M` (the
+    /// default).
+    pub copy_before_write_memory: Option<String>,
+}
+
+/// `capture_priority`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CapturePriority {
+    Idle,
+    Low,
 }
 
 /// Why the config file could not be used.
@@ -57,11 +79,97 @@ impl Config {
     pub fn parse(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))
     }
+
+    /// `engine` with this file's engine settings applied; the error names the key.
+    pub fn apply_engine(&self, mut engine: EngineConfig) -> Result<EngineConfig, String> {
+        if let Some(level) = self.zstd_level {
+            if !(1..=19).contains(&level) {
+                return Err(format!("zstd_level: {level} is not between 1 and 19"));
+            }
+            engine.zstd_level = level;
+        }
+        if let Some(p) = self.capture_priority {
+            engine.background_priority = match p {
+                CapturePriority::Idle => BackgroundPriority::Idle,
+                CapturePriority::Low => BackgroundPriority::Low,
+            };
+        }
+        let size = |key: &str, v: &Option<String>| -> Result<Option<u64>, String> {
+            v.as_deref().map(|s| parse_size(s).map_err(|e| format!("{key}: {e}"))).transpose()
+        };
+        if let Some(n) = size("free_space_watermark", &self.free_space_watermark)? {
+            engine.free_space_watermark_bytes = n;
+        }
+        if let Some(n) = size("chunk_cache", &self.chunk_cache)? {
+            engine.chunk_cache_bytes = n;
+        }
+        if let Some(n) = size("copy_before_write_memory", &self.copy_before_write_memory)? {
+            engine.preserve_mem_bytes =
+                usize::try_from(n).map_err(|_| format!("copy_before_write_memory: {n} is too large"))?;
+        }
+        Ok(engine)
+    }
+}
+
+/// Parses `10G`, `512M`, `4K`, `1T` (powers of 1024, optional `i`/`B` suffix) or bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t.strip_suffix(['B', 'b']).unwrap_or(t);
+    let t = t.strip_suffix(['i']).unwrap_or(t);
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                'P' => 50,
+                _ => return Err(format!("{s:?}: unknown unit {c:?}; use K, M, G, T or P")),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size like 10G, 512M, 4K or bytes"))?;
+    n.checked_mul(1u64 << shift).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("4K"), Ok(4096));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("10G"), Ok(10 << 30));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("12345"), Ok(12345));
+        assert!(parse_size("10X").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999P").is_err());
+    }
+
+    #[test]
+    fn engine_keys_apply_and_bad_values_name_their_key() {
+        let c = Config::parse(
+            "zstd_level = 5\ncapture_priority = \"low\"\nfree_space_watermark = \"2G\"\nchunk_cache = \"16M\"\n\
+             copy_before_write_memory = \"1G\"\n",
+        )
+        .unwrap();
+        let e = c.apply_engine(EngineConfig::new("/d")).unwrap();
+        assert_eq!(e.zstd_level, 5);
+        assert_eq!(e.background_priority, BackgroundPriority::Low);
+        assert_eq!(e.free_space_watermark_bytes, 2 << 30);
+        assert_eq!(e.chunk_cache_bytes, 16 << 20);
+        assert_eq!(e.preserve_mem_bytes, 1 << 30);
+        let err = Config::parse("capture_priority = \"urgent\"\n").unwrap_err();
+        assert!(err.contains("urgent") && err.contains("idle"), "{err}");
+        let err = Config::parse("zstd_level = 40\n").unwrap().apply_engine(EngineConfig::new("/d")).unwrap_err();
+        assert!(err.starts_with("zstd_level"), "{err}");
+        let err = Config::parse("chunk_cache = \"lots\"\n").unwrap().apply_engine(EngineConfig::new("/d")).unwrap_err();
+        assert!(err.starts_with("chunk_cache"), "{err}");
+    }
 
     #[test]
     fn a_full_config_parses() {

@@ -133,6 +133,8 @@ async fn main() -> anyhow::Result<()> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
+    // Engine settings are applied once the data dir is known (the fields below move out).
+    let tuning = file.clone();
     let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./cairn-data"));
     let io_backend: IoBackendKind =
         args.io_backend.or(file.io_backend).as_deref().unwrap_or("auto").parse().context("io_backend")?;
@@ -156,7 +158,9 @@ async fn main() -> anyhow::Result<()> {
         token_file.as_deref(),
         allow_plaintext,
     )?;
-    let config = EngineConfig { io_backend, region, ..EngineConfig::new(&data_dir) };
+    let config = tuning
+        .apply_engine(EngineConfig { io_backend, region, ..EngineConfig::new(&data_dir) })
+        .map_err(|e| anyhow::anyhow!("config file: {e}"))?;
     let engine = Engine::open(config).await.with_context(|| format!("opening data dir {}", data_dir.display()))?;
 
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
