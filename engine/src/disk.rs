@@ -342,9 +342,9 @@ impl Disk {
             }
             _ => Vec::new(),
         };
-        let (got, mut buf) = self.read_file(IoBuf::zeroed(n), offset, "read disk").await?;
+        let (got, mut buf) = self.read_file(IoBuf::for_overwrite(n), offset, "read disk").await?;
         // The file is never shorter than the disk, so a short read only happens if someone
-        // truncated it behind our back; the rest reads as zeros (the buffer was zeroed).
+        // truncated it behind our back; the rest reads as zeros.
         if got < n {
             tracing::warn!(disk = %self.name, offset, len, got, "short read from disk file");
             buf[got..].fill(0);
@@ -570,7 +570,7 @@ impl Disk {
             let n = usize::try_from((last - first) * crate::format::BLOCK_SIZE)
                 .map_err(|_| Error::invalid("length", "too large"))?;
             let at = first * crate::format::BLOCK_SIZE;
-            let (got, mut buf) = self.read_file(IoBuf::zeroed(n), at, "read blocks to preserve").await?;
+            let (got, mut buf) = self.read_file(IoBuf::for_overwrite(n), at, "read blocks to preserve").await?;
             buf[got..].fill(0);
             cap.preserve(c, first, &buf)?;
         }
@@ -600,7 +600,7 @@ impl Disk {
         }
         let (start, end) = cap.chunk_range(c);
         let len = usize::try_from(end - start).map_err(|_| Error::invalid("chunk", "too large"))?;
-        let mut data = IoBuf::zeroed(len);
+        let mut data = IoBuf::for_overwrite(len);
         if sys::read_cached(&self.file, &mut data, start).is_none() {
             return Ok(None);
         }
@@ -615,7 +615,7 @@ impl Disk {
         let len = usize::try_from(end - start).map_err(|_| Error::invalid("chunk", "too large"))?;
         // No lock across the read: blocks written meanwhile were preserved first, and
         // `finish_read` lays them back (see capture.rs).
-        let (got, mut data) = self.read_file(IoBuf::zeroed(len), start, "read chunk to capture").await?;
+        let (got, mut data) = self.read_file(IoBuf::for_overwrite(len), start, "read chunk to capture").await?;
         data[got..].fill(0);
         cap.finish_read(c, &mut data)?;
         Ok(data)

@@ -594,7 +594,7 @@ impl Server {
             let Some(permits) = permits else { break };
             let payload = if req.payload_len() > 0 {
                 let n = usize::try_from(req.payload_len()).unwrap_or(0);
-                let mut buf = IoBuf::zeroed(n);
+                let mut buf = IoBuf::for_overwrite(n);
                 let got = tokio::select! {
                     biased;
                     () = stopped(&mut shutdown) => break,
