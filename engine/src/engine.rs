@@ -13,7 +13,7 @@ use crate::group::{CreateGroup, Freeze, GroupRecord, check_configuration};
 use crate::ids::{DiskId, GroupId, LineageId, Name};
 use crate::io::{Io, IoBackendKind};
 use crate::restore_points::DiskRestorePointReader;
-use crate::stats::FreezeStats;
+use crate::stats::{FreezeStats, Throughput};
 use crate::store::LocalPackStore;
 
 /// Engine settings; everything has an embedded default except the data dir.
@@ -94,6 +94,7 @@ pub(crate) struct Inner {
     /// Serialises changes to resources so that checks and catalog commits act as one.
     pub(crate) admin: tokio::sync::Mutex<()>,
     pub(crate) freeze_stats: Arc<FreezeStats>,
+    pub(crate) throughput: Throughput,
     pub(crate) chunks: Arc<ChunkStore>,
     pub(crate) jobs: crate::jobs::Jobs,
     pub(crate) watermark_bytes: std::sync::atomic::AtomicU64,
@@ -171,6 +172,7 @@ impl Engine {
                 state: RwLock::new(state),
                 admin: tokio::sync::Mutex::new(()),
                 freeze_stats: Arc::new(FreezeStats::default()),
+                throughput: Throughput::default(),
                 chunks,
                 jobs: crate::jobs::Jobs::default(),
                 watermark_bytes: std::sync::atomic::AtomicU64::new(watermark),
@@ -211,6 +213,11 @@ impl Engine {
     /// Freeze-window statistics of every freeze so far.
     pub fn freeze_stats(&self) -> &FreezeStats {
         &self.inner.freeze_stats
+    }
+
+    /// Bytes and busy time of captures and hydrations so far.
+    pub fn throughput(&self) -> &Throughput {
+        &self.inner.throughput
     }
 
     // ---- disks ---------------------------------------------------------------------------

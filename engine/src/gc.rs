@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::format::{RECORD_HEADER_LEN, RecordHeader};
 use crate::ids::PackId;
 use crate::operation::{OperationKind, OperationRecord, OperationState};
+use crate::store_counters::StoreChange;
 
 const RETIRED_PREFIX: &[u8] = b"retired-pack:";
 /// Default: rewrite packs less than half live.
@@ -99,7 +100,7 @@ impl Engine {
             let mut known: HashMap<PackId, u64> = HashMap::new();
             catalog.scan("packs", &[], &[], |k, v| {
                 let id: [u8; 16] = k.try_into().map_err(|_| Error::corrupt("catalog/packs", "bad pack key"))?;
-                let size = v.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
+                let size = crate::store_counters::pack_entry_bytes(v);
                 known.insert(PackId::from(uuid::Uuid::from_bytes(id)), size);
                 Ok(true)
             })?;
@@ -118,14 +119,14 @@ impl Engine {
             catalog.commit(batch)?;
 
             // Dead records out of the index; live bytes per pack.
-            let mut dead: Vec<[u8; 32]> = Vec::new();
+            let mut dead: Vec<([u8; 32], ChunkLocation)> = Vec::new();
             let mut live: HashMap<PackId, u64> = HashMap::new();
             let mut live_records: HashMap<PackId, Vec<(ChunkId, ChunkLocation)>> = HashMap::new();
             catalog.scan("chunks", &[], &[], |k, v| {
                 let id: [u8; 32] = k.try_into().map_err(|_| Error::corrupt("catalog/chunks", "bad chunk key"))?;
                 let loc = ChunkLocation::decode(v)?;
                 if loc.refs == 0 {
-                    dead.push(id);
+                    dead.push((id, loc));
                 } else {
                     *live.entry(loc.pack).or_default() += RECORD_HEADER_LEN as u64 + u64::from(loc.stored_len);
                     live_records.entry(loc.pack).or_default().push((ChunkId(id), loc));
@@ -134,10 +135,13 @@ impl Engine {
             })?;
             for part in dead.chunks(10_000) {
                 let mut batch = catalog.batch();
-                for id in part {
+                let mut change = StoreChange::default();
+                for (id, loc) in part {
                     batch.delete_raw("chunks", id)?;
+                    change.record(Some(loc), None);
                 }
                 catalog.commit(batch)?;
+                chunks.counters().apply(&change);
             }
             report.records_freed = dead.len() as u64;
             crate::failpoint!("gc::after_sweep");
@@ -146,16 +150,19 @@ impl Engine {
             let mut rewrite = Vec::new();
             let mut batch = catalog.batch();
             let mut empty = Vec::new();
+            let mut change = StoreChange::default();
             for (&pack, &size) in &known {
                 let l = live.get(&pack).copied().unwrap_or(0);
                 if l == 0 {
                     batch.delete_raw("packs", &pack.to_bytes())?;
+                    change.pack_removed(size);
                     empty.push((pack, size));
                 } else if l.saturating_mul(100) < size.saturating_mul(u64::from(live_share_percent)) {
                     rewrite.push((pack, size));
                 }
             }
             catalog.commit(batch)?;
+            chunks.counters().apply(&change);
             for (pack, size) in empty {
                 store.delete(pack).await?;
                 report.packs_deleted += 1;
@@ -199,6 +206,10 @@ impl Engine {
                 batch.delete_raw("packs", &pack.to_bytes())?;
                 batch.put_raw("meta", &retired_key(pack), &[])?;
                 catalog.commit(batch)?;
+                let mut change = StoreChange::default();
+                change.pack_added(new_size);
+                change.pack_removed(size);
+                chunks.counters().apply(&change);
             }
             report.packs_rewritten += 1;
             report.bytes_reclaimed += size.saturating_sub(new_size);

@@ -110,6 +110,7 @@ mod restored;
 pub mod retention;
 mod stats;
 pub mod store;
+mod store_counters;
 mod sys;
 mod tracking;
 mod verify;
@@ -133,7 +134,7 @@ pub use restore_point::{
 };
 pub use restore_points::{DiskRestorePointReader, MAX_RESTORE_POINTS_LIMIT};
 pub use retention::{RetentionDecision, RetentionPolicy};
-pub use stats::{FreezeStats, FreezeSummary};
+pub use stats::{FreezeStats, FreezeSummary, JobThroughput, Throughput};
 pub use sys::IoBuf;
 pub use tracking::ChangeTracker;
 pub use verify::{Affected, CorruptRecord, VerifyReport, VerifyTarget};

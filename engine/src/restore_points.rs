@@ -724,11 +724,13 @@ impl Engine {
             .buffered(CAPTURE_PARALLELISM);
 
         let outcome: Result<()> = async {
+            let mut since = std::time::Instant::now();
             while let Some(item) = results.next().await {
                 if cancel.load(Ordering::Acquire) {
                     return Err(Error::Canceled);
                 }
                 let (c, len, analysis) = item?;
+                self.inner.throughput.capture.record(len, &mut since);
                 let drp = &mut rp.disks[i];
                 drp.chunks_captured += 1;
                 drp.bytes_captured += len;

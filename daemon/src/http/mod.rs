@@ -111,7 +111,7 @@ async fn healthz(State(ctx): State<Ctx>) -> Response {
 }
 
 async fn metrics_page(State(ctx): State<Ctx>) -> Response {
-    // The chunk store statistics are a scan of the index: off the async workers.
+    // Operation counts read the catalog: off the async workers.
     let engine = ctx.engine.clone();
     match tokio::task::spawn_blocking(move || metrics::render(&engine)).await {
         Ok(Ok(text)) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
