@@ -34,5 +34,6 @@ mod restore_point_model;
 mod restore_point_rules;
 mod store_gc;
 mod store_kill;
+mod store_resume;
 mod store_verify;
 mod tracking_model;

@@ -130,8 +130,17 @@ async fn kill_during_gc(failpoint: &str) {
 
     let engine = open(dir.path(), BACKENDS[1]).await;
     assert_same(&read_rp(&engine, rp2, a).await, &image2, &format!("{failpoint}: rp2 after the kill"));
-    // A rerun completes the job and leaves only what rp2 needs.
-    gc(&engine, 50).await;
+    // The open resumed the cut-short GC as the same operation, and it completed the job.
+    let ops = engine.list_operations().unwrap();
+    let [cut] = ops.iter().filter(|o| o.kind == cairn_engine::OperationKind::Gc).collect::<Vec<_>>()[..] else {
+        panic!("{failpoint}: one GC operation expected: {ops:?}")
+    };
+    let resumed = wait_op(&engine, cut.id).await;
+    assert_eq!(resumed.state, OperationState::Succeeded, "{failpoint}: {resumed:?}");
+    assert_eq!(resumed.note.as_deref(), Some("resumed after the engine restarted"), "{failpoint}");
+    let report: GcReport = serde_json::from_value(resumed.result.unwrap()).unwrap();
+    assert_eq!(report.packs_rewritten, 1, "{failpoint}: the resumed run rewrote the sparse pack: {report:?}");
+    // One more run deletes the pack the rewrite retired, and leaves only what rp2 needs.
     gc(&engine, 50).await;
     let stats = engine.store_stats().unwrap();
     assert_eq!(stats.records, stats.referenced_records, "{failpoint}: {stats:?}");

@@ -184,6 +184,7 @@ impl Engine {
         };
         engine.recover_captures().await?;
         engine.resume_hydrations();
+        engine.resume_operations()?;
         Ok(engine)
     }
 

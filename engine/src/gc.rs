@@ -20,7 +20,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::format::{RECORD_HEADER_LEN, RecordHeader};
 use crate::ids::PackId;
-use crate::operation::{OperationKind, OperationRecord, OperationState};
+use crate::operation::{OperationKind, OperationRecord};
 use crate::store_counters::StoreChange;
 
 const RETIRED_PREFIX: &[u8] = b"retired-pack:";
@@ -29,6 +29,12 @@ pub const DEFAULT_GC_LIVE_SHARE_PERCENT: u32 = 50;
 
 fn retired_key(pack: PackId) -> Vec<u8> {
     [RETIRED_PREFIX, &pack.to_bytes()].concat()
+}
+
+/// What a GC keeps in its operation to resume after a restart.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct GcSettings {
+    live_share_percent: u32,
 }
 
 /// What one GC run did.
@@ -48,41 +54,48 @@ impl Engine {
         if live_share_percent > 100 {
             return Err(Error::invalid("live_share_percent", format!("{live_share_percent} is over 100")));
         }
-        let single = self
-            .inner
+        let single = self.claim_gc()?;
+        let mut op = OperationRecord::start(OperationKind::Gc, "store".into(), 0);
+        op.resume = serde_json::to_value(GcSettings { live_share_percent }).ok();
+        self.put_operation(&mut op)?;
+        self.spawn_gc(op.clone(), live_share_percent, single);
+        Ok(op)
+    }
+
+    /// Takes up a GC a stop cut short, from the start of its phases (each is idempotent).
+    pub(crate) fn resume_gc(&self, op: OperationRecord) -> Result<()> {
+        let settings: GcSettings = op.saved()?;
+        let single = self.claim_gc()?;
+        self.spawn_gc(op, settings.live_share_percent, single);
+        Ok(())
+    }
+
+    /// The right to run the one garbage collection at a time.
+    fn claim_gc(&self) -> Result<tokio::sync::OwnedMutexGuard<()>> {
+        self.inner
             .gc_single
             .clone()
             .try_lock_owned()
-            .map_err(|_| Error::FailedPrecondition("a garbage collection is already running".into()))?;
-        let mut op = OperationRecord::start(OperationKind::Gc, "store".into(), 0);
-        self.put_operation(&mut op)?;
+            .map_err(|_| Error::FailedPrecondition("a garbage collection is already running".into()))
+    }
+
+    fn spawn_gc(&self, mut op: OperationRecord, live_share_percent: u32, single: tokio::sync::OwnedMutexGuard<()>) {
         let cancel = self.inner.jobs.register(op.id, true);
         let engine = self.clone();
-        let ret = op.clone();
         self.inner.jobs.spawn(op.id, async move {
             let result = engine.gc(&mut op, live_share_percent, &cancel).await;
-            op.state = match result {
-                Ok(report) => {
-                    tracing::info!(?report, "garbage collection finished");
-                    op.result = serde_json::to_value(&report).ok();
-                    OperationState::Succeeded
-                }
-                Err(Error::Canceled) => OperationState::Canceled,
-                Err(e) => {
-                    tracing::warn!(error = %e, "garbage collection failed");
-                    OperationState::Failed { error: e.to_string() }
-                }
-            };
-            drop(single);
-            if let Err(e) = engine.put_operation(&mut op) {
-                tracing::error!(error = %e, "could not record the end of garbage collection");
+            if let Ok(report) = &result {
+                tracing::info!(?report, "garbage collection finished");
             }
+            let outcome = crate::jobs::report(result);
+            drop(single);
+            engine.settle_resumable(&mut op, outcome);
         });
-        Ok(ret)
     }
 
     async fn gc(&self, op: &mut OperationRecord, live_share_percent: u32, cancel: &AtomicBool) -> Result<GcReport> {
         let mut report = GcReport::default();
+        op.bytes_done = 0;
         let chunks = &self.inner.chunks;
         let store = chunks.pack_store();
         let catalog = chunks.catalog();

@@ -63,6 +63,10 @@
 //! - Every multi-key catalog change is one synced RocksDB WriteBatch.
 //! - A restore point still `Creating` at open becomes `Failed` with its entries dropped; a
 //!   closed epoch is consumed if a succeeded restore point captured it, else merged back.
+//! - A GC or verify still `Running` at open (a crash, or parked by a clean shutdown) resumes as
+//!   the same operation: GC from the start of its phases (each is idempotent: phase 1 deletes
+//!   whatever pack nothing references, phase 2 switches only records still where they were),
+//!   a store verify from the cursor its record saved (records go in index order).
 //! - Failpoints (`CAIRN_FAILPOINTS`) sit on each of these edges; kill tests drive them.
 //!
 //! ## What may run together

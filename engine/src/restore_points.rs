@@ -936,7 +936,7 @@ impl Engine {
         }
         let all = self.inner.catalog.list::<RestorePointRecord>()?;
         for mut op in self.inner.catalog.list::<OperationRecord>()? {
-            if op.state.is_terminal() {
+            if op.state.is_terminal() || op.kind.resumes() {
                 continue;
             }
             // A capture whose restore point committed ended well; anything else was cut short.

@@ -435,7 +435,7 @@ fn j_op(o: &pb::Operation) -> Value {
         "state": enum_name(o.state().as_str_name(), "OPERATION_STATE_"), "percent": o.percent,
         "bytes_done": o.bytes_done, "bytes_total": o.bytes_total, "error": o.error,
         "paused_reason": o.paused_reason, "created_at_ms": o.created_at_ms, "updated_at_ms": o.updated_at_ms,
-        "result": serde_json::from_str::<Value>(&o.result_json).ok(),
+        "result": serde_json::from_str::<Value>(&o.result_json).ok(), "note": o.note,
     })
 }
 

@@ -178,6 +178,7 @@ pub fn operation(r: &OperationRecord) -> pb::Operation {
         created_at_ms: r.created_at_ms,
         updated_at_ms: r.updated_at_ms,
         result_json: r.result.as_ref().map(ToString::to_string).unwrap_or_default(),
+        note: r.note.clone().unwrap_or_default(),
     }
 }
 
