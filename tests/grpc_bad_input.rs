@@ -355,8 +355,8 @@ async fn every_rpc_refuses_bad_input_with_its_code_and_the_daemon_keeps_answerin
             }),
         ),
         (
-            "CreateCollection changed settings",
-            Code::FailedPrecondition,
+            "CreateOrUpdateCollection changed region",
+            Code::InvalidArgument,
             Box::pin({
                 let c = c.clone();
                 async move {
@@ -364,7 +364,7 @@ async fn every_rpc_refuses_bad_input_with_its_code_and_the_daemon_keeps_answerin
                         .create_or_update_collection(pb::CreateOrUpdateCollectionRequest {
                             name: "c".into(),
                             group: "g".into(),
-                            max_restore_points: 7,
+                            region: "elsewhere".into(),
                             ..Default::default()
                         })
                         .await

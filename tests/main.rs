@@ -7,6 +7,7 @@ mod common;
 
 mod catalog_resources;
 mod cli_restore_point_story;
+mod collection_update;
 mod daemon_lifecycle;
 mod disk_bad_input;
 mod disk_io;

@@ -122,7 +122,7 @@ mod verify;
 pub use capture::PendingCapture;
 pub use chunk::{ChunkId, ChunkRef};
 pub use chunk_store::StoreStats;
-pub use collection::{CollectionRecord, CreateCollection, DEFAULT_MAX_RESTORE_POINTS, ScriptHook};
+pub use collection::{CollectionRecord, CreateCollection, DEFAULT_MAX_RESTORE_POINTS, ScriptHook, UpdateCollection};
 pub use disk::{CreateDisk, Disk, DiskCounters, DiskRecord, Extent, RestoreSource};
 pub use engine::{Engine, EngineConfig};
 pub use error::{Error, ErrorKind, Result};

@@ -144,20 +144,8 @@ impl Engine {
     pub async fn create_collection(&self, req: CreateCollection) -> Result<CollectionRecord> {
         let name = Name::new(req.name)?;
         let max = req.max_restore_points.unwrap_or(DEFAULT_MAX_RESTORE_POINTS);
-        if max == 0 || max > MAX_RESTORE_POINTS_LIMIT {
-            return Err(Error::invalid(
-                "max_restore_points",
-                format!("{max} is not within 1..={MAX_RESTORE_POINTS_LIMIT}"),
-            ));
-        }
-        if let Some(h) = &req.hook {
-            if h.command.first().is_none_or(|p| p.is_empty()) {
-                return Err(Error::invalid("hook.command", "must name a program"));
-            }
-            if h.timeout_ms == 0 || h.timeout_ms > 3_600_000 {
-                return Err(Error::invalid("hook.timeout_ms", format!("{} is not within 1..=3600000", h.timeout_ms)));
-            }
-        }
+        crate::collection::check_max_restore_points(max)?;
+        crate::collection::check_hook(req.hook.as_ref())?;
         let region = match req.region {
             Some(r) => Name::new(r).map_err(|_| Error::invalid("region", "must be a valid name"))?.to_string(),
             None => self.region().to_owned(),

@@ -147,6 +147,21 @@ enum CollectionCmd {
         /// Region [default: the daemon's].
         #[arg(long)]
         region: Option<String>,
+        #[command(flatten)]
+        hook: HookArgs,
+    },
+    /// Changes a collection's settings; those not given stay as they are. Its group and
+    /// region cannot change.
+    Update {
+        collection: String,
+        /// Most restore points kept (not below the number it holds).
+        #[arg(long)]
+        max_restore_points: Option<u32>,
+        #[command(flatten)]
+        hook: HookArgs,
+        /// Remove the quiesce hook.
+        #[arg(long, conflicts_with_all = ["hook_command", "hook_timeout_ms"])]
+        no_hook: bool,
     },
     List,
     Show {
@@ -158,6 +173,37 @@ enum CollectionCmd {
         #[arg(long)]
         cascade: bool,
     },
+}
+
+/// Default time a quiesce hook script may take.
+const DEFAULT_HOOK_TIMEOUT_MS: u64 = 60_000;
+
+#[derive(Debug, Args)]
+struct HookArgs {
+    /// Quiesce hook script run before and after the freeze: the program, then its leading
+    /// arguments, one per flag (the phase, `quiesce` or `thaw`, is appended).
+    #[arg(long = "hook-command", value_name = "ARG")]
+    hook_command: Vec<String>,
+    /// How long the hook script may take, in milliseconds [default: 60000].
+    #[arg(long)]
+    hook_timeout_ms: Option<u64>,
+}
+
+impl HookArgs {
+    /// The hook these flags ask for, over `current` (what the collection has now).
+    fn over(self, current: Option<pb::ScriptHook>) -> Res<Option<pb::ScriptHook>> {
+        match (self.hook_command.is_empty(), self.hook_timeout_ms, current) {
+            (false, timeout, current) => Ok(Some(pb::ScriptHook {
+                command: self.hook_command,
+                timeout_ms: timeout.or(current.map(|h| h.timeout_ms)).unwrap_or(DEFAULT_HOOK_TIMEOUT_MS),
+            })),
+            (true, Some(timeout_ms), Some(h)) => Ok(Some(pb::ScriptHook { timeout_ms, ..h })),
+            (true, Some(_), None) => {
+                Err(Failure::Other("--hook-timeout-ms needs a hook: give --hook-command too".into()))
+            }
+            (true, None, current) => Ok(current),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -715,13 +761,25 @@ impl Client {
     async fn collection(&self, cmd: CollectionCmd) -> Res {
         let mut c = self.collections();
         let coll = match cmd {
-            CollectionCmd::Create { name, group, max_restore_points, region } => {
+            CollectionCmd::Create { name, group, max_restore_points, region, hook } => {
                 let req = pb::CreateOrUpdateCollectionRequest {
                     name,
                     group,
                     region: region.unwrap_or_default(),
                     max_restore_points: max_restore_points.unwrap_or(0),
-                    hook: None,
+                    hook: hook.over(None)?,
+                };
+                c.create_or_update_collection(req).await?.into_inner()
+            }
+            CollectionCmd::Update { collection, max_restore_points, hook, no_hook } => {
+                // CreateOrUpdate takes the whole collection wanted: start from what it is.
+                let now = c.get_collection(pb::GetCollectionRequest { collection }).await?.into_inner();
+                let req = pb::CreateOrUpdateCollectionRequest {
+                    max_restore_points: max_restore_points.unwrap_or(now.max_restore_points),
+                    hook: if no_hook { None } else { hook.over(now.hook)? },
+                    name: now.name,
+                    group: now.group_id,
+                    region: now.region,
                 };
                 c.create_or_update_collection(req).await?.into_inner()
             }
