@@ -7,7 +7,7 @@ use cairn_proto::v1 as pb;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::common::{cairn_cli, grpc, grpc_group_and_collection, grpc_wait_op, run_ok, start_cairnd};
+use crate::common::{cairn_cli, grpc, grpc_disk, grpc_group_and_collection, grpc_restore_point, run_ok, start_cairnd};
 
 const MIB: u64 = 1 << 20;
 
@@ -30,17 +30,7 @@ fn want(max: u32, hook: Option<pb::ScriptHook>) -> pb::CreateOrUpdateCollectionR
 }
 
 async fn create_rp(ch: &Channel, name: &str, mode: pb::ConsistencyMode) -> Result<pb::RestorePoint, tonic::Status> {
-    let mut rps = pb::restore_points_client::RestorePointsClient::new(ch.clone());
-    let req = pb::CreateRestorePointRequest {
-        collection: "c".into(),
-        name: name.into(),
-        consistency_mode: mode.into(),
-        ..Default::default()
-    };
-    let r = rps.create_restore_point(req).await?.into_inner();
-    grpc_wait_op(ch, &r.operation.unwrap().id).await;
-    let get = pb::GetRestorePointRequest { collection: "c".into(), restore_point: name.into(), instance_view: false };
-    Ok(rps.get_restore_point(get).await.unwrap().into_inner())
+    grpc_restore_point(ch, "c", name, mode).await
 }
 
 async fn get(ch: &Channel) -> pb::Collection {
@@ -57,11 +47,8 @@ async fn create_or_update_changes_limit_and_hook_and_refuses_fixed_or_impossible
     let dir = tempfile::tempdir().unwrap();
     let daemon = start_cairnd(dir.path(), &[]);
     let ch = grpc(dir.path()).await;
-    let mut disks = pb::disks_client::DisksClient::new(ch.clone());
-    for name in ["d", "e"] {
-        let req = pb::CreateDiskRequest { name: name.into(), size_bytes: 4 * MIB, ..Default::default() };
-        disks.create_disk(req).await.unwrap();
-    }
+    grpc_disk(&ch, "d", 4 * MIB).await;
+    grpc_disk(&ch, "e", 4 * MIB).await;
     grpc_group_and_collection(&ch, "vm", &["d"], "c").await;
     pb::groups_client::GroupsClient::new(ch.clone())
         .create_group(pb::CreateGroupRequest {
@@ -116,10 +103,7 @@ async fn cli_collection_update_changes_only_what_it_is_given() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = start_cairnd(dir.path(), &[]);
     let ch = grpc(dir.path()).await;
-    pb::disks_client::DisksClient::new(ch.clone())
-        .create_disk(pb::CreateDiskRequest { name: "d".into(), size_bytes: 4 * MIB, ..Default::default() })
-        .await
-        .unwrap();
+    grpc_disk(&ch, "d", 4 * MIB).await;
     grpc_group_and_collection(&ch, "vm", &["d"], "c").await;
     create_rp(&ch, "rp1", pb::ConsistencyMode::CrashConsistent).await.unwrap();
     create_rp(&ch, "rp2", pb::ConsistencyMode::CrashConsistent).await.unwrap();

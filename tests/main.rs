@@ -16,6 +16,7 @@ mod freeze_concurrent_writers;
 mod grpc_bad_input;
 mod grpc_listen;
 mod grpc_python_client;
+mod grpc_quiesce_subscription;
 mod grpc_restart;
 mod grpc_restore_point_story;
 mod grpc_store;
