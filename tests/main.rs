@@ -6,6 +6,7 @@
 mod common;
 
 mod catalog_resources;
+mod cli_output;
 mod cli_restore_point_story;
 mod collection_update;
 mod daemon_lifecycle;
