@@ -21,6 +21,7 @@ mod grpc_quiesce_subscription;
 mod grpc_restart;
 mod grpc_restore_point_story;
 mod grpc_store;
+mod http_healthz;
 mod http_metrics;
 mod nbd_bad_input;
 mod nbd_listen;

@@ -37,6 +37,8 @@ pub(crate) trait Record: Serialize + DeserializeOwned {
 pub(crate) struct Catalog {
     db: DB,
     path: PathBuf,
+    /// Why the last commit failed, until one succeeds (for health checks).
+    last_commit_error: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -68,7 +70,7 @@ impl Catalog {
                 Error::Catalog { context: "open catalog", source }
             }
         })?;
-        let catalog = Self { db, path: path.to_owned() };
+        let catalog = Self { db, path: path.to_owned(), last_commit_error: std::sync::Mutex::new(None) };
         catalog.check_format_version()?;
         Ok(catalog)
     }
@@ -175,9 +177,28 @@ impl Catalog {
 
     /// Applies a batch atomically and durably (synced write-ahead log).
     pub(crate) fn commit(&self, batch: Batch<'_>) -> Result<()> {
+        let res = self.write(batch);
+        *self.last_commit_error.lock().unwrap_or_else(|p| p.into_inner()) = res.as_ref().err().map(ToString::to_string);
+        res
+    }
+
+    fn write(&self, batch: Batch<'_>) -> Result<()> {
+        crate::failpoint!("catalog::commit");
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         self.db.write_opt(batch.batch, &opts).map_err(db_err("commit batch"))
+    }
+
+    /// What is wrong with the catalog, if anything: the last commit failed (and none
+    /// succeeded since), or it cannot be read.
+    pub(crate) fn problem(&self) -> Option<String> {
+        if let Some(e) = self.last_commit_error.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Some(format!("the last catalog commit failed: {e}"));
+        }
+        let read = self
+            .cf("meta")
+            .and_then(|meta| self.db.get_cf(meta, META_FORMAT_VERSION_KEY).map_err(db_err("read format version")));
+        read.err().map(|e| format!("the catalog cannot be read: {e}"))
     }
 }
 

@@ -216,6 +216,20 @@ impl Engine {
         &self.inner.freeze_stats
     }
 
+    /// What is wrong with the engine, if anything: disks a failed sync poisoned, a catalog
+    /// whose last commit failed or that cannot be read. Empty when healthy.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .state()
+            .disks
+            .values()
+            .filter(|e| e.disk.poisoned())
+            .map(|e| format!("disk {} is poisoned by a failed sync", e.disk.name()))
+            .collect();
+        out.extend(self.inner.catalog.problem());
+        out
+    }
+
     /// Bytes and busy time of captures and hydrations so far.
     pub fn throughput(&self) -> &Throughput {
         &self.inner.throughput

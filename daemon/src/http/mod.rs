@@ -1,7 +1,8 @@
 //! cairnd's HTTP endpoint (`--http`, default `127.0.0.1:9633`): `/healthz` and `/metrics`
-//! in the Prometheus text format ([`metrics`]). Like the other listeners, a TCP address that
-//! is not loopback is refused without TLS (not implemented yet) unless plaintext is
-//! explicitly allowed. Engine errors become HTTP statuses in [`http_status`], the one place.
+//! in the Prometheus text format ([`metrics`]). `/healthz` is 200 `ok`, or 503 with the
+//! reasons: shutting down, a disk poisoned by a failed sync, a failing catalog. Like the
+//! other listeners, a TCP address that is not loopback is refused without TLS (not
+//! implemented yet) unless plaintext is explicitly allowed. Engine errors become HTTP statuses in [`http_status`], the one place.
 
 pub mod metrics;
 
@@ -107,7 +108,18 @@ async fn healthz(State(ctx): State<Ctx>) -> Response {
     if *ctx.shutdown.borrow() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
-    (StatusCode::OK, "ok").into_response()
+    // A RocksDB read: off the async workers.
+    let engine = ctx.engine.clone();
+    match tokio::task::spawn_blocking(move || engine.problems()).await {
+        Ok(problems) if problems.is_empty() => (StatusCode::OK, "ok").into_response(),
+        Ok(problems) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {}\n", problems.join("; "))).into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "health check panicked");
+            (StatusCode::INTERNAL_SERVER_ERROR, "health check failed; the daemon log has the details\n").into_response()
+        }
+    }
 }
 
 async fn metrics_page(State(ctx): State<Ctx>) -> Response {
