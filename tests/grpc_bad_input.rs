@@ -355,8 +355,8 @@ async fn every_rpc_refuses_bad_input_with_its_code_and_the_daemon_keeps_answerin
             }),
         ),
         (
-            "CreateCollection changed settings",
-            Code::FailedPrecondition,
+            "CreateOrUpdateCollection changed region",
+            Code::InvalidArgument,
             Box::pin({
                 let c = c.clone();
                 async move {
@@ -364,7 +364,7 @@ async fn every_rpc_refuses_bad_input_with_its_code_and_the_daemon_keeps_answerin
                         .create_or_update_collection(pb::CreateOrUpdateCollectionRequest {
                             name: "c".into(),
                             group: "g".into(),
-                            max_restore_points: 7,
+                            region: "elsewhere".into(),
                             ..Default::default()
                         })
                         .await
@@ -846,5 +846,69 @@ async fn every_rpc_refuses_bad_input_with_its_code_and_the_daemon_keeps_answerin
             .unwrap_or_else(|e| panic!("after {what}: {e}"));
     }
     assert!(wrong.is_empty(), "wrong codes:\n{}", wrong.join("\n"));
+    daemon.stop();
+}
+
+/// The error of a WriteDisk stream of one message.
+async fn write_one(ch: &Channel, offset: u64, data_bytes: Vec<u8>, zero_length: u64) -> tonic::Status {
+    let m = pb::WriteDiskRequest { disk: "d".into(), offset, data: data_bytes, zero_length };
+    data(ch).write_disk(futures::stream::iter([m])).await.expect_err("the write must be refused")
+}
+
+fn changed(first: Option<pb::DiskRestorePointRef>, second: &str) -> pb::ListChangedBlocksRequest {
+    pb::ListChangedBlocksRequest { first, second_restore_point: second.into(), ..Default::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_arguments_name_the_request_field_at_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_cairnd(dir.path(), &[]);
+    let ch = grpc(dir.path()).await;
+    crate::common::grpc_disk(&ch, "d", 1 << 20).await;
+    crate::common::grpc_group_and_collection(&ch, "g", &["d"], "c").await;
+    for name in ["rp1", "rp2"] {
+        crate::common::grpc_restore_point(&ch, "c", name, pb::ConsistencyMode::CrashConsistent).await.unwrap();
+    }
+    let list = |req| {
+        let ch = ch.clone();
+        async move { data(&ch).list_changed_blocks(req).await.expect_err("must be refused") }
+    };
+
+    let statuses = [
+        write_one(&ch, (1 << 20) - 4096, vec![1; 8192], 0).await,
+        write_one(&ch, 4096, Vec::new(), 1 << 20).await,
+        write_one(&ch, 2 << 20, vec![1; 4096], 0).await,
+        list(changed(rp_ref("c", "", "d"), "rp2")).await,
+        list(changed(rp_ref("c", "rp2", "d"), "rp1")).await,
+        list(changed(rp_ref("c", "rp1", "d"), "")).await,
+        read_all(
+            ch.clone(),
+            pb::ReadDiskRequest {
+                source: Some(pb::read_disk_request::Source::DiskRestorePoint(rp_ref("c", "rp1", "").unwrap())),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err(),
+        ops(&ch).get_operation(pb::GetOperationRequest { id: "nope".into() }).await.unwrap_err(),
+    ];
+
+    let fields: Vec<(Code, &str)> =
+        statuses.iter().map(|s| (s.code(), s.message().split(':').next().unwrap_or(""))).collect();
+    let invalid = |f| (Code::InvalidArgument, f);
+    assert_eq!(
+        fields,
+        [
+            invalid("invalid data"),
+            invalid("invalid zero_length"),
+            invalid("invalid offset"),
+            invalid("invalid first.restore_point"),
+            invalid("invalid second_restore_point"),
+            invalid("invalid second_restore_point"),
+            invalid("invalid disk_restore_point.disk"),
+            invalid("invalid id"),
+        ],
+        "{statuses:#?}"
+    );
     daemon.stop();
 }

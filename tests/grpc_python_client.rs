@@ -1,17 +1,18 @@
 //! A client that is not ours: Python grpcio with stubs generated from proto/ by grpcio-tools
-//! drives the real cairnd (create, list, write, read, a restore point, an error code, and
-//! the standard health service).
+//! drives the real cairnd (create, list, write, read, a restore point, an error code, a
+//! hypervisor answering on the QuiesceSubscription stream, and the standard health service).
 
 use std::process::Command;
 
 use crate::common::{grpc_endpoint, run_ok, start_cairnd};
 
 const SCRIPT: &str = r#"
-import sys, time, grpc
+import queue, sys, threading, time, grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from cairn.v1 import disks_pb2, disks_pb2_grpc, disk_data_pb2, disk_data_pb2_grpc
 from cairn.v1 import groups_pb2, groups_pb2_grpc, collections_pb2, collections_pb2_grpc
 from cairn.v1 import restore_points_pb2, restore_points_pb2_grpc, operations_pb2, operations_pb2_grpc
+from cairn.v1 import quiesce_pb2, quiesce_pb2_grpc
 from cairn.v1 import resources_pb2
 
 # grpcio sends a unix socket's path as :authority, which h2 (under tonic) refuses as malformed;
@@ -45,6 +46,38 @@ for op in operations_pb2_grpc.OperationsStub(ch).WatchOperation(operations_pb2.W
 assert last.state == resources_pb2.OPERATION_STATE_SUCCEEDED, last
 rp = rps.GetRestorePoint(restore_points_pb2.GetRestorePointRequest(collection="pyc", restore_point="first"))
 assert rp.provisioning_state == resources_pb2.PROVISIONING_STATE_SUCCEEDED, rp
+# A hypervisor on the QuiesceSubscription stream: it answers quiesce and thaw from a thread,
+# and the restore point asked for meanwhile reaches application consistency.
+replies = queue.Queue()
+def client_messages():
+    yield quiesce_pb2.QuiesceClientMessage(subscribe=quiesce_pb2.QuiesceSubscribe(group="pyg", timeout_ms=10000))
+    while (m := replies.get()) is not None:
+        yield m
+server_messages = quiesce_pb2_grpc.QuiesceStub(ch).QuiesceSubscription(client_messages())
+assert next(server_messages).WhichOneof("message") == "subscribed"
+seen = []
+def hypervisor():
+    for m in server_messages:
+        kind = m.WhichOneof("message")
+        seen.append((kind, getattr(m, kind).restore_point))
+        if kind == "quiesce":
+            replies.put(quiesce_pb2.QuiesceClientMessage(quiesced=quiesce_pb2.QuiesceReply(
+                request_id=m.quiesce.request_id, achieved=resources_pb2.CONSISTENCY_MODE_APPLICATION_CONSISTENT)))
+        elif kind == "thaw":
+            replies.put(quiesce_pb2.QuiesceClientMessage(thawed=quiesce_pb2.ThawReply(request_id=m.thaw.request_id)))
+            replies.put(None)
+            return
+answering = threading.Thread(target=hypervisor)
+answering.start()
+r = rps.CreateRestorePoint(restore_points_pb2.CreateRestorePointRequest(
+    collection="pyc", name="app", consistency_mode=resources_pb2.CONSISTENCY_MODE_APPLICATION_CONSISTENT))
+for op in operations_pb2_grpc.OperationsStub(ch).WatchOperation(operations_pb2.WatchOperationRequest(id=r.operation.id)):
+    last = op
+assert last.state == resources_pb2.OPERATION_STATE_SUCCEEDED, last
+answering.join(timeout=60)
+assert seen == [("quiesce", "app"), ("thaw", "app")], seen
+rp = rps.GetRestorePoint(restore_points_pb2.GetRestorePointRequest(collection="pyc", restore_point="app"))
+assert rp.consistency_mode == resources_pb2.CONSISTENCY_MODE_APPLICATION_CONSISTENT, rp
 h = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="cairn.v1.Disks"))
 assert h.status == health_pb2.HealthCheckResponse.SERVING, h
 print("python client ok")

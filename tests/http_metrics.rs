@@ -1,7 +1,7 @@
 //! cairnd's HTTP endpoint with a real client (curl): `/healthz` answers ok, `/metrics` has
 //! every metric family in the Prometheus text format with values that follow guest I/O
-//! (capture reads are not guest I/O and do not count), captures and the chunk store; a
-//! public address without TLS is refused.
+//! (capture reads are not guest I/O and do not count), captures, hydrations and the chunk
+//! store; a public address without TLS is refused.
 
 use std::process::Command;
 
@@ -55,6 +55,18 @@ async fn healthz_and_metrics_over_curl_follow_io_captures_and_the_store() {
         .into_inner();
     assert_eq!(grpc_wait_op(&ch, &r.operation.unwrap().id).await.state(), pb::OperationState::Succeeded);
     grpc_read(&ch, pb::read_disk_request::Source::Disk("d".into())).await;
+    let restored = pb::restores_client::RestoresClient::new(ch.clone())
+        .restore_disk(pb::RestoreDiskRequest {
+            collection: "c".into(),
+            restore_point: "rp1".into(),
+            disk: "d".into(),
+            name: "d2".into(),
+            direct_io: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(grpc_wait_op(&ch, &restored.operation.unwrap().id).await.state(), pb::OperationState::Succeeded);
     let after = curl(&format!("{base}/metrics"));
 
     assert_eq!(health, "ok");
@@ -63,12 +75,22 @@ async fn healthz_and_metrics_over_curl_follow_io_captures_and_the_store() {
         "cairn_disk_read_bytes_total counter",
         "cairn_disk_write_ops_total counter",
         "cairn_disk_write_bytes_total counter",
+        "cairn_disk_flush_ops_total counter",
+        "cairn_disk_trim_ops_total counter",
+        "cairn_disk_size_bytes gauge",
         "cairn_freeze_window_seconds histogram",
+        "cairn_capture_bytes_total counter",
+        "cairn_capture_seconds_total counter",
+        "cairn_hydration_bytes_total counter",
+        "cairn_hydration_seconds_total counter",
         "cairn_store_records gauge",
         "cairn_store_record_bytes gauge",
+        "cairn_store_referenced_records gauge",
+        "cairn_store_referenced_bytes gauge",
         "cairn_store_references gauge",
         "cairn_store_packs gauge",
         "cairn_store_pack_bytes gauge",
+        "cairn_store_dedup_ratio gauge",
         "cairn_operations gauge",
     ] {
         assert!(before.contains(&format!("# TYPE {family}\n")), "no {family} in:\n{before}");
@@ -87,6 +109,16 @@ async fn healthz_and_metrics_over_curl_follow_io_captures_and_the_store() {
     assert!(sample(&after, "cairn_store_pack_bytes") > MIB as f64, "{after}");
     assert_eq!(sample(&before, "cairn_operations{kind=\"capture\",state=\"succeeded\"}"), 0.0);
     assert_eq!(sample(&after, "cairn_operations{kind=\"capture\",state=\"succeeded\"}"), 1.0);
+    // Throughput: the capture read the 1 MiB of data; the hydration wrote it back (holes
+    // cost nothing); both spent time doing so.
+    assert_eq!(sample(&before, "cairn_capture_bytes_total"), 0.0);
+    assert_eq!(sample(&after, "cairn_capture_bytes_total"), MIB as f64);
+    assert!(sample(&after, "cairn_capture_seconds_total") > 0.0, "{after}");
+    assert_eq!(sample(&before, "cairn_hydration_bytes_total"), 0.0);
+    assert_eq!(sample(&after, "cairn_hydration_bytes_total"), MIB as f64);
+    assert!(sample(&after, "cairn_hydration_seconds_total") > 0.0, "{after}");
+    assert_eq!(sample(&after, "cairn_operations{kind=\"hydration\",state=\"succeeded\"}"), 1.0);
+    assert_eq!(sample(&after, "cairn_store_dedup_ratio"), 1.0);
     daemon.stop();
     let gone = Command::new("curl").args(["-sS", "--max-time", "5", &format!("{base}/healthz")]).output().unwrap();
     assert!(!gone.status.success(), "the HTTP listener stops with the daemon");

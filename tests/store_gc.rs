@@ -130,8 +130,17 @@ async fn kill_during_gc(failpoint: &str) {
 
     let engine = open(dir.path(), BACKENDS[1]).await;
     assert_same(&read_rp(&engine, rp2, a).await, &image2, &format!("{failpoint}: rp2 after the kill"));
-    // A rerun completes the job and leaves only what rp2 needs.
-    gc(&engine, 50).await;
+    // The open resumed the cut-short GC as the same operation, and it completed the job.
+    let ops = engine.list_operations().unwrap();
+    let [cut] = ops.iter().filter(|o| o.kind == cairn_engine::OperationKind::Gc).collect::<Vec<_>>()[..] else {
+        panic!("{failpoint}: one GC operation expected: {ops:?}")
+    };
+    let resumed = wait_op(&engine, cut.id).await;
+    assert_eq!(resumed.state, OperationState::Succeeded, "{failpoint}: {resumed:?}");
+    assert_eq!(resumed.note.as_deref(), Some("resumed after the engine restarted"), "{failpoint}");
+    let report: GcReport = serde_json::from_value(resumed.result.unwrap()).unwrap();
+    assert_eq!(report.packs_rewritten, 1, "{failpoint}: the resumed run rewrote the sparse pack: {report:?}");
+    // One more run deletes the pack the rewrite retired, and leaves only what rp2 needs.
     gc(&engine, 50).await;
     let stats = engine.store_stats().unwrap();
     assert_eq!(stats.records, stats.referenced_records, "{failpoint}: {stats:?}");
@@ -147,4 +156,42 @@ async fn kill_after_the_sweep() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_after_a_rewritten_pack_is_sealed() {
     kill_during_gc("gc::after_rewrite_seal").await;
+}
+
+/// The store totals the engine keeps up to date as it goes, against a fresh count of the
+/// index (the one an open makes).
+async fn assert_totals_survive_a_recount(engine: cairn_engine::Engine, dir: &Path, step: &str) -> cairn_engine::Engine {
+    let running = engine.store_stats().unwrap();
+    engine.close().await.unwrap();
+    drop(engine);
+    let engine = open(dir, BACKENDS[0]).await;
+    assert_eq!(running, engine.store_stats().unwrap(), "{step}: running totals differ from a recount");
+    engine
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_store_totals_equal_a_recount_through_captures_deletes_and_gc() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), BACKENDS[0]).await;
+    let (a, rp2, _) = sparse_pack(&engine).await;
+    // A second disk with the same content as the first: deduplicated records gain references.
+    let b = disk(&engine, "b", 16 * MIB).await.id;
+    let (_, coll_b) = collection(&engine, "cb", vec![b]).await;
+    let content = read_rp(&engine, rp2.id, a).await;
+    engine.disk(b).unwrap().write(0, IoBuf::from_slice(&content[..8 * MIB as usize]), false).await.unwrap();
+    let rp_b = restore_point(&engine, coll_b.id, "b1", vec![]).await;
+    let before_gc = engine.store_stats().unwrap();
+    assert!(before_gc.references > before_gc.referenced_records, "dedup adds references: {before_gc:?}");
+    assert!(before_gc.records > before_gc.referenced_records, "rp1's deletion left garbage: {before_gc:?}");
+    let engine = assert_totals_survive_a_recount(engine, dir.path(), "after captures and a delete").await;
+
+    gc(&engine, 50).await;
+    let engine = assert_totals_survive_a_recount(engine, dir.path(), "after a sweep and a rewrite").await;
+    engine.delete_restore_point(rp_b.id).await.unwrap();
+    gc(&engine, 50).await;
+    let engine = assert_totals_survive_a_recount(engine, dir.path(), "after the retired pack went").await;
+
+    let s = engine.store_stats().unwrap();
+    assert_eq!((s.records, s.referenced_records), (s.referenced_records, before_gc.referenced_records), "{s:?}");
+    assert_eq!(s.packs, pack_files(dir.path()) as u64, "{s:?}");
 }

@@ -38,6 +38,8 @@ pub(crate) trait Record: Serialize + DeserializeOwned {
 pub(crate) struct Catalog {
     db: DB,
     path: PathBuf,
+    /// Why the last commit failed, until one succeeds (for health checks).
+    last_commit_error: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -69,7 +71,7 @@ impl Catalog {
                 Error::Catalog { context: "open catalog", source }
             }
         })?;
-        let catalog = Self { db, path: path.to_owned() };
+        let catalog = Self { db, path: path.to_owned(), last_commit_error: std::sync::Mutex::new(None) };
         catalog.check_format_version()?;
         Ok(catalog)
     }
@@ -179,7 +181,15 @@ impl Catalog {
         self.write_synced(batch.batch)
     }
 
+    /// A synced write, remembering whether it failed for [`Self::problem`].
     fn write_synced(&self, batch: WriteBatch) -> Result<()> {
+        let res = self.write(batch);
+        *self.last_commit_error.lock().unwrap_or_else(|p| p.into_inner()) = res.as_ref().err().map(ToString::to_string);
+        res
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<()> {
+        crate::failpoint!("catalog::commit");
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         self.db.write_opt(batch, &opts).map_err(db_err("commit batch"))
@@ -192,6 +202,18 @@ impl Catalog {
         tokio::task::spawn_blocking(move || catalog.write_synced(batch))
             .await
             .map_err(|e| Error::io("commit batch", &self.path, std::io::Error::other(e)))?
+    }
+
+    /// What is wrong with the catalog, if anything: the last commit failed (and none
+    /// succeeded since), or it cannot be read.
+    pub(crate) fn problem(&self) -> Option<String> {
+        if let Some(e) = self.last_commit_error.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Some(format!("the last catalog commit failed: {e}"));
+        }
+        let read = self
+            .cf("meta")
+            .and_then(|meta| self.db.get_cf(meta, META_FORMAT_VERSION_KEY).map_err(db_err("read format version")));
+        read.err().map(|e| format!("the catalog cannot be read: {e}"))
     }
 }
 

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::format::{Codec, PACK_HEADER_LEN, RECORD_HEADER_LEN, RecordHeader, RecordKind, encode_pack_header};
 use crate::ids::PackId;
 use crate::store::PackStore;
+use crate::store_counters::{StoreChange, StoreCounters};
 
 /// A record ready to append: header plus stored bytes. Built off the I/O path (CPU work).
 #[derive(Debug)]
@@ -217,6 +218,8 @@ pub(crate) struct ChunkStore {
     /// small reads of one chunk (a client reading an export 4 KiB at a time) decompress it
     /// once. Verify never reads through it.
     cache: quick_cache::sync::Cache<ChunkId, Arc<[u8]>, ChunkWeight>,
+    /// Totals behind [`Self::stats`], adjusted after every commit that changes the index.
+    counters: StoreCounters,
 }
 
 /// Cache entries weigh their length in bytes.
@@ -275,7 +278,9 @@ impl ChunkStore {
             }
             Ok(true)
         })?;
+        let counters = StoreCounters::load(&catalog)?;
         Ok(Self {
+            counters,
             catalog,
             store,
             staging_dir,
@@ -392,27 +397,14 @@ impl ChunkStore {
         }
     }
 
-    /// Counts of the chunk index and its packs (a scan of the index).
+    /// Counts of the chunk index and its packs (running totals: no scan).
     pub(crate) fn stats(&self) -> Result<StoreStats> {
-        let mut s = StoreStats::default();
-        self.catalog.scan("chunks", &[], &[], |_, v| {
-            let loc = ChunkLocation::decode(v)?;
-            let bytes = RECORD_HEADER_LEN as u64 + u64::from(loc.stored_len);
-            s.records += 1;
-            s.record_bytes += bytes;
-            if loc.refs > 0 {
-                s.referenced_records += 1;
-                s.referenced_bytes += bytes;
-                s.references += loc.refs;
-            }
-            Ok(true)
-        })?;
-        self.catalog.scan("packs", &[], &[], |_, v| {
-            s.packs += 1;
-            s.pack_bytes += v.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
-            Ok(true)
-        })?;
-        Ok(s)
+        Ok(self.counters.snapshot())
+    }
+
+    /// The running totals, for GC to adjust after its own commits.
+    pub(crate) fn counters(&self) -> &StoreCounters {
+        &self.counters
     }
 
     /// Holds the reference-count lock (GC relocations and sweeps take it around their commits).
@@ -430,8 +422,10 @@ impl ChunkStore {
     pub(crate) async fn commit(&self, mut batch: Batch<'_>, delta: &IndexDelta) -> Result<()> {
         let _lock = self.index_lock.lock().await;
         let mut healed = Vec::new();
+        let mut change = StoreChange::default();
         for (id, add) in &delta.refs {
-            let loc = match (self.lookup(*id)?, delta.new.get(id)) {
+            let before = self.lookup(*id)?;
+            let loc = match (before, delta.new.get(id)) {
                 // A record stored anew over one a verify found corrupt replaces it.
                 (Some(existing), Some(fresh)) if self.is_corrupt(*id) => {
                     batch.delete_raw("meta", &[CORRUPT_PREFIX, &id.0].concat())?;
@@ -453,11 +447,14 @@ impl ChunkStore {
             });
             let loc = ChunkLocation { refs, ..loc };
             batch.put_raw("chunks", &id.0, &loc.encode())?;
+            change.record(before.as_ref(), Some(&loc));
         }
         for (pack, bytes) in &delta.packs {
             batch.put_raw("packs", &pack.to_bytes(), &pack_entry(*bytes))?;
+            change.pack_added(*bytes);
         }
         self.catalog.commit_off_thread(batch).await?;
+        self.counters.apply(&change);
         if !healed.is_empty() {
             let mut corrupt = self.corrupt.write().unwrap_or_else(|p| p.into_inner());
             for id in healed {

@@ -3,7 +3,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::Record;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
 use crate::ids::{CollectionId, GroupId, Name};
+use crate::restore_point::RestorePointRecord;
+use crate::restore_points::MAX_RESTORE_POINTS_LIMIT;
 
 /// Default limit of restore points per collection (Azure's).
 pub const DEFAULT_MAX_RESTORE_POINTS: u32 = 200;
@@ -48,4 +52,74 @@ pub struct CreateCollection {
     /// `None`: 200.
     pub max_restore_points: Option<u32>,
     pub hook: Option<ScriptHook>,
+}
+
+/// What a caller may change in a collection (its group and region are fixed for life).
+#[derive(Debug, Clone, Default)]
+pub struct UpdateCollection {
+    /// `None`: unchanged. Never below the restore points the collection holds.
+    pub max_restore_points: Option<u32>,
+    /// `None`: unchanged; `Some(None)`: no hook any more.
+    pub hook: Option<Option<ScriptHook>>,
+}
+
+/// The limit of restore points a collection may be given.
+pub(crate) fn check_max_restore_points(max: u32) -> Result<()> {
+    if max == 0 || max > MAX_RESTORE_POINTS_LIMIT {
+        return Err(Error::invalid(
+            "max_restore_points",
+            format!("{max} is not within 1..={MAX_RESTORE_POINTS_LIMIT}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A quiesce script hook as a collection may hold it.
+pub(crate) fn check_hook(hook: Option<&ScriptHook>) -> Result<()> {
+    let Some(h) = hook else { return Ok(()) };
+    if h.command.first().is_none_or(|p| p.is_empty()) {
+        return Err(Error::invalid("hook.command", "must name a program"));
+    }
+    if h.timeout_ms == 0 || h.timeout_ms > 3_600_000 {
+        return Err(Error::invalid("hook.timeout_ms", format!("{} is not within 1..=3600000", h.timeout_ms)));
+    }
+    Ok(())
+}
+
+impl Engine {
+    /// Changes a collection's limit of restore points and its quiesce hook, as Azure's
+    /// restorePointCollections CreateOrUpdate does for an existing collection. A limit below
+    /// the restore points it holds is refused (delete some first); lowering the limit waits
+    /// for no creation: it is refused while one runs, whose restore point would not be counted.
+    pub async fn update_collection(&self, id: CollectionId, req: UpdateCollection) -> Result<CollectionRecord> {
+        if let Some(max) = req.max_restore_points {
+            check_max_restore_points(max)?;
+        }
+        if let Some(hook) = &req.hook {
+            check_hook(hook.as_ref())?;
+        }
+        let _admin = self.inner.admin.lock().await;
+        let mut record = self.collection(id)?;
+        let lowering = req.max_restore_points.is_some_and(|m| m < record.max_restore_points);
+        let _slot = if lowering { Some(self.inner.jobs.begin_creation(id, record.name.as_str())?) } else { None };
+        if let Some(max) = req.max_restore_points {
+            let held = self.inner.catalog.list::<RestorePointRecord>()?.iter().filter(|r| r.collection == id).count();
+            if (max as usize) < held {
+                return Err(Error::FailedPrecondition(format!(
+                    "collection {} holds {held} restore points, more than the max_restore_points {max} asked; delete \
+                     some first",
+                    record.name
+                )));
+            }
+            record.max_restore_points = max;
+        }
+        if let Some(hook) = req.hook {
+            record.hook = hook;
+        }
+        let mut batch = self.inner.catalog.batch();
+        batch.put(&record)?;
+        self.inner.catalog.commit(batch)?;
+        tracing::info!(collection = %record.name, max_restore_points = record.max_restore_points, hook = record.hook.is_some(), "collection updated");
+        Ok(record)
+    }
 }

@@ -289,6 +289,10 @@ impl Disk {
     pub fn counters(&self) -> &DiskCounters {
         &self.counters
     }
+    /// Whether a failed sync poisoned the disk (it then refuses all I/O).
+    pub fn poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
     /// The change tracker as it stands (replaced on resize).
     pub fn tracker(&self) -> Arc<ChangeTracker> {
         self.tracker.load_full()
@@ -640,7 +644,10 @@ impl Disk {
     }
 
     async fn sync_file(&self) -> Result<()> {
-        let res = self.io.sync_data(&self.file).await.map_err(|e| Error::io("fdatasync disk", &self.path, e));
+        let res = match sync_failpoint() {
+            Ok(()) => self.io.sync_data(&self.file).await.map_err(|e| Error::io("fdatasync disk", &self.path, e)),
+            Err(e) => Err(e),
+        };
         self.poison_on_err(res)
     }
 
@@ -729,4 +736,10 @@ impl Disk {
         self.sync_file().await?;
         self.tracker().close()
     }
+}
+
+/// Where kill and health tests make a disk sync fail (`disk::sync=return`).
+fn sync_failpoint() -> Result<()> {
+    crate::failpoint!("disk::sync");
+    Ok(())
 }

@@ -13,7 +13,7 @@ use crate::group::{CreateGroup, Freeze, GroupRecord, check_configuration};
 use crate::ids::{DiskId, GroupId, LineageId, Name};
 use crate::io::{Io, IoBackendKind};
 use crate::restore_points::DiskRestorePointReader;
-use crate::stats::FreezeStats;
+use crate::stats::{FreezeStats, Throughput};
 use crate::store::LocalPackStore;
 
 /// Engine settings; everything has an embedded default except the data dir.
@@ -113,6 +113,7 @@ pub(crate) struct Inner {
     /// Serialises changes to resources so that checks and catalog commits act as one.
     pub(crate) admin: tokio::sync::Mutex<()>,
     pub(crate) freeze_stats: Arc<FreezeStats>,
+    pub(crate) throughput: Throughput,
     pub(crate) chunks: Arc<ChunkStore>,
     pub(crate) jobs: crate::jobs::Jobs,
     pub(crate) watermark_bytes: std::sync::atomic::AtomicU64,
@@ -196,6 +197,7 @@ impl Engine {
                 state: RwLock::new(state),
                 admin: tokio::sync::Mutex::new(()),
                 freeze_stats: Arc::new(FreezeStats::default()),
+                throughput: Throughput::default(),
                 chunks,
                 jobs: crate::jobs::Jobs::default(),
                 watermark_bytes: std::sync::atomic::AtomicU64::new(watermark),
@@ -207,6 +209,7 @@ impl Engine {
         };
         engine.recover_captures().await?;
         engine.resume_hydrations();
+        engine.resume_operations()?;
         Ok(engine)
     }
 
@@ -236,6 +239,25 @@ impl Engine {
     /// Freeze-window statistics of every freeze so far.
     pub fn freeze_stats(&self) -> &FreezeStats {
         &self.inner.freeze_stats
+    }
+
+    /// What is wrong with the engine, if anything: disks a failed sync poisoned, a catalog
+    /// whose last commit failed or that cannot be read. Empty when healthy.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .state()
+            .disks
+            .values()
+            .filter(|e| e.disk.poisoned())
+            .map(|e| format!("disk {} is poisoned by a failed sync", e.disk.name()))
+            .collect();
+        out.extend(self.inner.catalog.problem());
+        out
+    }
+
+    /// Bytes and busy time of captures and hydrations so far.
+    pub fn throughput(&self) -> &Throughput {
+        &self.inner.throughput
     }
 
     // ---- disks ---------------------------------------------------------------------------

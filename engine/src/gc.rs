@@ -20,7 +20,8 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::format::{RECORD_HEADER_LEN, RecordHeader};
 use crate::ids::PackId;
-use crate::operation::{OperationKind, OperationRecord, OperationState};
+use crate::operation::{OperationKind, OperationRecord};
+use crate::store_counters::StoreChange;
 
 const RETIRED_PREFIX: &[u8] = b"retired-pack:";
 /// Default: rewrite packs less than half live.
@@ -28,6 +29,12 @@ pub const DEFAULT_GC_LIVE_SHARE_PERCENT: u32 = 50;
 
 fn retired_key(pack: PackId) -> Vec<u8> {
     [RETIRED_PREFIX, &pack.to_bytes()].concat()
+}
+
+/// What a GC keeps in its operation to resume after a restart.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct GcSettings {
+    live_share_percent: u32,
 }
 
 /// What one GC run did.
@@ -47,41 +54,48 @@ impl Engine {
         if live_share_percent > 100 {
             return Err(Error::invalid("live_share_percent", format!("{live_share_percent} is over 100")));
         }
-        let single = self
-            .inner
+        let single = self.claim_gc()?;
+        let mut op = OperationRecord::start(OperationKind::Gc, "store".into(), 0);
+        op.resume = serde_json::to_value(GcSettings { live_share_percent }).ok();
+        self.put_operation(&mut op)?;
+        self.spawn_gc(op.clone(), live_share_percent, single);
+        Ok(op)
+    }
+
+    /// Takes up a GC a stop cut short, from the start of its phases (each is idempotent).
+    pub(crate) fn resume_gc(&self, op: OperationRecord) -> Result<()> {
+        let settings: GcSettings = op.saved()?;
+        let single = self.claim_gc()?;
+        self.spawn_gc(op, settings.live_share_percent, single);
+        Ok(())
+    }
+
+    /// The right to run the one garbage collection at a time.
+    fn claim_gc(&self) -> Result<tokio::sync::OwnedMutexGuard<()>> {
+        self.inner
             .gc_single
             .clone()
             .try_lock_owned()
-            .map_err(|_| Error::FailedPrecondition("a garbage collection is already running".into()))?;
-        let mut op = OperationRecord::start(OperationKind::Gc, "store".into(), 0);
-        self.put_operation(&mut op)?;
+            .map_err(|_| Error::FailedPrecondition("a garbage collection is already running".into()))
+    }
+
+    fn spawn_gc(&self, mut op: OperationRecord, live_share_percent: u32, single: tokio::sync::OwnedMutexGuard<()>) {
         let cancel = self.inner.jobs.register(op.id, true);
         let engine = self.clone();
-        let ret = op.clone();
         self.inner.jobs.spawn(op.id, async move {
             let result = engine.gc(&mut op, live_share_percent, &cancel).await;
-            op.state = match result {
-                Ok(report) => {
-                    tracing::info!(?report, "garbage collection finished");
-                    op.result = serde_json::to_value(&report).ok();
-                    OperationState::Succeeded
-                }
-                Err(Error::Canceled) => OperationState::Canceled,
-                Err(e) => {
-                    tracing::warn!(error = %e, "garbage collection failed");
-                    OperationState::Failed { error: e.to_string() }
-                }
-            };
-            drop(single);
-            if let Err(e) = engine.put_operation(&mut op) {
-                tracing::error!(error = %e, "could not record the end of garbage collection");
+            if let Ok(report) = &result {
+                tracing::info!(?report, "garbage collection finished");
             }
+            let outcome = crate::jobs::report(result);
+            drop(single);
+            engine.settle_resumable(&mut op, outcome);
         });
-        Ok(ret)
     }
 
     async fn gc(&self, op: &mut OperationRecord, live_share_percent: u32, cancel: &AtomicBool) -> Result<GcReport> {
         let mut report = GcReport::default();
+        op.bytes_done = 0;
         let chunks = &self.inner.chunks;
         let store = chunks.pack_store();
         let catalog = chunks.catalog();
@@ -99,7 +113,7 @@ impl Engine {
             let mut known: HashMap<PackId, u64> = HashMap::new();
             catalog.scan("packs", &[], &[], |k, v| {
                 let id: [u8; 16] = k.try_into().map_err(|_| Error::corrupt("catalog/packs", "bad pack key"))?;
-                let size = v.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
+                let size = crate::store_counters::pack_entry_bytes(v);
                 known.insert(PackId::from(uuid::Uuid::from_bytes(id)), size);
                 Ok(true)
             })?;
@@ -118,14 +132,14 @@ impl Engine {
             catalog.commit(batch)?;
 
             // Dead records out of the index; live bytes per pack.
-            let mut dead: Vec<[u8; 32]> = Vec::new();
+            let mut dead: Vec<([u8; 32], ChunkLocation)> = Vec::new();
             let mut live: HashMap<PackId, u64> = HashMap::new();
             let mut live_records: HashMap<PackId, Vec<(ChunkId, ChunkLocation)>> = HashMap::new();
             catalog.scan("chunks", &[], &[], |k, v| {
                 let id: [u8; 32] = k.try_into().map_err(|_| Error::corrupt("catalog/chunks", "bad chunk key"))?;
                 let loc = ChunkLocation::decode(v)?;
                 if loc.refs == 0 {
-                    dead.push(id);
+                    dead.push((id, loc));
                 } else {
                     *live.entry(loc.pack).or_default() += RECORD_HEADER_LEN as u64 + u64::from(loc.stored_len);
                     live_records.entry(loc.pack).or_default().push((ChunkId(id), loc));
@@ -134,10 +148,13 @@ impl Engine {
             })?;
             for part in dead.chunks(10_000) {
                 let mut batch = catalog.batch();
-                for id in part {
+                let mut change = StoreChange::default();
+                for (id, loc) in part {
                     batch.delete_raw("chunks", id)?;
+                    change.record(Some(loc), None);
                 }
                 catalog.commit(batch)?;
+                chunks.counters().apply(&change);
             }
             report.records_freed = dead.len() as u64;
             crate::failpoint!("gc::after_sweep");
@@ -146,16 +163,19 @@ impl Engine {
             let mut rewrite = Vec::new();
             let mut batch = catalog.batch();
             let mut empty = Vec::new();
+            let mut change = StoreChange::default();
             for (&pack, &size) in &known {
                 let l = live.get(&pack).copied().unwrap_or(0);
                 if l == 0 {
                     batch.delete_raw("packs", &pack.to_bytes())?;
+                    change.pack_removed(size);
                     empty.push((pack, size));
                 } else if l.saturating_mul(100) < size.saturating_mul(u64::from(live_share_percent)) {
                     rewrite.push((pack, size));
                 }
             }
             catalog.commit(batch)?;
+            chunks.counters().apply(&change);
             for (pack, size) in empty {
                 store.delete(pack).await?;
                 report.packs_deleted += 1;
@@ -199,6 +219,10 @@ impl Engine {
                 batch.delete_raw("packs", &pack.to_bytes())?;
                 batch.put_raw("meta", &retired_key(pack), &[])?;
                 catalog.commit(batch)?;
+                let mut change = StoreChange::default();
+                change.pack_added(new_size);
+                change.pack_removed(size);
+                chunks.counters().apply(&change);
             }
             report.packs_rewritten += 1;
             report.bytes_reclaimed += size.saturating_sub(new_size);

@@ -125,3 +125,77 @@ impl Jobs {
         }
     }
 }
+
+impl Jobs {
+    /// Whether the engine is shutting down (a parked job then stays `Running` in the catalog,
+    /// to be resumed at the next start).
+    pub(crate) fn closing(&self) -> bool {
+        self.lock().closing
+    }
+}
+
+/// What ends a resumable job's operation (GC, verify): its report, or why it stopped.
+pub(crate) type JobOutcome = Result<serde_json::Value>;
+
+/// A job's report as its operation keeps it.
+pub(crate) fn report<T: serde::Serialize>(result: Result<T>) -> JobOutcome {
+    result.and_then(|r| serde_json::to_value(r).map_err(|e| Error::invalid("report", e.to_string())))
+}
+
+impl crate::operation::OperationRecord {
+    /// What a resumable operation saved to go on with after a restart.
+    pub(crate) fn saved<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        self.resume.clone().and_then(|v| serde_json::from_value(v).ok()).ok_or_else(|| {
+            Error::corrupt("catalog/operations", format!("operation {} saved nothing to resume from", self.id))
+        })
+    }
+}
+
+impl crate::engine::Engine {
+    /// Records the end of a resumable job. Stopped by a shutdown, it stays `Running` with
+    /// its saved progress, and resumes at the next start.
+    pub(crate) fn settle_resumable(&self, op: &mut crate::operation::OperationRecord, outcome: JobOutcome) {
+        use crate::operation::OperationState;
+        op.state = match outcome {
+            Ok(report) => {
+                op.result = Some(report);
+                OperationState::Succeeded
+            }
+            Err(Error::Canceled) if self.inner.jobs.closing() => {
+                tracing::info!(op = %op.id, kind = ?op.kind, "parked by the shutdown; resumes at the next start");
+                return;
+            }
+            Err(Error::Canceled) => OperationState::Canceled,
+            Err(e) => {
+                tracing::warn!(op = %op.id, kind = ?op.kind, error = %e, "operation failed");
+                OperationState::Failed { error: e.to_string() }
+            }
+        };
+        op.resume = None;
+        if let Err(e) = self.put_operation(op) {
+            tracing::error!(op = %op.id, error = %e, "could not record the end of an operation");
+        }
+    }
+
+    /// At open: takes up every GC and verify a stop cut short, as the same operations.
+    pub(crate) fn resume_operations(&self) -> Result<()> {
+        let ops = self.inner.catalog.list::<crate::operation::OperationRecord>()?;
+        for mut op in ops.into_iter().filter(|o| !o.state.is_terminal() && o.kind.resumes()) {
+            op.note = Some("resumed after the engine restarted".into());
+            op.paused = None;
+            self.put_operation(&mut op)?;
+            tracing::info!(op = %op.id, kind = ?op.kind, "resuming an operation the last stop cut short");
+            let resumed = match op.kind {
+                crate::operation::OperationKind::Gc => self.resume_gc(op.clone()),
+                _ => self.resume_verify(op.clone()),
+            };
+            if let Err(e) = resumed {
+                tracing::error!(op = %op.id, error = %e, "could not resume the operation");
+                op.state = crate::operation::OperationState::Failed { error: format!("could not resume: {e}") };
+                op.resume = None;
+                self.put_operation(&mut op)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -63,6 +63,10 @@
 //! - Every multi-key catalog change is one synced RocksDB WriteBatch.
 //! - A restore point still `Creating` at open becomes `Failed` with its entries dropped; a
 //!   closed epoch is consumed if a succeeded restore point captured it, else merged back.
+//! - A GC or verify still `Running` at open (a crash, or parked by a clean shutdown) resumes as
+//!   the same operation: GC from the start of its phases (each is idempotent: phase 1 deletes
+//!   whatever pack nothing references, phase 2 switches only records still where they were),
+//!   a store verify from the cursor its record saved (records go in index order).
 //! - Failpoints (`CAIRN_FAILPOINTS`) sit on each of these edges; kill tests drive them.
 //!
 //! ## What may run together
@@ -110,6 +114,7 @@ mod restored;
 pub mod retention;
 mod stats;
 pub mod store;
+mod store_counters;
 mod sys;
 mod tracking;
 mod verify;
@@ -117,7 +122,7 @@ mod verify;
 pub use capture::PendingCapture;
 pub use chunk::{ChunkId, ChunkRef};
 pub use chunk_store::StoreStats;
-pub use collection::{CollectionRecord, CreateCollection, DEFAULT_MAX_RESTORE_POINTS, ScriptHook};
+pub use collection::{CollectionRecord, CreateCollection, DEFAULT_MAX_RESTORE_POINTS, ScriptHook, UpdateCollection};
 pub use disk::{CreateDisk, Disk, DiskCounters, DiskRecord, Extent, RestoreSource};
 pub use engine::{BackgroundPriority, Engine, EngineConfig};
 pub use error::{Error, ErrorKind, Result};
@@ -133,7 +138,7 @@ pub use restore_point::{
 };
 pub use restore_points::{DiskRestorePointReader, MAX_RESTORE_POINTS_LIMIT};
 pub use retention::{RetentionDecision, RetentionPolicy};
-pub use stats::{FreezeStats, FreezeSummary};
+pub use stats::{FreezeStats, FreezeSummary, JobThroughput, Throughput};
 pub use sys::IoBuf;
 pub use tracking::ChangeTracker;
 pub use verify::{Affected, CorruptRecord, VerifyReport, VerifyTarget};

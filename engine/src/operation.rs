@@ -15,6 +15,15 @@ pub enum OperationKind {
     Verify,
 }
 
+impl OperationKind {
+    /// GC and verify are taken up again at the next start, as the same operation, from what
+    /// their record saved (their phases are idempotent; a store verify keeps a cursor). The
+    /// other kinds settle at start: a capture fails, a hydration resumes as a new operation.
+    pub fn resumes(self) -> bool {
+        matches!(self, OperationKind::Gc | OperationKind::Verify)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OperationState {
     Running,
@@ -47,6 +56,13 @@ pub struct OperationRecord {
     /// What the operation found or did (a GC report, a verify report), when it has ended.
     #[serde(default)]
     pub result: Option<serde_json::Value>,
+    /// What a resumable operation needs to go on after a restart (its settings, and how far
+    /// it got); dropped when it ends.
+    #[serde(default)]
+    pub resume: Option<serde_json::Value>,
+    /// A remark on its history, e.g. that it resumed after the daemon restarted.
+    #[serde(default)]
+    pub note: Option<String>,
 }
 
 impl OperationRecord {
@@ -64,6 +80,8 @@ impl OperationRecord {
             created_at_ms: now,
             updated_at_ms: now,
             result: None,
+            resume: None,
+            note: None,
         }
     }
 

@@ -139,6 +139,7 @@ impl Engine {
         let cs = disk.chunk_size_bytes();
         let chunks = disk.size_bytes().div_ceil(cs);
         let mut written = Vec::with_capacity(HYDRATE_BATCH);
+        let mut since = std::time::Instant::now();
         for c in 0..chunks {
             if cancel.load(Ordering::Acquire) {
                 disk.hydrate_commit(&written).await?;
@@ -148,9 +149,12 @@ impl Engine {
                 return Err(Error::Canceled); // the disk was deleted
             }
             self.wait_for_space(op, cancel).await?;
-            if disk.hydrate_chunk(c).await? {
+            let wrote = disk.hydrate_chunk(c).await?;
+            if wrote {
                 written.push(c);
             }
+            let bytes = if wrote { (c * cs + cs).min(disk.size_bytes()) - c * cs } else { 0 };
+            self.inner.throughput.hydration.record(bytes, &mut since);
             op.bytes_done = ((c + 1) * cs).min(disk.size_bytes());
             if written.len() >= HYDRATE_BATCH || c + 1 == chunks {
                 disk.hydrate_commit(&written).await?;

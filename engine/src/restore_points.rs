@@ -202,20 +202,8 @@ impl Engine {
     pub async fn create_collection(&self, req: CreateCollection) -> Result<CollectionRecord> {
         let name = Name::new(req.name)?;
         let max = req.max_restore_points.unwrap_or(DEFAULT_MAX_RESTORE_POINTS);
-        if max == 0 || max > MAX_RESTORE_POINTS_LIMIT {
-            return Err(Error::invalid(
-                "max_restore_points",
-                format!("{max} is not within 1..={MAX_RESTORE_POINTS_LIMIT}"),
-            ));
-        }
-        if let Some(h) = &req.hook {
-            if h.command.first().is_none_or(|p| p.is_empty()) {
-                return Err(Error::invalid("hook.command", "must name a program"));
-            }
-            if h.timeout_ms == 0 || h.timeout_ms > 3_600_000 {
-                return Err(Error::invalid("hook.timeout_ms", format!("{} is not within 1..=3600000", h.timeout_ms)));
-            }
-        }
+        crate::collection::check_max_restore_points(max)?;
+        crate::collection::check_hook(req.hook.as_ref())?;
         let region = match req.region {
             Some(r) => Name::new(r).map_err(|_| Error::invalid("region", "must be a valid name"))?.to_string(),
             None => self.region().to_owned(),
@@ -778,11 +766,13 @@ impl Engine {
             .buffered(CAPTURE_PARALLELISM);
 
         let outcome: Result<()> = async {
+            let mut since = std::time::Instant::now();
             while let Some(item) = results.next().await {
                 if cancel.load(Ordering::Acquire) {
                     return Err(Error::Canceled);
                 }
                 let (i, lineage, c, len, analysis) = item?;
+                self.inner.throughput.capture.record(len, &mut since);
                 let drp = &mut rp.disks[i];
                 drp.chunks_captured += 1;
                 drp.bytes_captured += len;
@@ -1010,7 +1000,7 @@ impl Engine {
         }
         let all = self.inner.catalog.list::<RestorePointRecord>()?;
         for mut op in self.inner.catalog.list::<OperationRecord>()? {
-            if op.state.is_terminal() {
+            if op.state.is_terminal() || op.kind.resumes() {
                 continue;
             }
             // A capture whose restore point committed ended well; anything else was cut short.

@@ -32,17 +32,24 @@ pub struct RetentionDecision {
 
 const DAY_MS: u64 = 86_400_000;
 
-/// (year, month) of a day counted from 1970-01-01 (proleptic Gregorian; Howard Hinnant's
-/// civil-from-days).
-fn year_month(days: u64) -> (u64, u64) {
+/// (year, month, day) of a day counted from 1970-01-01 (proleptic Gregorian; Howard
+/// Hinnant's civil-from-days).
+pub fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
     let era = z / 146_097;
     let doe = z - era * 146_097;
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+/// (year, month) of a day counted from 1970-01-01.
+fn year_month(days: u64) -> (u64, u64) {
+    let (year, month, _) = civil_from_days(days);
     (year, month)
 }
 
@@ -156,6 +163,13 @@ mod tests {
             completed_at_ms: None,
             operation: OperationId::new(),
         }
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(20_417), (2025, 11, 25));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +16,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::format::decode_chunk_map_key;
 use crate::ids::{LineageId, RestorePointId};
-use crate::operation::{OperationKind, OperationRecord, OperationState};
+use crate::operation::{OperationKind, OperationRecord};
 use crate::restore_point::{ProvisioningState, RestorePointRecord};
 
 /// What to verify.
@@ -44,6 +45,27 @@ pub struct CorruptRecord {
     pub affected: Vec<Affected>,
 }
 
+/// How often a store verify saves its cursor, at least.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// What a verify keeps in its operation to resume after a restart: its target and, for the
+/// store, the last record checked (records go in index order) and what it found so far.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct VerifyProgress {
+    /// `None`: the whole store.
+    #[serde(default)]
+    restore_point: Option<RestorePointId>,
+    #[serde(default)]
+    after: Option<[u8; 32]>,
+    #[serde(default)]
+    records_checked: u64,
+    #[serde(default)]
+    bytes_checked: u64,
+    /// Corrupt records found so far: chunk, pack, reason.
+    #[serde(default)]
+    bad: Vec<([u8; 32], String, String)>,
+}
+
 /// What a verify found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyReport {
@@ -56,45 +78,59 @@ impl Engine {
     /// Starts a verify of the store or of one restore point; returns its operation at once.
     /// The report lands in the operation's `result`.
     pub async fn verify(&self, target: VerifyTarget) -> Result<OperationRecord> {
-        let (label, records) = match target {
-            VerifyTarget::Store => ("store".to_owned(), None),
+        let (label, progress) = match target {
+            VerifyTarget::Store => ("store".to_owned(), VerifyProgress::default()),
             VerifyTarget::RestorePoint(id) => {
                 let rp = self.restore_point(id)?;
                 if rp.state != ProvisioningState::Succeeded {
                     return Err(Error::FailedPrecondition(format!("restore point {} is {:?}", rp.name, rp.state)));
                 }
-                (format!("restore-point/{id}"), Some(rp))
+                (format!("restore-point/{id}"), VerifyProgress { restore_point: Some(id), ..Default::default() })
             }
         };
         let mut op = OperationRecord::start(OperationKind::Verify, label, 0);
+        op.resume = serde_json::to_value(&progress).ok();
         self.put_operation(&mut op)?;
-        let cancel = self.inner.jobs.register(op.id, true);
-        let engine = self.clone();
-        let ret = op.clone();
-        self.inner.jobs.spawn(op.id, async move {
-            let result = match records {
-                None => engine.verify_store(&mut op, &cancel).await,
-                Some(rp) => engine.verify_restore_point(&rp, &mut op, &cancel).await,
-            };
-            op.state = match result {
-                Ok(report) => {
-                    if !report.corrupt.is_empty() {
-                        tracing::error!(corrupt = report.corrupt.len(), "verify found corrupt records");
-                    }
-                    op.result = serde_json::to_value(&report).ok();
-                    OperationState::Succeeded
-                }
-                Err(Error::Canceled) => OperationState::Canceled,
-                Err(e) => OperationState::Failed { error: e.to_string() },
-            };
-            if let Err(e) = engine.put_operation(&mut op) {
-                tracing::error!(error = %e, "could not record the end of a verify");
-            }
-        });
-        Ok(ret)
+        self.spawn_verify(op.clone(), progress);
+        Ok(op)
     }
 
-    async fn verify_store(&self, op: &mut OperationRecord, cancel: &AtomicBool) -> Result<VerifyReport> {
+    /// Takes up a verify a stop cut short: a store verify from its saved cursor, a restore
+    /// point's from the start.
+    pub(crate) fn resume_verify(&self, op: OperationRecord) -> Result<()> {
+        let progress: VerifyProgress = op.saved()?;
+        tracing::info!(op = %op.id, records_checked = progress.records_checked, "verify resumes");
+        self.spawn_verify(op, progress);
+        Ok(())
+    }
+
+    fn spawn_verify(&self, mut op: OperationRecord, progress: VerifyProgress) {
+        let cancel = self.inner.jobs.register(op.id, true);
+        let engine = self.clone();
+        self.inner.jobs.spawn(op.id, async move {
+            let result = match progress.restore_point {
+                None => engine.verify_store(&mut op, progress, &cancel).await,
+                Some(id) => match engine.restore_point(id) {
+                    Ok(rp) => engine.verify_restore_point(&rp, &mut op, &cancel).await,
+                    Err(e) => Err(e),
+                },
+            };
+            if let Ok(report) = &result
+                && !report.corrupt.is_empty()
+            {
+                tracing::error!(corrupt = report.corrupt.len(), "verify found corrupt records");
+            }
+            let outcome = crate::jobs::report(result);
+            engine.settle_resumable(&mut op, outcome);
+        });
+    }
+
+    async fn verify_store(
+        &self,
+        op: &mut OperationRecord,
+        mut progress: VerifyProgress,
+        cancel: &AtomicBool,
+    ) -> Result<VerifyReport> {
         let chunks = &self.inner.chunks;
         let mut records: Vec<(ChunkId, ChunkLocation)> = Vec::new();
         chunks.catalog().scan("chunks", &[], &[], |k, v| {
@@ -102,34 +138,46 @@ impl Engine {
             records.push((ChunkId(id), ChunkLocation::decode(v)?));
             Ok(true)
         })?;
+        // The index scans in key order, so the records up to the cursor were checked already.
+        let start = records.partition_point(|(id, _)| progress.after.is_some_and(|a| id.0 <= a));
         op.bytes_total = records.iter().map(|(_, l)| u64::from(l.stored_len)).sum();
-        let mut report = VerifyReport::default();
-        let mut bad: HashMap<ChunkId, (ChunkLocation, String)> = HashMap::new();
-        for (i, (id, loc)) in records.iter().enumerate() {
+        op.bytes_done = records[..start].iter().map(|(_, l)| u64::from(l.stored_len)).sum();
+        let mut saved = Instant::now();
+        for (i, (id, loc)) in records.iter().enumerate().skip(start) {
             if cancel.load(Ordering::Acquire) {
                 return Err(Error::Canceled);
             }
             match chunks.check_record(*id, loc).await {
-                Ok(bytes) => report.bytes_checked += bytes,
+                Ok(bytes) => progress.bytes_checked += bytes,
                 Err(e) if e.kind() == crate::error::ErrorKind::Corrupt => {
-                    bad.insert(*id, (*loc, e.to_string()));
+                    progress.bad.push((id.0, loc.pack.to_string(), e.to_string()));
                 }
                 Err(e) => return Err(e),
             }
-            report.records_checked += 1;
+            progress.records_checked += 1;
+            progress.after = Some(id.0);
             crate::failpoint!("verify::after_record");
             op.bytes_done += u64::from(loc.stored_len);
-            if i % 256 == 255 {
+            if i % 256 == 255 || saved.elapsed() >= PROGRESS_EVERY {
+                op.resume = serde_json::to_value(&progress).ok();
                 self.put_operation(op)?;
+                saved = Instant::now();
             }
         }
-        if !bad.is_empty() {
-            let affected = self.affected_by(&bad.keys().copied().collect::<Vec<_>>())?;
-            for (id, (loc, reason)) in bad {
+        let mut report = VerifyReport {
+            records_checked: progress.records_checked,
+            bytes_checked: progress.bytes_checked,
+            corrupt: Vec::new(),
+        };
+        if !progress.bad.is_empty() {
+            let ids: Vec<ChunkId> = progress.bad.iter().map(|(id, _, _)| ChunkId(*id)).collect();
+            let affected = self.affected_by(&ids)?;
+            for (id, pack, reason) in progress.bad {
+                let id = ChunkId(id);
                 chunks.mark_corrupt(id, &reason)?;
                 report.corrupt.push(CorruptRecord {
                     chunk: id.to_string(),
-                    pack: loc.pack.to_string(),
+                    pack,
                     reason,
                     affected: affected.get(&id).cloned().unwrap_or_default(),
                 });
@@ -146,6 +194,7 @@ impl Engine {
     ) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
         op.bytes_total = rp.disks.iter().map(|d| d.size_bytes).sum();
+        op.bytes_done = 0;
         for d in &rp.disks {
             let reader = self.disk_restore_point(rp.id, d.disk)?;
             for (index, r) in reader.allocated_chunks()? {

@@ -486,3 +486,35 @@ pub async fn grpc_group_and_collection(ch: &tonic::transport::Channel, group: &s
         .await
         .unwrap();
 }
+
+/// Over gRPC: a live disk.
+pub async fn grpc_disk(ch: &tonic::transport::Channel, name: &str, size_bytes: u64) {
+    use cairn_proto::v1 as pb;
+    pb::disks_client::DisksClient::new(ch.clone())
+        .create_disk(pb::CreateDiskRequest { name: name.into(), size_bytes, ..Default::default() })
+        .await
+        .unwrap();
+}
+
+/// Over gRPC: restore point `name` of `collection` in `mode`, as it stands once its capture
+/// ended, or why its creation was refused.
+pub async fn grpc_restore_point(
+    ch: &tonic::transport::Channel,
+    collection: &str,
+    name: &str,
+    mode: cairn_proto::v1::ConsistencyMode,
+) -> Result<cairn_proto::v1::RestorePoint, tonic::Status> {
+    use cairn_proto::v1 as pb;
+    let mut rps = pb::restore_points_client::RestorePointsClient::new(ch.clone());
+    let req = pb::CreateRestorePointRequest {
+        collection: collection.into(),
+        name: name.into(),
+        consistency_mode: mode.into(),
+        ..Default::default()
+    };
+    let r = rps.create_restore_point(req).await?.into_inner();
+    grpc_wait_op(ch, &r.operation.unwrap().id).await;
+    let get =
+        pb::GetRestorePointRequest { collection: collection.into(), restore_point: name.into(), instance_view: false };
+    Ok(rps.get_restore_point(get).await.unwrap().into_inner())
+}

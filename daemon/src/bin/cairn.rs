@@ -165,6 +165,21 @@ enum CollectionCmd {
         /// Region [default: the daemon's].
         #[arg(long)]
         region: Option<String>,
+        #[command(flatten)]
+        hook: HookArgs,
+    },
+    /// Changes a collection's settings; those not given stay as they are. Its group and
+    /// region cannot change.
+    Update {
+        collection: String,
+        /// Most restore points kept (not below the number it holds).
+        #[arg(long)]
+        max_restore_points: Option<u32>,
+        #[command(flatten)]
+        hook: HookArgs,
+        /// Remove the quiesce hook.
+        #[arg(long, conflicts_with_all = ["hook_command", "hook_timeout_ms"])]
+        no_hook: bool,
     },
     List,
     Show {
@@ -176,6 +191,37 @@ enum CollectionCmd {
         #[arg(long)]
         cascade: bool,
     },
+}
+
+/// Default time a quiesce hook script may take.
+const DEFAULT_HOOK_TIMEOUT_MS: u64 = 60_000;
+
+#[derive(Debug, Args)]
+struct HookArgs {
+    /// Quiesce hook script run before and after the freeze: the program, then its leading
+    /// arguments, one per flag (the phase, `quiesce` or `thaw`, is appended).
+    #[arg(long = "hook-command", value_name = "ARG")]
+    hook_command: Vec<String>,
+    /// How long the hook script may take, in milliseconds [default: 60000].
+    #[arg(long)]
+    hook_timeout_ms: Option<u64>,
+}
+
+impl HookArgs {
+    /// The hook these flags ask for, over `current` (what the collection has now).
+    fn over(self, current: Option<pb::ScriptHook>) -> Res<Option<pb::ScriptHook>> {
+        match (self.hook_command.is_empty(), self.hook_timeout_ms, current) {
+            (false, timeout, current) => Ok(Some(pb::ScriptHook {
+                command: self.hook_command,
+                timeout_ms: timeout.or(current.map(|h| h.timeout_ms)).unwrap_or(DEFAULT_HOOK_TIMEOUT_MS),
+            })),
+            (true, Some(timeout_ms), Some(h)) => Ok(Some(pb::ScriptHook { timeout_ms, ..h })),
+            (true, Some(_), None) => {
+                Err(Failure::Other("--hook-timeout-ms needs a hook: give --hook-command too".into()))
+            }
+            (true, None, current) => Ok(current),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -446,7 +492,7 @@ fn j_op(o: &pb::Operation) -> Value {
         "state": enum_name(o.state().as_str_name(), "OPERATION_STATE_"), "percent": o.percent,
         "bytes_done": o.bytes_done, "bytes_total": o.bytes_total, "error": o.error,
         "paused_reason": o.paused_reason, "created_at_ms": o.created_at_ms, "updated_at_ms": o.updated_at_ms,
-        "result": serde_json::from_str::<Value>(&o.result_json).ok(),
+        "result": serde_json::from_str::<Value>(&o.result_json).ok(), "note": o.note,
     })
 }
 
@@ -496,23 +542,62 @@ fn cell(v: &Value) -> String {
     }
 }
 
+/// `2026-11-25 23:58:23Z`: milliseconds since the epoch, in UTC.
+fn timestamp(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (y, mo, d) = cairn_engine::retention::civil_from_days(secs / 86_400);
+    let s = secs % 86_400;
+    format!("{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02}Z", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// `850µs`, `12.3ms`, `4.20s`, `3m20s`, `2h05m`: a duration for people.
+fn duration(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    match d.as_micros() {
+        us if us < 1000 => format!("{us}µs"),
+        us if us < 1_000_000 => format!("{:.1}ms", d.as_secs_f64() * 1000.0),
+        _ if secs < 60 => format!("{:.2}s", d.as_secs_f64()),
+        _ if secs < 3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, secs / 60 % 60),
+    }
+}
+
+/// A table's name for a JSON key: the unit suffix of a time goes, the cell says it.
+fn column_name(key: &str) -> String {
+    let name = key.strip_suffix("_ms").or_else(|| key.strip_suffix("_us")).unwrap_or(key);
+    name.to_uppercase()
+}
+
+/// A table cell: times as UTC timestamps (`*_at_ms`) and durations (`*_ms`, `*_us`); JSON
+/// output keeps the numbers.
+fn table_cell(key: &str, v: &Value) -> String {
+    match (key, v.as_u64()) {
+        (k, Some(0)) if k.ends_with("_at_ms") => "-".into(),
+        (k, Some(ms)) if k.ends_with("_at_ms") => timestamp(ms),
+        (k, Some(us)) if k.ends_with("_us") => duration(std::time::Duration::from_micros(us)),
+        (k, Some(ms)) if k.ends_with("_ms") => duration(std::time::Duration::from_millis(ms)),
+        _ => cell(v),
+    }
+}
+
 /// Prints rows as a table of `columns` (JSON keys), or the whole list as JSON.
 fn print_list(output: Output, rows: &[Value], columns: &[&str]) {
     if output == Output::Json {
         println!("{}", Value::Array(rows.to_vec()));
         return;
     }
-    let cells: Vec<Vec<String>> = rows.iter().map(|r| columns.iter().map(|c| cell(&r[*c])).collect()).collect();
+    let cells: Vec<Vec<String>> =
+        rows.iter().map(|r| columns.iter().map(|c| table_cell(c, &r[*c])).collect()).collect();
     let widths: Vec<usize> = columns
         .iter()
         .enumerate()
-        .map(|(i, c)| cells.iter().map(|r| r[i].len()).chain([c.len()]).max().unwrap_or(0))
+        .map(|(i, c)| cells.iter().map(|r| r[i].chars().count()).chain([column_name(c).len()]).max().unwrap_or(0))
         .collect();
     let line = |vals: Vec<String>| {
         let parts: Vec<String> = vals.iter().zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect();
         println!("{}", parts.join("  ").trim_end());
     };
-    line(columns.iter().map(|c| c.to_uppercase()).collect());
+    line(columns.iter().map(|c| column_name(c)).collect());
     for r in cells {
         line(r);
     }
@@ -534,7 +619,7 @@ fn print_one(output: Output, v: &Value) {
                     }
                 }
                 Value::Object(_) => println!("{k}: {val}"),
-                _ => println!("{k}: {}", cell(val)),
+                _ => println!("{}: {}", column_name(k).to_lowercase(), table_cell(k, val)),
             }
         }
     }
@@ -726,13 +811,25 @@ impl Client {
     async fn collection(&self, cmd: CollectionCmd) -> Res {
         let mut c = self.collections();
         let coll = match cmd {
-            CollectionCmd::Create { name, group, max_restore_points, region } => {
+            CollectionCmd::Create { name, group, max_restore_points, region, hook } => {
                 let req = pb::CreateOrUpdateCollectionRequest {
                     name,
                     group,
                     region: region.unwrap_or_default(),
                     max_restore_points: max_restore_points.unwrap_or(0),
-                    hook: None,
+                    hook: hook.over(None)?,
+                };
+                c.create_or_update_collection(req).await?.into_inner()
+            }
+            CollectionCmd::Update { collection, max_restore_points, hook, no_hook } => {
+                // CreateOrUpdate takes the whole collection wanted: start from what it is.
+                let now = c.get_collection(pb::GetCollectionRequest { collection }).await?.into_inner();
+                let req = pb::CreateOrUpdateCollectionRequest {
+                    max_restore_points: max_restore_points.unwrap_or(now.max_restore_points),
+                    hook: if no_hook { None } else { hook.over(now.hook)? },
+                    name: now.name,
+                    group: now.group_id,
+                    region: now.region,
                 };
                 c.create_or_update_collection(req).await?.into_inner()
             }
@@ -945,8 +1042,9 @@ impl Client {
         Ok(())
     }
 
-    /// Follows an operation to its end over WatchOperation, with a progress bar when stdout
-    /// is a terminal; returns its last state.
+    /// Follows an operation to its end over WatchOperation, with a progress bar (on stderr)
+    /// when stdout is a terminal, which ends as one line saying how it went; returns its
+    /// last state. Without a terminal nothing but the result is printed.
     async fn follow(&self, id: &str, what: &str) -> Res<pb::Operation> {
         let mut stream = self.ops().watch_operation(pb::WatchOperationRequest { id: id.into() }).await?.into_inner();
         let bar = std::io::stdout().is_terminal().then(|| {
@@ -959,6 +1057,7 @@ impl Client {
             bar.set_message(what.to_owned());
             bar
         });
+        let started = std::time::Instant::now();
         let mut last = None;
         while let Some(op) = stream.message().await? {
             if let Some(b) = &bar {
@@ -967,11 +1066,26 @@ impl Client {
             }
             last = Some(op);
         }
-        if let Some(b) = bar {
-            b.finish_and_clear();
+        if let (Some(b), Some(op)) = (bar, &last) {
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            b.finish_with_message(summary(what, op, started.elapsed()));
         }
         last.ok_or_else(|| Failure::Other(format!("the watch of operation {id} ended without a state")))
     }
+}
+
+/// The line a progress bar leaves: `verifying store: Succeeded, 12.0 MiB in 1.20s (10.0 MiB/s)`.
+fn summary(what: &str, op: &pb::Operation, took: std::time::Duration) -> String {
+    let state = enum_name(op.state().as_str_name(), "OPERATION_STATE_");
+    let bytes = indicatif::BinaryBytes(op.bytes_done);
+    #[allow(clippy::cast_precision_loss, reason = "a rate for people")]
+    let rate = op.bytes_done as f64 / took.as_secs_f64().max(1e-3);
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a rate for people")]
+    let rate = indicatif::BinaryBytes(rate as u64);
+    format!("{what}: {state}, {bytes} in {} ({rate}/s)", duration(took))
 }
 
 /// Exit status of an operation that ended.
@@ -1000,6 +1114,23 @@ mod tests {
     fn enum_names_read_like_the_engine() {
         assert_eq!(enum_name("PROVISIONING_STATE_SUCCEEDED", "PROVISIONING_STATE_"), "Succeeded");
         assert_eq!(enum_name("CONSISTENCY_MODE_FILE_SYSTEM_CONSISTENT", "CONSISTENCY_MODE_"), "FileSystemConsistent");
+    }
+
+    #[test]
+    fn times_read_as_timestamps_and_durations() {
+        assert_eq!(timestamp(0), "1970-01-01 00:00:00Z");
+        assert_eq!(timestamp(951_782_400_000 + 3_723_000), "2000-02-29 01:02:03Z");
+        let d = std::time::Duration::from_micros;
+        assert_eq!(
+            [d(850), d(12_345), d(4_200_000), d(200_000_000), d(7_500_000_000)].map(duration),
+            ["850µs", "12.3ms", "4.20s", "3m20s", "2h05m"]
+        );
+        assert_eq!(
+            (column_name("created_at_ms"), column_name("freeze_window_us")),
+            ("CREATED_AT".into(), "FREEZE_WINDOW".into())
+        );
+        assert_eq!(table_cell("completed_at_ms", &json!(0)), "-");
+        assert_eq!(table_cell("bytes_stored", &json!(5)), "5");
     }
 
     #[test]

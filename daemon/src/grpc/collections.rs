@@ -1,16 +1,17 @@
 //! Service `cairn.v1.Collections`: restore point collections.
 //!
-//! The engine has no update of a collection yet, so CreateOrUpdate creates, or returns an
-//! existing collection whose settings already match, and refuses a change of settings with
-//! FAILED_PRECONDITION naming the settings that differ.
+//! CreateOrUpdate is a PUT, as Azure's restorePointCollections CreateOrUpdate: the request is
+//! the collection wanted. A new name creates it; an existing one gets the request's
+//! `max_restore_points` (0: the default) and hook (none: no hook). Its group and region are
+//! fixed for life: a request naming others is INVALID_ARGUMENT naming the field.
 
-use cairn_engine::{CollectionRecord, CreateCollection, DEFAULT_MAX_RESTORE_POINTS, ScriptHook};
+use cairn_engine::{CollectionRecord, CreateCollection, DEFAULT_MAX_RESTORE_POINTS, ScriptHook, UpdateCollection};
 use cairn_proto::v1 as pb;
 use pb::collections_server::Collections;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, page};
-use super::status::status;
+use super::status::{invalid, status};
 use super::{Context, guard};
 
 #[derive(Debug)]
@@ -39,27 +40,30 @@ impl Collections for CollectionsService {
             if !r.name.is_empty()
                 && let Ok(existing) = engine.collection_by_name(&r.name)
             {
-                let mut differ = Vec::new();
                 if existing.group != group {
-                    differ.push("group");
+                    return Err(invalid(
+                        "group",
+                        format!(
+                            "collection {} is of group {}; a collection's group cannot change",
+                            existing.name, existing.group
+                        ),
+                    ));
                 }
-                if region.as_ref().is_some_and(|x| *x != existing.region) {
-                    differ.push("region");
+                if let Some(region) = region.filter(|x| *x != existing.region) {
+                    return Err(invalid(
+                        "region",
+                        format!(
+                            "collection {} is in region {}, not {region}; a collection's region cannot change",
+                            existing.name, existing.region
+                        ),
+                    ));
                 }
-                if max.unwrap_or(DEFAULT_MAX_RESTORE_POINTS) != existing.max_restore_points {
-                    differ.push("max_restore_points");
-                }
-                if hook != existing.hook {
-                    differ.push("hook");
-                }
-                if !differ.is_empty() {
-                    return Err(Status::failed_precondition(format!(
-                        "collection {} exists with other {}; changing a collection's settings is not supported yet",
-                        existing.name,
-                        differ.join(", ")
-                    )));
-                }
-                return Ok(Response::new(self.message(&existing)?));
+                let update = UpdateCollection {
+                    max_restore_points: Some(max.unwrap_or(DEFAULT_MAX_RESTORE_POINTS)),
+                    hook: Some(hook),
+                };
+                let record = engine.update_collection(existing.id, update).await.map_err(status)?;
+                return Ok(Response::new(self.message(&record)?));
             }
             let record = engine
                 .create_collection(CreateCollection { name: r.name, group, region, max_restore_points: max, hook })

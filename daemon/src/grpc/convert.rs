@@ -178,6 +178,7 @@ pub fn operation(r: &OperationRecord) -> pb::Operation {
         created_at_ms: r.created_at_ms,
         updated_at_ms: r.updated_at_ms,
         result_json: r.result.as_ref().map(ToString::to_string).unwrap_or_default(),
+        note: r.note.clone().unwrap_or_default(),
     }
 }
 
@@ -259,18 +260,28 @@ pub fn restore_point_record(
     collection: &str,
     restore_point: &str,
 ) -> Result<RestorePointRecord, Status> {
-    let rp = required("restore_point", "restore point", restore_point)?;
+    restore_point_in(engine, ("collection", collection), ("restore_point", restore_point))
+}
+
+/// Like [`restore_point_record`], for requests whose fields have other names:
+/// `(field, value)` of the collection and of the restore point.
+pub fn restore_point_in(
+    engine: &Engine,
+    (collection_field, collection): (&str, &str),
+    (field, restore_point): (&str, &str),
+) -> Result<RestorePointRecord, Status> {
+    let rp = required(field, "restore point", restore_point)?;
     if let Some(u) = uuid(rp) {
         let record = engine.restore_point(RestorePointId::from(u)).map_err(status)?;
         if !collection.trim().is_empty() {
-            let coll = collection_record(engine, "collection", collection)?;
+            let coll = collection_record(engine, collection_field, collection)?;
             if coll.id != record.collection {
                 return Err(Status::not_found(format!("restore point {rp} not found in collection {}", coll.name)));
             }
         }
         return Ok(record);
     }
-    let coll = collection_record(engine, "collection", collection)?;
+    let coll = collection_record(engine, collection_field, collection)?;
     engine.restore_point_by_name(coll.id, rp).map_err(status)
 }
 

@@ -71,14 +71,31 @@ impl Source {
     }
 }
 
+/// The end of `len` bytes at `offset` of a disk of `size` bytes; a range past the end is
+/// INVALID_ARGUMENT naming `offset` when it starts past the end, else `len_field` (the request
+/// field that gives its length).
+fn check_range(size: u64, offset: u64, len: u64, len_field: &str) -> Result<u64, Status> {
+    if offset > size {
+        return Err(invalid("offset", format!("{offset} is past the disk size {size}")));
+    }
+    offset
+        .checked_add(len)
+        .filter(|&e| e <= size)
+        .ok_or_else(|| invalid(len_field, format!("{len} bytes at offset {offset} end past the disk size {size}")))
+}
+
 fn rp_reader(
     engine: &Engine,
     field: &str,
     r: Option<&pb::DiskRestorePointRef>,
 ) -> Result<DiskRestorePointReader, Status> {
     let r = r.ok_or_else(|| invalid(field, "is required"))?;
-    let rp = convert::restore_point_record(engine, &r.collection, &r.restore_point)?;
-    let disk = convert::restore_point_disk(&rp, "disk", &r.disk)?;
+    let rp = convert::restore_point_in(
+        engine,
+        (&format!("{field}.collection"), &r.collection),
+        (&format!("{field}.restore_point"), &r.restore_point),
+    )?;
+    let disk = convert::restore_point_disk(&rp, &format!("{field}.disk"), &r.disk)?;
     engine.disk_restore_point(rp.id, disk).map_err(status)
 }
 
@@ -181,14 +198,8 @@ impl DiskData for DiskDataService {
                 }
             };
             let size = src.size_bytes();
-            if r.offset > size {
-                return Err(invalid("offset", format!("{} is past the disk size {size}", r.offset)));
-            }
-            let len = if r.length == 0 { size - r.offset } else { r.length };
-            let end =
-                r.offset.checked_add(len).filter(|&e| e <= size).ok_or_else(|| {
-                    invalid("length", format!("range {}+{len} ends past the disk size {size}", r.offset))
-                })?;
+            let len = if r.length == 0 { size.saturating_sub(r.offset) } else { r.length };
+            let end = check_range(size, r.offset, len, "length")?;
             let (tx, rx) = mpsc::channel(4);
             super::spawn_guarded("ReadDisk", tx.clone(), send_reads(src, r.offset, end, tx));
             Ok(Response::new(ReceiverStream::new(rx)))
@@ -224,10 +235,12 @@ impl DiskData for DiskDataService {
                 match (m.data.is_empty(), m.zero_length) {
                     (false, 0) => {
                         let n = m.data.len() as u64;
+                        check_range(d.size_bytes(), m.offset, n, "data")?;
                         d.write(m.offset, IoBuf::from_slice(&m.data), false).await.map_err(status)?;
                         reply.bytes_written += n;
                     }
                     (true, z) if z > 0 => {
+                        check_range(d.size_bytes(), m.offset, z, "zero_length")?;
                         d.punch(m.offset, z, false).await.map_err(status)?;
                         reply.bytes_zeroed += z;
                     }
@@ -250,13 +263,24 @@ impl DiskData for DiskDataService {
             let r = req.into_inner();
             let engine = &self.0.engine;
             let first = r.first.as_ref().ok_or_else(|| invalid("first", "is required"))?;
-            let a = convert::restore_point_record(engine, &first.collection, &first.restore_point)?;
+            let a = convert::restore_point_in(
+                engine,
+                ("first.collection", &first.collection),
+                ("first.restore_point", &first.restore_point),
+            )?;
             let disk = convert::restore_point_disk(&a, "first.disk", &first.disk)?;
             let coll = if first.collection.is_empty() { a.collection.to_string() } else { first.collection.clone() };
-            if r.second_restore_point.is_empty() {
-                return Err(invalid("second_restore_point", "must name a restore point (its id or name)"));
+            let b = convert::restore_point_in(
+                engine,
+                ("first.collection", &coll),
+                ("second_restore_point", &r.second_restore_point),
+            )?;
+            if b.seq < a.seq {
+                return Err(invalid(
+                    "second_restore_point",
+                    format!("{} is older than the first restore point {}; give the older one first", b.name, a.name),
+                ));
             }
-            let b = convert::restore_point_record(engine, &coll, &r.second_restore_point)?;
             let reader = engine.disk_restore_point(b.id, disk).map_err(status)?;
             let changed = engine.changed_chunks(a.id, b.id, disk).map_err(status)?;
             let resp = blocks(changed, reader.chunk_size_bytes(), reader.size_bytes(), r.page_size, &r.page_token)?;

@@ -152,11 +152,14 @@ impl Quiesce for QuiesceService {
             let subscriber =
                 Arc::new(Subscriber { tx: tx.clone(), pending: Default::default(), next: AtomicU64::new(1), timeout });
             let hook: Arc<dyn QuiesceHook> = subscriber.clone();
-            let subscribed = ServerMsg::Subscribed(pb::Subscribed { group_id: group.to_string() });
-            tx.send(Ok(pb::QuiesceServerMessage { message: Some(subscribed) }))
-                .await
-                .map_err(|_| Status::cancelled("the client went away"))?;
+            // Registered before the client hears it is subscribed: a restore point it asks
+            // for right after must already count on it.
             engine.register_quiesce_hook(group, hook.clone());
+            let subscribed = ServerMsg::Subscribed(pb::Subscribed { group_id: group.to_string() });
+            if tx.send(Ok(pb::QuiesceServerMessage { message: Some(subscribed) })).await.is_err() {
+                engine.unregister_quiesce_hook(group, &hook);
+                return Err(Status::cancelled("the client went away"));
+            }
             tracing::info!(%group, "hypervisor subscribed for quiesce");
             let mut shutdown = self.0.shutdown.clone();
             super::spawn_guarded("QuiesceSubscription", tx.clone(), async move {

@@ -1,13 +1,15 @@
 //! `/metrics`: the engine's counters in the Prometheus text exposition format (0.0.4),
 //! rendered straight from the engine at each scrape (no global recorder, nothing to keep in
-//! sync): per-disk I/O, the freeze-window histogram, chunk store size and dedup, and
-//! operations by kind and state.
+//! sync): per-disk I/O, the freeze-window histogram, capture and hydration throughput (bytes
+//! and busy seconds, monotonic, so `rate(bytes) / rate(seconds)` is the throughput), chunk
+//! store size and dedup (running totals: a scrape costs no index scan), and operations by
+//! kind and state.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use cairn_engine::{Engine, OperationKind, OperationState, Result, StoreStats};
+use cairn_engine::{Engine, OperationKind, OperationState, Result, StoreStats, Throughput};
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -50,6 +52,7 @@ pub fn render(engine: &Engine) -> Result<String> {
     let mut out = String::new();
     disks(&mut out, engine);
     freeze(&mut out, engine);
+    throughput(&mut out, engine.throughput());
     store(&mut out, &engine.store_stats()?);
     operations(&mut out, engine)?;
     Ok(out)
@@ -102,6 +105,21 @@ fn freeze(out: &mut String, engine: &Engine) {
     let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", summary.count);
     let _ = writeln!(out, "{name}_sum {}", summary.sum.as_secs_f64());
     let _ = writeln!(out, "{name}_count {}", summary.count);
+}
+
+fn throughput(out: &mut String, t: &Throughput) {
+    let jobs = [
+        ("capture", "Raw bytes captured into restore points.", "Time captures spent capturing.", &t.capture),
+        ("hydration", "Bytes hydrated into restored disks from the store.", "Time hydrations spent.", &t.hydration),
+    ];
+    for (job, bytes_help, seconds_help, counters) in jobs {
+        let name = format!("cairn_{job}_bytes_total");
+        family(out, &name, "counter", bytes_help);
+        let _ = writeln!(out, "{name} {}", counters.bytes());
+        let name = format!("cairn_{job}_seconds_total");
+        family(out, &name, "counter", seconds_help);
+        let _ = writeln!(out, "{name} {}", counters.busy().as_secs_f64());
+    }
 }
 
 fn store(out: &mut String, s: &StoreStats) {

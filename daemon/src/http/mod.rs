@@ -1,8 +1,9 @@
 //! cairnd's HTTP endpoint (`--http`, default `127.0.0.1:9633`): `/healthz` and `/metrics`
-//! in the Prometheus text format ([`metrics`]). With TLS configured it serves HTTPS only
-//! (no client certificates: nothing here needs them); the binding rules are the other
-//! listeners' ([`crate::listen`]). Engine errors become HTTP statuses in [`http_status`],
-//! the one place.
+//! in the Prometheus text format ([`metrics`]). `/healthz` is 200 `ok`, or 503 with the
+//! reasons: shutting down, a disk poisoned by a failed sync, a failing catalog. With TLS
+//! configured it serves HTTPS only (no client certificates: nothing here needs them); the
+//! binding rules are the other listeners' ([`crate::listen`]). Engine errors become HTTP
+//! statuses in [`http_status`], the one place.
 
 pub mod metrics;
 
@@ -184,11 +185,22 @@ async fn healthz(State(ctx): State<Ctx>) -> Response {
     if *ctx.shutdown.borrow() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
-    (StatusCode::OK, "ok").into_response()
+    // A RocksDB read: off the async workers.
+    let engine = ctx.engine.clone();
+    match tokio::task::spawn_blocking(move || engine.problems()).await {
+        Ok(problems) if problems.is_empty() => (StatusCode::OK, "ok").into_response(),
+        Ok(problems) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {}\n", problems.join("; "))).into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "health check panicked");
+            (StatusCode::INTERNAL_SERVER_ERROR, "health check failed; the daemon log has the details\n").into_response()
+        }
+    }
 }
 
 async fn metrics_page(State(ctx): State<Ctx>) -> Response {
-    // The chunk store statistics are a scan of the index: off the async workers.
+    // Operation counts read the catalog: off the async workers.
     let engine = ctx.engine.clone();
     match tokio::task::spawn_blocking(move || metrics::render(&engine)).await {
         Ok(Ok(text)) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
