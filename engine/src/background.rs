@@ -18,6 +18,41 @@ const BACKGROUND_NICE: i32 = 10;
 /// Threads running background CPU work at a lower priority.
 pub(crate) struct BackgroundPool {
     tx: Mutex<Sender<Job>>,
+    priority: BackgroundPriority,
+}
+
+std::thread_local! {
+    /// Whether this thread runs under `SCHED_IDLE` (see [`critical`]).
+    static IDLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Lowers the calling thread to `priority`. Linux scheduling is per thread: this lowers only
+/// this one. Failing to lower it costs latency, not correctness.
+fn lower_current_thread(priority: BackgroundPriority) {
+    let lowered = match priority {
+        BackgroundPriority::Idle => crate::sys::set_current_thread_idle().map(|()| IDLE.set(true)),
+        BackgroundPriority::Low => {
+            rustix::process::setpriority_process(None, BACKGROUND_NICE).map_err(std::io::Error::from)
+        }
+    };
+    if let Err(e) = lowered {
+        tracing::warn!(?priority, error = %e, "could not lower background thread priority");
+    }
+}
+
+/// Runs `f`, which holds a lock that guest I/O may wait for, at normal priority: a
+/// `SCHED_IDLE` thread preempted inside it would stall the guest for as long as the host's
+/// CPUs stay busy (priority inversion). A no-op on other threads.
+pub(crate) fn critical<T>(f: impl FnOnce() -> T) -> T {
+    if !IDLE.get() {
+        return f();
+    }
+    let raised = crate::sys::set_current_thread_normal().is_ok();
+    let out = f();
+    if raised && crate::sys::set_current_thread_idle().is_err() {
+        IDLE.set(false); // left at normal priority: slower to yield, never wrong
+    }
+    out
 }
 
 impl std::fmt::Debug for BackgroundPool {
@@ -35,17 +70,7 @@ impl BackgroundPool {
         for i in 0..threads {
             let rx: Arc<Mutex<Receiver<Job>>> = rx.clone();
             std::thread::Builder::new().name(format!("cairn-bg-{i}")).spawn(move || {
-                // Linux scheduling is per thread: this lowers only this one. Failing to lower
-                // it costs latency, not correctness.
-                let lowered = match priority {
-                    BackgroundPriority::Idle => crate::sys::set_current_thread_idle(),
-                    BackgroundPriority::Low => {
-                        rustix::process::setpriority_process(None, BACKGROUND_NICE).map_err(std::io::Error::from)
-                    }
-                };
-                if let Err(e) = lowered {
-                    tracing::warn!(?priority, error = %e, "could not lower background thread priority");
-                }
+                lower_current_thread(priority);
                 loop {
                     let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
                         Ok(job) => job,
@@ -55,7 +80,40 @@ impl BackgroundPool {
                 }
             })?;
         }
-        Ok(Self { tx: Mutex::new(tx) })
+        Ok(Self { tx: Mutex::new(tx), priority })
+    }
+
+    /// Drives `job` to its end on a new thread of its own at the pool's priority (a job's
+    /// sequential part, which would otherwise hold an async worker that guest I/O waits
+    /// for), and gives its output. Should no thread be had, `job` runs here instead.
+    pub(crate) async fn run_on_own_thread<T: Send + 'static>(
+        &self,
+        name: &str,
+        job: impl Future<Output = T> + Send + 'static,
+    ) -> Option<T> {
+        let (reply, rx) = oneshot::channel();
+        let slot = Arc::new(Mutex::new(Some(job)));
+        let theirs = slot.clone();
+        let (rt, priority) = (tokio::runtime::Handle::current(), self.priority);
+        let spawned = std::thread::Builder::new().name(name.into()).spawn(move || {
+            lower_current_thread(priority);
+            let job = theirs.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(job) = job {
+                // Not an async context: a plain thread may block on a future.
+                let _ = reply.send(rt.block_on(job));
+            }
+        });
+        match spawned {
+            Ok(_) => rx.await.ok(),
+            Err(e) => {
+                tracing::warn!(job = name, error = %e, "no thread for a background job; running it on the async workers");
+                let job = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                match job {
+                    Some(job) => Some(job.await),
+                    None => None,
+                }
+            }
+        }
     }
 
     /// Runs `f` on a background thread and waits for its result.

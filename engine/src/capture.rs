@@ -307,6 +307,11 @@ impl PendingCapture {
     /// (with no lock held, before this call). Marks `c` done, so writers stop preserving it,
     /// and lays its preserved blocks over `data`, which then holds the chunk at the freeze.
     pub(crate) fn finish_read(&self, c: u64, data: &mut [u8]) -> Result<()> {
+        // Writers wait on this lock: never hold it at background priority.
+        crate::background::critical(|| self.finish_read_locked(c, data))
+    }
+
+    fn finish_read_locked(&self, c: u64, data: &mut [u8]) -> Result<()> {
         let (cs, _) = self.chunk_range(c);
         let bpc = self.blocks_per_chunk();
         let mut p = self.preserved.lock().unwrap_or_else(|p| p.into_inner());

@@ -581,8 +581,12 @@ impl Engine {
         let cancel = self.inner.jobs.register(op.id, false);
         let engine = self.clone();
         let (rp2, op2) = (rp.clone(), op.clone());
+        // The capture's sequential part (appends, seals, commits) runs on a thread of its own
+        // at background priority, leaving the async workers to guest I/O.
         self.inner.jobs.spawn(op.id, async move {
-            engine.run_capture(rp2, op2, caps, cancel, slot).await;
+            let own = engine.clone();
+            let capture = async move { engine.run_capture(rp2, op2, caps, cancel, slot).await };
+            own.inner.background.run_on_own_thread("cairn-capture", capture).await;
             drop(gc_pass);
         });
         Ok((rp, op))
@@ -647,7 +651,7 @@ impl Engine {
                 tracing::error!(restore_point = %rp.name, error = %e2, "could not record the failed capture; the next start cleans it up");
             }
             for (d, _) in &caps {
-                if let Err(e) = d.tracker().merge_closed() {
+                if let Err(e) = crate::background::critical(|| d.tracker().merge_closed()) {
                     tracing::error!(disk = %d.name(), error = %e, "could not merge change tracking back");
                 }
             }
@@ -715,7 +719,7 @@ impl Engine {
         self.inner.catalog.commit(batch)?;
         crate::failpoint!("capture::after_commit");
         for (d, cap) in caps {
-            if let Err(e) = d.tracker().consume_closed(cap.full_scan()) {
+            if let Err(e) = crate::background::critical(|| d.tracker().consume_closed(cap.full_scan())) {
                 // The restore point stands; the disk's tracking cannot be trusted to be exact.
                 tracing::error!(disk = %d.name(), error = %e, "could not consume the captured epoch");
             }

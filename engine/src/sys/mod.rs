@@ -11,5 +11,5 @@ mod writeback;
 pub use buf::IoBuf;
 pub(crate) use fs::{allocated_bytes, next_data, next_hole, punch_hole, read_cached, sync_dir, will_need};
 pub(crate) use mapped_words::MappedWords;
-pub(crate) use sched::set_current_thread_idle;
+pub(crate) use sched::{set_current_thread_idle, set_current_thread_normal};
 pub(crate) use writeback::start_writeback;

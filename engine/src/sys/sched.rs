@@ -13,3 +13,12 @@ pub(crate) fn set_current_thread_idle() -> io::Result<()> {
     let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
+
+/// Moves the calling thread back to `SCHED_OTHER`, at its nice value.
+pub(crate) fn set_current_thread_normal() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: as in `set_current_thread_idle`: pid 0 is the calling thread and `param` is a
+    // valid sched_param that outlives the call.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
