@@ -177,7 +177,7 @@ async fn main() -> anyhow::Result<()> {
     };
     tracing::info!(addr = %listener.local_addr(), starttls = listener.requires_tls(), "nbd listening");
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let server = Arc::new(Server::new(Arc::new(LiveDisks(engine.clone())), ServerConfig::default()));
+    let server = Arc::new(Server::new(Arc::new(LiveDisks::new(engine.clone())), ServerConfig::default()));
     let nbd = tokio::spawn(listener.run(server, stopped.clone()));
 
     let grpc_ctx = grpc::Context { engine: engine.clone(), shutdown: stopped.clone() };

@@ -130,19 +130,29 @@ pub trait ExportSource: Send + Sync + 'static {
 /// restore point of a succeeded restore point as `COLLECTION/RESTORE_POINT/DISK`, read-only.
 /// Names never hold `/`, so the two kinds cannot collide.
 #[derive(Debug, Clone)]
-pub struct LiveDisks(pub Engine);
+pub struct LiveDisks {
+    engine: Engine,
+    /// Restore point allocations and dirty bitmaps, shared by every connection.
+    runs: Arc<super::restore_point::RunsCache>,
+}
+
+impl LiveDisks {
+    pub fn new(engine: Engine) -> Self {
+        Self { engine, runs: Arc::default() }
+    }
+}
 
 impl ExportSource for LiveDisks {
     fn open(&self, name: &str) -> Option<Arc<dyn Export>> {
         if name.contains('/') {
-            return super::restore_point::open(&self.0, name).map(|e| Arc::new(e) as Arc<dyn Export>);
+            return super::restore_point::open(&self.engine, &self.runs, name).map(|e| Arc::new(e) as Arc<dyn Export>);
         }
-        let disk = self.0.disk_by_name(name).ok()?;
+        let disk = self.engine.disk_by_name(name).ok()?;
         Some(Arc::new(LiveDisk(disk)))
     }
     fn list(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.0.list_disks().into_iter().map(|r| r.name.to_string()).collect();
-        names.extend(super::restore_point::list(&self.0));
+        let mut names: Vec<String> = self.engine.list_disks().into_iter().map(|r| r.name.to_string()).collect();
+        names.extend(super::restore_point::list(&self.engine));
         names
     }
 }

@@ -5,8 +5,9 @@
 //!
 //! Only `Succeeded` restore points are exports: one still `Creating`, or `Failed`, is not
 //! found. A restore point is immutable, so its allocation and each dirty bitmap are computed
-//! once per export (lazily, off the async threads, as chunk-index runs: small for the usual
-//! contiguous layouts) and served from memory.
+//! once (lazily, off the async threads, as chunk-index runs: small for the usual contiguous
+//! layouts) and served from memory, in a [`RunsCache`] shared by every connection: the four
+//! connections of a multi-conn client scan the catalog once, not four times.
 //!
 //! Deleting a restore point moves its chunk map entries to the next newer one, so a reader
 //! that outlived the deletion would silently read an older restore point's content. Every
@@ -19,15 +20,14 @@ use std::sync::Arc;
 use cairn_engine::{
     DiskId, DiskRestorePointReader, Engine, Error, ErrorKind, Extent, IoBuf, ProvisioningState, RestorePointId, Result,
 };
-use tokio::sync::OnceCell;
 
 use super::export::{Export, ExportFuture};
 use super::proto::{MAX_PAYLOAD_BYTES, PREFERRED_BLOCK_BYTES};
 
 /// Opens the export called `name`, or `None` when no succeeded restore point has that disk.
 /// Catalog failures are logged and also answered `None` (the client sees "unknown export").
-pub fn open(engine: &Engine, name: &str) -> Option<DiskRestorePointExport> {
-    match DiskRestorePointExport::open(engine, name) {
+pub fn open(engine: &Engine, runs: &Arc<RunsCache>, name: &str) -> Option<DiskRestorePointExport> {
+    match DiskRestorePointExport::open(engine, runs, name) {
         Ok(export) => export,
         Err(e) => {
             tracing::warn!(export = name, error = %e, "cannot open restore point export");
@@ -78,8 +78,8 @@ pub struct DiskRestorePointExport {
     rp: RestorePointId,
     disk: DiskId,
     reader: DiskRestorePointReader,
-    /// Chunks that are not all zeros, computed on first use.
-    allocated: OnceCell<Arc<ChunkRuns>>,
+    /// Allocations and bitmaps already computed, shared with other connections.
+    runs: Arc<RunsCache>,
     /// Older restore points of the same disk history, oldest first.
     bitmaps: Vec<Bitmap>,
 }
@@ -89,12 +89,36 @@ pub struct DiskRestorePointExport {
 struct Bitmap {
     name: String,
     from: RestorePointId,
-    changed: OnceCell<Arc<ChunkRuns>>,
+}
+
+/// What a [`RunsCache`] entry describes. Restore point ids are never reused and restore
+/// points never change, so an entry never goes stale (a deleted one is just never asked for
+/// again, and ages out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum RunsKey {
+    /// Chunks of `disk` in restore point `rp` that are not all zeros.
+    Allocated { rp: RestorePointId, disk: DiskId },
+    /// Chunks of `disk` changed from restore point `from` to `to`.
+    Changed { from: RestorePointId, to: RestorePointId, disk: DiskId },
+}
+
+/// Restore point allocations and dirty bitmaps, shared by every NBD connection of a server.
+/// Concurrent first uses compute an entry once.
+#[derive(Debug)]
+pub struct RunsCache(quick_cache::sync::Cache<RunsKey, Arc<ChunkRuns>>);
+
+/// Entries kept: each is one disk restore point's allocation or one bitmap.
+const RUNS_CACHE_ENTRIES: usize = 1024;
+
+impl Default for RunsCache {
+    fn default() -> Self {
+        Self(quick_cache::sync::Cache::new(RUNS_CACHE_ENTRIES))
+    }
 }
 
 impl DiskRestorePointExport {
     /// The export called `name`; `Ok(None)` when nothing by that name is exportable.
-    pub fn open(engine: &Engine, name: &str) -> Result<Option<Self>> {
+    pub fn open(engine: &Engine, runs: &Arc<RunsCache>, name: &str) -> Result<Option<Self>> {
         let Some((coll_name, rp_name, disk_name)) = split_name(name) else { return Ok(None) };
         let coll = match engine.collection_by_name(coll_name) {
             Ok(c) => c,
@@ -117,7 +141,7 @@ impl DiskRestorePointExport {
             .iter()
             .filter(|o| o.seq < rp.seq && o.state == ProvisioningState::Succeeded)
             .filter(|o| o.disks.iter().any(|x| x.disk == drp.disk && x.lineage == drp.lineage))
-            .map(|o| Bitmap { name: o.name.to_string(), from: o.id, changed: OnceCell::new() })
+            .map(|o| Bitmap { name: o.name.to_string(), from: o.id })
             .collect();
         Ok(Some(Self {
             engine: engine.clone(),
@@ -125,7 +149,7 @@ impl DiskRestorePointExport {
             rp: rp.id,
             disk: drp.disk,
             reader,
-            allocated: OnceCell::new(),
+            runs: runs.clone(),
             bitmaps,
         }))
     }
@@ -144,29 +168,21 @@ impl DiskRestorePointExport {
     }
 
     async fn allocation(&self) -> Result<Arc<ChunkRuns>> {
-        let runs = self
-            .allocated
-            .get_or_try_init(|| {
-                let reader = self.reader.clone();
-                blocking(&self.name, "scan restore point allocation", move || {
-                    Ok(ChunkRuns::from_sorted(reader.allocated_chunks()?.into_iter().map(|(i, _)| i)))
-                })
-            })
-            .await?;
-        Ok(runs.clone())
+        let key = RunsKey::Allocated { rp: self.rp, disk: self.disk };
+        let reader = self.reader.clone();
+        let scan = blocking(&self.name, "scan restore point allocation", move || {
+            Ok(ChunkRuns::from_sorted(reader.allocated_chunks()?.into_iter().map(|(i, _)| i)))
+        });
+        self.runs.0.get_or_insert_async(&key, scan).await
     }
 
     async fn changed_since(&self, bitmap: &Bitmap) -> Result<Arc<ChunkRuns>> {
         let (engine, from, to, disk) = (self.engine.clone(), bitmap.from, self.rp, self.disk);
-        let runs = bitmap
-            .changed
-            .get_or_try_init(|| {
-                blocking(&self.name, "list changed chunks", move || {
-                    Ok(ChunkRuns::from_sorted(engine.changed_chunks(from, to, disk)?))
-                })
-            })
-            .await?;
-        Ok(runs.clone())
+        let key = RunsKey::Changed { from, to, disk };
+        let list = blocking(&self.name, "list changed chunks", move || {
+            Ok(ChunkRuns::from_sorted(engine.changed_chunks(from, to, disk)?))
+        });
+        self.runs.0.get_or_insert_async(&key, list).await
     }
 
     fn runs_to_extents(&self, runs: &ChunkRuns, offset: u64, len: u64) -> Vec<Extent> {
@@ -390,6 +406,7 @@ mod tests {
     async fn restore_points_are_read_only_exports_with_dirty_bitmaps_of_older_ones() {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(EngineConfig::new(dir.path())).await.unwrap();
+        let runs = Arc::new(RunsCache::default());
         let req = CreateDisk { name: "d".into(), size_bytes: 4 << 20, chunk_size_bytes: None, direct_io: false };
         let d = engine.create_disk(req).await.unwrap().id;
         let group = engine
@@ -417,17 +434,17 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(engine.restore_point(rp3.id).unwrap().state, ProvisioningState::Creating);
-        assert!(open(&engine, "c/rp3/d").is_none());
+        assert!(open(&engine, &runs, "c/rp3/d").is_none());
         engine.cancel_operation(op.id).unwrap();
         wait(&engine, op.id).await;
         assert!(matches!(engine.restore_point(rp3.id).unwrap().state, ProvisioningState::Failed { .. }));
-        assert!(open(&engine, "c/rp3/d").is_none());
+        assert!(open(&engine, &runs, "c/rp3/d").is_none());
         for bad in ["c/rp2", "c/rp2/x", "x/rp2/d", "c/nope/d", "c/rp2/d/"] {
-            assert!(open(&engine, bad).is_none(), "{bad}");
+            assert!(open(&engine, &runs, bad).is_none(), "{bad}");
         }
         assert_eq!(list(&engine), vec!["c/rp1/d".to_owned(), "c/rp2/d".to_owned()]);
 
-        let e = open(&engine, "c/rp2/d").unwrap();
+        let e = open(&engine, &runs, "c/rp2/d").unwrap();
         assert_eq!(
             (e.name(), e.size_bytes(), e.read_only(), e.can_multi_conn()),
             ("c/rp2/d".into(), 4 << 20, true, true)
@@ -463,10 +480,19 @@ mod tests {
             ]
         );
         assert!(e.dirty_extents("rp2", 0, 4096).await.is_err());
-        assert!(open(&engine, "c/rp1/d").unwrap().dirty_bitmaps().is_empty());
+        // Another connection to the same export reuses what the first one computed.
+        let again = open(&engine, &runs, "c/rp2/d").unwrap();
+        assert!(Arc::ptr_eq(&e.allocation().await.unwrap(), &again.allocation().await.unwrap()));
+        let bitmap = &again.bitmaps[0];
+        assert!(Arc::ptr_eq(
+            &e.changed_since(&e.bitmaps[0]).await.unwrap(),
+            &again.changed_since(bitmap).await.unwrap()
+        ));
+        drop(again);
+        assert!(open(&engine, &runs, "c/rp1/d").unwrap().dirty_bitmaps().is_empty());
 
         // Deleted while exported: EIO, never another restore point's content.
-        let rp1 = open(&engine, "c/rp1/d").unwrap();
+        let rp1 = open(&engine, &runs, "c/rp1/d").unwrap();
         let rp1_id = engine.collection_by_name("c").and_then(|c| engine.restore_point_by_name(c.id, "rp1")).unwrap().id;
         engine.delete_restore_point(rp1_id).await.unwrap();
         let err = rp1.read(0, 4096).await.unwrap_err();
