@@ -5,15 +5,23 @@ use std::process::Command;
 
 use crate::common::{create_disks, daemon_bin, run_ok, start_cairnd};
 
+/// Loopback TCP and a unix socket at once (`--nbd` repeated), both serving the same disks.
 #[tokio::test]
 async fn loopback_tcp_serves_live_disks() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     create_disks(&data, &[("d", 4 << 20)]).await;
-    let daemon = start_cairnd(&data, &["--nbd", "127.0.0.1:0", "--log-format", "json"]);
-    let line = daemon.startup.iter().find(|l| l.contains("nbd listening")).unwrap();
-    let log: serde_json::Value = serde_json::from_str(line).unwrap();
-    let addr = log["fields"]["addr"].as_str().unwrap().to_owned();
+    let socket = dir.path().join("also.sock");
+    let unix = format!("unix:{}", socket.display());
+    let daemon = start_cairnd(&data, &["--nbd", "127.0.0.1:0", "--nbd", &unix, "--log-format", "json"]);
+    let addrs: Vec<String> = daemon
+        .startup
+        .iter()
+        .filter(|l| l.contains("nbd listening"))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["fields"]["addr"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(addrs.len(), 2, "{addrs:?}");
+    let addr = addrs.iter().find(|a| a.starts_with("127.0.0.1:")).unwrap();
     let uri = format!("nbd://{addr}/d");
 
     run_ok(Command::new("qemu-io").args(["-f", "raw", "-c", "write -P 0x42 1M 64k", &uri]));
@@ -21,6 +29,10 @@ async fn loopback_tcp_serves_live_disks() {
 
     assert!(out.contains("read 65536/65536"), "{out}");
     assert_eq!(run_ok(Command::new("nbdinfo").args(["--size", &uri])).trim(), (4u64 << 20).to_string());
+    // The unix socket serves the same disk: what was written over TCP reads back there.
+    let unix_uri = format!("nbd+unix:///d?socket={}", socket.display());
+    let out = run_ok(Command::new("qemu-io").args(["-f", "raw", "-c", "read -P 0x42 1M 64k", &unix_uri]));
+    assert!(out.contains("read 65536/65536"), "{out}");
     daemon.stop();
 }
 

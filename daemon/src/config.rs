@@ -16,8 +16,8 @@ pub struct Config {
     pub io_backend: Option<String>,
     /// gRPC listen address: `unix:PATH` or `HOST:PORT` (default `unix:<data-dir>/cairn.sock`).
     pub grpc: Option<String>,
-    /// NBD listen address (default `unix:<data-dir>/nbd.sock`).
-    pub nbd: Option<String>,
+    /// NBD listen address, or a list of them (default `unix:<data-dir>/nbd.sock`).
+    pub nbd: Option<OneOrMany>,
     /// HTTP listen address for `/metrics` and `/healthz`: `HOST:PORT` (default `127.0.0.1:9633`).
     pub http: Option<String>,
     /// This daemon's region name (default `local`).
@@ -45,6 +45,23 @@ pub struct Config {
     /// Copy-before-write memory per capture before spilling to a file, e.g. `256M` (the
     /// default).
     pub copy_before_write_memory: Option<String>,
+}
+
+/// A key that takes one value or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl From<OneOrMany> for Vec<String> {
+    fn from(v: OneOrMany) -> Self {
+        match v {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
 }
 
 /// `capture_priority`.
@@ -177,6 +194,15 @@ mod tests {
             .unwrap();
         assert_eq!(c.region.as_deref(), Some("west"));
         assert_eq!(c.allow_plaintext, Some(true));
+    }
+
+    #[test]
+    fn nbd_takes_one_address_or_a_list() {
+        let one = Config::parse("nbd = \"unix:/s\"\n").unwrap();
+        assert_eq!(Vec::<String>::from(one.nbd.unwrap()), vec!["unix:/s".to_owned()]);
+        let many = Config::parse("nbd = [\"unix:/s\", \"127.0.0.1:10809\"]\n").unwrap();
+        assert_eq!(Vec::<String>::from(many.nbd.unwrap()), vec!["unix:/s".to_owned(), "127.0.0.1:10809".to_owned()]);
+        assert!(Config::parse("nbd = 5\n").is_err());
     }
 
     #[test]

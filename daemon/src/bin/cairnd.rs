@@ -57,10 +57,11 @@ struct Args {
     #[arg(long, env = "CAIRN_REGION")]
     region: Option<String>,
 
-    /// NBD listen address: `unix:PATH` or `HOST:PORT` (default `unix:<data-dir>/nbd.sock`).
-    /// Every live disk is an export by its name.
-    #[arg(long, env = "CAIRN_NBD")]
-    nbd: Option<String>,
+    /// NBD listen address: `unix:PATH` or `HOST:PORT` (default `unix:<data-dir>/nbd.sock`);
+    /// repeat it to serve on several (a unix socket and TCP, say). Every live disk is an
+    /// export by its name.
+    #[arg(long, env = "CAIRN_NBD", value_delimiter = ',')]
+    nbd: Vec<String>,
 
     /// HTTP listen address for `/metrics` and `/healthz`: `HOST:PORT` (port 0 picks one)
     /// [default: 127.0.0.1:9633].
@@ -138,10 +139,13 @@ async fn main() -> anyhow::Result<()> {
     let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./cairn-data"));
     let io_backend: IoBackendKind =
         args.io_backend.or(file.io_backend).as_deref().unwrap_or("auto").parse().context("io_backend")?;
-    let nbd_addr: NbdAddr = match args.nbd.or(file.nbd) {
-        Some(a) => a.parse().context("nbd")?,
-        None => NbdAddr::Unix(data_dir.join("nbd.sock")),
-    };
+    let nbd_addrs: Vec<String> =
+        if args.nbd.is_empty() { file.nbd.map(Into::into).unwrap_or_default() } else { args.nbd };
+    let mut nbd_addrs: Vec<NbdAddr> =
+        nbd_addrs.iter().map(|a| a.parse().with_context(|| format!("nbd {a:?}"))).collect::<anyhow::Result<_>>()?;
+    if nbd_addrs.is_empty() {
+        nbd_addrs.push(NbdAddr::Unix(data_dir.join("nbd.sock")));
+    }
     let grpc_addr: GrpcAddr = match args.grpc.or(file.grpc) {
         Some(a) => a.parse().context("grpc")?,
         None => GrpcAddr::Unix(data_dir.join("cairn.sock")),
@@ -168,17 +172,27 @@ async fn main() -> anyhow::Result<()> {
 
     // Bound only once the engine holds the data dir lock: a stale socket file in the data dir
     // can then be replaced safely. A failure still closes the engine cleanly.
-    let listener = match Listener::bind(&nbd_addr, &security).await {
-        Ok(l) => l,
-        Err(e) => {
-            engine.close().await.context("closing the engine")?;
-            return Err(e).context("starting the NBD listener");
+    let mut listeners = Vec::new();
+    for addr in &nbd_addrs {
+        match Listener::bind(addr, &security).await {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                engine.close().await.context("closing the engine")?;
+                return Err(e).context("starting the NBD listener");
+            }
         }
-    };
-    tracing::info!(addr = %listener.local_addr(), starttls = listener.requires_tls(), "nbd listening");
+    }
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    // One server (one export cache) behind every NBD listener.
     let server = Arc::new(Server::new(Arc::new(LiveDisks::new(engine.clone())), ServerConfig::default()));
-    let nbd = tokio::spawn(listener.run(server, stopped.clone()));
+    let nbd: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| {
+            tracing::info!(addr = %listener.local_addr(), starttls = listener.requires_tls(), "nbd listening");
+            tokio::spawn(listener.run(server.clone(), stopped.clone()))
+        })
+        .collect();
+    let nbd = futures::future::join_all(nbd);
 
     let grpc_ctx = grpc::Context { engine: engine.clone(), shutdown: stopped.clone() };
     let grpc_listener = match GrpcListener::bind(&grpc_addr, &security).await {
@@ -220,8 +234,10 @@ async fn main() -> anyhow::Result<()> {
     }
     // Stop accepting, let requests in flight finish and reply, then close the engine.
     let _ = stop.send(true);
-    if let Err(e) = nbd.await {
-        tracing::error!(error = %e, "nbd listener task failed");
+    for done in nbd.await {
+        if let Err(e) = done {
+            tracing::error!(error = %e, "nbd listener task failed");
+        }
     }
     if let Err(e) = grpc_server.await {
         tracing::error!(error = %e, "grpc server task failed");
