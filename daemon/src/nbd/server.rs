@@ -611,12 +611,20 @@ impl Server {
             let reply =
                 Reply { cookie: req.cookie, structured: session.structured, tx: tx.clone(), permits: Some(permits) };
             let session = session.clone();
-            tasks.spawn(async move {
+            let small = req.len <= INLINE_MAX_BYTES;
+            let mut job = Box::pin(async move {
                 match verdict {
                     Ok(()) => execute(&session, req, payload, reply).await,
                     Err(e) => reply.error(e, &refusal(&req, e)),
                 }
             });
+            // A small request that completes at once (a read from the page cache, say) is
+            // done right here: a task of its own would cost more than the request. Anything
+            // that has to wait goes on in its own task, so replies still come out of order.
+            if small && futures::poll!(job.as_mut()).is_ready() {
+                continue;
+            }
+            tasks.spawn(job);
         }
         // Requests already read still complete and get their replies.
         while tasks.join_next().await.is_some() {}
@@ -661,6 +669,9 @@ fn session(export: Arc<dyn Export>, structured: bool, flags: u16, contexts: Vec<
 fn meta_for(meta: Option<MetaSelection>, export: &str) -> Vec<MetaContext> {
     meta.filter(|m| m.export == export).map(|m| m.contexts).unwrap_or_default()
 }
+
+/// Largest request tried inline by the connection's reader before it gets a task of its own.
+const INLINE_MAX_BYTES: u32 = 64 << 10;
 
 /// Bytes a request holds in memory while in flight.
 fn held_bytes(req: &Request) -> u32 {
