@@ -123,7 +123,7 @@ async fn first_restore_point_of_a_restored_disk_is_an_increment() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hydration_is_parked_at_shutdown_and_resumes_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let (id, image) = {
+    let (id, image, parked_op) = {
         let engine = open(dir.path(), BACKENDS[1]).await;
         let (a, rp, image) = source(&engine).await;
         engine.set_free_space_watermark(u64::MAX);
@@ -134,21 +134,24 @@ async fn hydration_is_parked_at_shutdown_and_resumes_at_start() {
             .await
             .expect("shutdown parks hydration")
             .unwrap();
-        assert_eq!(engine.operation(op.id).unwrap().state, OperationState::Canceled);
-        (rec.id, image)
+        // Parked, not canceled: it goes on at the next start as the same operation.
+        assert_eq!(engine.operation(op.id).unwrap().state, OperationState::Running);
+        (rec.id, image, op.id)
     };
     let engine = open(dir.path(), BACKENDS[0]).await;
     let d = engine.disk(id).unwrap();
     assert_same(&read_all(&d).await, &image, "restored disk after restart");
-    let op = engine
+    let hydrations: Vec<_> = engine
         .list_operations()
         .unwrap()
         .into_iter()
-        .rev()
-        .find(|o| o.kind == cairn_engine::OperationKind::Hydration && o.target.contains(&id.to_string()))
-        .unwrap();
-    let op = wait_op(&engine, op.id).await;
+        .filter(|o| o.kind == cairn_engine::OperationKind::Hydration && o.target.contains(&id.to_string()))
+        .collect();
+    assert_eq!(hydrations.len(), 1, "one hydration operation, resumed: {hydrations:?}");
+    assert_eq!(hydrations[0].id, parked_op);
+    let op = wait_op(&engine, parked_op).await;
     assert_eq!(op.state, OperationState::Succeeded);
+    assert_eq!(op.note.as_deref(), Some("resumed after the engine restarted"));
     assert!(engine.disk_record(id).unwrap().hydrated);
     assert_same(&read_all(&d).await, &image, "restored disk after resumed hydration");
 }

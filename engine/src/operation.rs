@@ -18,7 +18,8 @@ pub enum OperationKind {
 impl OperationKind {
     /// GC and verify are taken up again at the next start, as the same operation, from what
     /// their record saved (their phases are idempotent; a store verify keeps a cursor). The
-    /// other kinds settle at start: a capture fails, a hydration resumes as a new operation.
+    /// other kinds settle at start: a capture fails; a hydration goes on as the same
+    /// operation too, from the disk's local map (see `resume_hydrations`).
     pub fn resumes(self) -> bool {
         matches!(self, OperationKind::Gc | OperationKind::Verify)
     }

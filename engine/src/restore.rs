@@ -104,18 +104,53 @@ impl Engine {
         self.inner.jobs.spawn(op.id, async move { engine.run_hydration(disk, op, cancel).await });
     }
 
-    /// Resumes hydration of every restored disk not hydrated yet (at open).
+    /// Resumes hydration of every restored disk not hydrated yet (at open), as the operation
+    /// the last stop parked or cut short when there is one, so a client watching it sees it
+    /// go on; settles such operations whose disk is gone or hydrated.
     pub(crate) fn resume_hydrations(&self) {
+        let mut parked: Vec<OperationRecord> = match self.inner.catalog.list::<OperationRecord>() {
+            Ok(ops) => {
+                ops.into_iter().filter(|o| o.kind == OperationKind::Hydration && !o.state.is_terminal()).collect()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not list operations; hydrations resume as new ones");
+                Vec::new()
+            }
+        };
         let disks: Vec<Arc<Disk>> = self.state().disks.values().map(|e| e.disk.clone()).collect();
         for d in disks {
-            if let Some((_, _, false)) = d.hydration() {
-                let op = OperationRecord::start(OperationKind::Hydration, format!("disk/{}", d.id()), d.size_bytes());
-                if let Err(e) = self.put_operation(&mut op.clone()) {
-                    tracing::error!(disk = %d.name(), error = %e, "could not record hydration; retried at next start");
-                    continue;
+            let Some((_, _, false)) = d.hydration() else { continue };
+            let target = format!("disk/{}", d.id());
+            let mut op = match parked.iter().position(|o| o.target == target) {
+                Some(i) => {
+                    let mut op = parked.swap_remove(i);
+                    op.note = Some("resumed after the engine restarted".into());
+                    op.paused = None;
+                    op
                 }
-                tracing::info!(disk = %d.name(), "resuming hydration");
-                self.start_hydration(d, op);
+                None => OperationRecord::start(OperationKind::Hydration, target, d.size_bytes()),
+            };
+            if let Err(e) = self.put_operation(&mut op) {
+                tracing::error!(disk = %d.name(), error = %e, "could not record hydration; retried at next start");
+                continue;
+            }
+            tracing::info!(disk = %d.name(), op = %op.id, "resuming hydration");
+            self.start_hydration(d, op);
+        }
+        // Left over: their disk was deleted, or finished hydrating just before the stop.
+        for mut op in parked {
+            let hydrated = self
+                .state()
+                .disks
+                .values()
+                .any(|e| format!("disk/{}", e.disk.id()) == op.target && e.disk.hydration().is_some_and(|h| h.2));
+            op.state = if hydrated {
+                OperationState::Succeeded
+            } else {
+                OperationState::Failed { error: "the disk was deleted".into() }
+            };
+            if let Err(e) = self.put_operation(&mut op) {
+                tracing::error!(op = %op.id, error = %e, "could not settle a hydration operation");
             }
         }
     }
@@ -124,6 +159,11 @@ impl Engine {
         let result = self.hydrate(&disk, &mut op, &cancel).await;
         op.state = match &result {
             Ok(()) => OperationState::Succeeded,
+            // Parked by the shutdown: it stays Running and resumes at the next start.
+            Err(Error::Canceled) if self.inner.jobs.closing() => {
+                tracing::info!(disk = %disk.name(), op = %op.id, "hydration parked by the shutdown");
+                return;
+            }
             Err(Error::Canceled) => OperationState::Canceled,
             Err(e) => OperationState::Failed { error: e.to_string() },
         };

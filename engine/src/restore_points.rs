@@ -1004,7 +1004,8 @@ impl Engine {
         }
         let all = self.inner.catalog.list::<RestorePointRecord>()?;
         for mut op in self.inner.catalog.list::<OperationRecord>()? {
-            if op.state.is_terminal() || op.kind.resumes() {
+            // GC and verify resume as themselves; hydration is settled by `resume_hydrations`.
+            if op.state.is_terminal() || op.kind.resumes() || op.kind == OperationKind::Hydration {
                 continue;
             }
             // A capture whose restore point committed ended well; anything else was cut short.
