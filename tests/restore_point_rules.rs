@@ -143,3 +143,31 @@ async fn restore_point_with(
     wait_op(engine, op.id).await;
     engine.restore_point(rp.id).unwrap()
 }
+
+/// Ended operations are forgotten past their retention, the newest few kept whatever their
+/// age; running ones and restore points are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_operations_are_pruned_past_their_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = cairn_engine::EngineConfig {
+        operation_retention: std::time::Duration::ZERO,
+        operations_kept: 2,
+        ..cairn_engine::EngineConfig::new(dir.path())
+    };
+    let engine = cairn_engine::Engine::open(config).await.unwrap();
+    let a = crate::common::disk(&engine, "a", 4 << 20).await.id;
+    let (_, coll) = crate::common::collection(&engine, "c", vec![a]).await;
+    let d = engine.disk(a).unwrap();
+    let mut rps = Vec::new();
+    for i in 0..5u64 {
+        d.write(i * 4096, cairn_engine::IoBuf::from_slice(&[i as u8 + 1; 4096]), false).await.unwrap();
+        rps.push(crate::common::restore_point(&engine, coll.id, &format!("rp{i}"), vec![]).await);
+    }
+    let ops = engine.list_operations().unwrap();
+    assert!(ops.len() <= 3, "at most the 2 kept and one ended since the last pruning: {ops:?}");
+    assert!(ops.iter().any(|o| o.id == rps[4].operation), "the newest is kept");
+    assert!(engine.operation(rps[0].operation).is_err(), "the oldest is forgotten");
+    // The restore points themselves stay.
+    assert_eq!(engine.list_restore_points(coll.id).unwrap().len(), 5);
+    engine.close().await.unwrap();
+}

@@ -45,6 +45,11 @@ pub struct Config {
     /// Copy-before-write memory per capture before spilling to a file, e.g. `256M` (the
     /// default).
     pub copy_before_write_memory: Option<String>,
+    /// Days an ended operation stays listed (default 7); the newest `operations_kept` stay
+    /// whatever their age.
+    pub operation_retention_days: Option<u32>,
+    /// Ended operations always kept, newest first (default 100).
+    pub operations_kept: Option<u32>,
 }
 
 /// A key that takes one value or a list of them.
@@ -120,6 +125,12 @@ impl Config {
         if let Some(n) = size("chunk_cache", &self.chunk_cache)? {
             engine.chunk_cache_bytes = n;
         }
+        if let Some(days) = self.operation_retention_days {
+            engine.operation_retention = std::time::Duration::from_secs(u64::from(days) * 24 * 3600);
+        }
+        if let Some(n) = self.operations_kept {
+            engine.operations_kept = usize::try_from(n).map_err(|_| format!("operations_kept: {n} is too large"))?;
+        }
         if let Some(n) = size("copy_before_write_memory", &self.copy_before_write_memory)? {
             engine.preserve_mem_bytes =
                 usize::try_from(n).map_err(|_| format!("copy_before_write_memory: {n} is too large"))?;
@@ -171,7 +182,7 @@ mod tests {
     fn engine_keys_apply_and_bad_values_name_their_key() {
         let c = Config::parse(
             "zstd_level = 5\ncapture_priority = \"low\"\nfree_space_watermark = \"2G\"\nchunk_cache = \"16M\"\n\
-             copy_before_write_memory = \"1G\"\n",
+             copy_before_write_memory = \"1G\"\noperation_retention_days = 2\noperations_kept = 10\n",
         )
         .unwrap();
         let e = c.apply_engine(EngineConfig::new("/d")).unwrap();
@@ -180,6 +191,8 @@ mod tests {
         assert_eq!(e.free_space_watermark_bytes, 2 << 30);
         assert_eq!(e.chunk_cache_bytes, 16 << 20);
         assert_eq!(e.preserve_mem_bytes, 1 << 30);
+        assert_eq!(e.operation_retention, std::time::Duration::from_secs(2 * 24 * 3600));
+        assert_eq!(e.operations_kept, 10);
         let err = Config::parse("capture_priority = \"urgent\"\n").unwrap_err();
         assert!(err.contains("urgent") && err.contains("idle"), "{err}");
         let err = Config::parse("zstd_level = 40\n").unwrap().apply_engine(EngineConfig::new("/d")).unwrap_err();

@@ -35,6 +35,10 @@ pub struct EngineConfig {
     pub background_priority: BackgroundPriority,
     /// Memory for recently read chunk contents (restore point exports, restored disks).
     pub chunk_cache_bytes: u64,
+    /// Ended operations are forgotten this long after they end...
+    pub operation_retention: std::time::Duration,
+    /// ...except the newest this many of them, whatever their age.
+    pub operations_kept: usize,
 }
 
 /// Scheduling of the threads that hash and compress captured chunks.
@@ -61,6 +65,8 @@ impl EngineConfig {
             free_space_watermark_bytes: 1 << 30,
             background_priority: BackgroundPriority::default(),
             chunk_cache_bytes: 64 << 20,
+            operation_retention: std::time::Duration::from_secs(7 * 24 * 3600),
+            operations_kept: 100,
         }
     }
 }
@@ -117,6 +123,8 @@ pub(crate) struct Inner {
     pub(crate) chunks: Arc<ChunkStore>,
     pub(crate) jobs: crate::jobs::Jobs,
     pub(crate) watermark_bytes: std::sync::atomic::AtomicU64,
+    /// When ended operations were last pruned (ms since the epoch).
+    pub(crate) operations_pruned_at_ms: std::sync::atomic::AtomicU64,
     /// Held shared by every capture for its whole run and exclusively by GC's sweep, so a
     /// chunk a capture deduplicated against is never freed before its reference commits.
     pub(crate) gc_gate: Arc<tokio::sync::RwLock<()>>,
@@ -201,6 +209,7 @@ impl Engine {
                 chunks,
                 jobs: crate::jobs::Jobs::default(),
                 watermark_bytes: std::sync::atomic::AtomicU64::new(watermark),
+                operations_pruned_at_ms: std::sync::atomic::AtomicU64::new(0),
                 gc_gate: Arc::new(tokio::sync::RwLock::new(())),
                 gc_single: Arc::new(tokio::sync::Mutex::new(())),
                 background,

@@ -972,7 +972,11 @@ impl Engine {
         op.updated_at_ms = now_ms();
         let mut batch = self.inner.catalog.batch();
         batch.put(&*op)?;
-        self.inner.catalog.commit(batch)
+        self.inner.catalog.commit(batch)?;
+        if op.state.is_terminal() {
+            self.prune_operations_now_and_then();
+        }
+        Ok(())
     }
 
     /// Marks a capture's restore point failed: its partial entries dropped with their
