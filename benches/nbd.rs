@@ -10,6 +10,7 @@
 //! the page cache, driven by the same client (fio's nbd engine) in the same run, as ratios.
 //!
 //! Rows: 1 MiB sequential write then read, 4 KiB random write then read, queue depth 16.
+//! Each run starts after a `sync`, and the servers' order rotates from row to row.
 //! `CAIRN_BENCH_MIB` sets the disk size (default 1024); `CAIRN_BENCH_SECONDS` caps each
 //! random row (default 10).
 
@@ -171,8 +172,17 @@ async fn main() {
 
     println!("NBD export, {size_mib} MiB, fio nbd engine, depth {DEPTH}, page cache (same run)\n");
     println!("{:<18} {:>16} {:>16} {:>16} {:>10} {:>10}", "row", "cairn", "qemu-nbd", "nbdkit", "/qemu-nbd", "/nbdkit");
-    for row in &ROWS {
-        let results: Vec<(f64, f64)> = targets.iter().map(|(_, uri)| fio(uri, row, size_mib, seconds)).collect();
+    for (r, row) in ROWS.iter().enumerate() {
+        // Fairness: dirty pages one server's run leaves behind are written back before the
+        // next run starts, and the order rotates from row to row, so no server always goes
+        // first into a clean page cache.
+        let mut results = vec![(0.0, 0.0); targets.len()];
+        for k in 0..targets.len() {
+            let i = (r + k) % targets.len();
+            let synced = Command::new("sync").status().unwrap();
+            assert!(synced.success(), "sync failed");
+            results[i] = fio(&targets[i].1, row, size_mib, seconds);
+        }
         let fmt = |(bw, iops): (f64, f64)| {
             if row.bs == "4k" {
                 format!("{:.1}k IOPS", iops / 1000.0)
