@@ -123,12 +123,26 @@ async fn main() {
         let plain = dir.path().join(format!("{backend:?}.plain"));
         std::fs::File::create(&plain).unwrap().set_len(size).unwrap();
 
-        for (pattern, name) in [(Pattern::Seq1m, "1MiB seq"), (Pattern::Random4k, "4KiB random")] {
+        for (n, (pattern, name)) in
+            [(Pattern::Seq1m, "1MiB seq"), (Pattern::Random4k, "4KiB random")].into_iter().enumerate()
+        {
             let ops = pattern.ops(size);
             let bytes: u64 = ops.iter().map(|o| o.1 as u64).sum();
-            for write in [true, false] {
-                let c = run_disk(&disk, &ops, pattern.depth(), write).await;
-                let p = run_plain(&plain, &ops, pattern.depth(), write);
+            for (k, write) in [true, false].into_iter().enumerate() {
+                // Fairness: each run starts with no dirty pages left by the other, and who
+                // goes first alternates, so neither always meets a clean page cache.
+                let sync = || assert!(std::process::Command::new("sync").status().unwrap().success());
+                let (c, p) = if (n + k) % 2 == 0 {
+                    sync();
+                    let c = run_disk(&disk, &ops, pattern.depth(), write).await;
+                    sync();
+                    (c, run_plain(&plain, &ops, pattern.depth(), write))
+                } else {
+                    sync();
+                    let p = run_plain(&plain, &ops, pattern.depth(), write);
+                    sync();
+                    (run_disk(&disk, &ops, pattern.depth(), write).await, p)
+                };
                 let row = format!("{name} {}", if write { "write" } else { "read" });
                 println!(
                     "{:<10} {:<20} {:>12.0} {:>12.0} {:>8.2}",
