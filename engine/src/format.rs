@@ -278,7 +278,7 @@ pub const PACK_TARGET_BYTES: u64 = 64 << 20;
 
 // ---- catalog keys and values ----------------------------------------------------------------
 
-/// `chunk_map` key: lineage [16] | chunk index u64 BE | !seq u64 BE (newer sorts first).
+/// `chunk_map` key: `lineage [16] | chunk index u64 BE | !seq u64 BE` (newer sorts first).
 pub const CHUNK_MAP_KEY_LEN: usize = 32;
 
 pub fn chunk_map_key(lineage: [u8; 16], index: u64, seq: u64) -> [u8; CHUNK_MAP_KEY_LEN] {
@@ -306,7 +306,7 @@ pub const REF_ZERO: u8 = 0;
 pub const REF_FULL: u8 = 1;
 pub const REF_DELTA: u8 = 2;
 
-/// `chunks` value: pack id [16] | offset u64 | stored_len u32 | raw_len u32 | refs u64 (LE).
+/// `chunks` value: `pack id [16] | offset u64 | stored_len u32 | raw_len u32 | refs u64` (LE).
 pub const CHUNK_ENTRY_LEN: usize = 40;
 
 /// `meta` key of the next restore point sequence number (u64 BE).

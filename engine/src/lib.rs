@@ -44,6 +44,13 @@
 //! most 25% of its blocks may differ), or stored whole, zstd-compressed with a CRC-headed
 //! record in a pack that is synced and put before the catalog batch that references it.
 //!
+//! The capture is one pipeline over all the group's disks. Each chunk is one job on the
+//! background threads (read, delta plan, hash, compress); the sequential part (pack appends,
+//! seals, commits) runs on a thread of its own; a full pack seals while the next one fills,
+//! and entries commit in the order their packs seal. Background threads run under
+//! `SCHED_IDLE` by default ([`BackgroundPriority`]), so guest I/O always gets the CPU first;
+//! the locks guest I/O may wait for are taken at normal priority.
+//!
 //! Chunk maps: `lineage | chunk index | !seq -> ref`; a restore point stores only its
 //! increment, and reading chunk i at seq S is one seek. A restore point owns the entries
 //! between the next older remaining restore point of the history and its own seq; deleting it
