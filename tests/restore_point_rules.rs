@@ -171,3 +171,50 @@ async fn ended_operations_are_pruned_past_their_retention() {
     assert_eq!(engine.list_restore_points(coll.id).unwrap().len(), 5);
     engine.close().await.unwrap();
 }
+
+/// A canceled capture leaves no task behind holding the engine: closing it releases the data
+/// dir at once, so it reopens (as a daemon would right after a test or a restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canceled_capture_leaves_nothing_holding_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = crate::common::open(dir.path(), cairn_engine::IoBackendKind::Auto).await;
+        let a = crate::common::disk(&engine, "a", 64 << 20).await.id;
+        let d = engine.disk(a).unwrap();
+        for half in 0..2u64 {
+            let data = crate::common::pattern(3 + half, 32 << 20);
+            d.write(half << 25, cairn_engine::IoBuf::from_slice(&data), false).await.unwrap();
+        }
+        crate::common::collection(&engine, "c", vec![a]).await;
+        engine.close().await.unwrap();
+    }
+    for round in 0..8u32 {
+        let engine = cairn_engine::Engine::open(cairn_engine::EngineConfig::new(dir.path()))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the data dir is still held: {e}"));
+        let coll = engine.collection_by_name("c").unwrap();
+        let req = cairn_engine::CreateRestorePoint { name: format!("rp{round}"), ..Default::default() };
+        let (_, op) = engine.create_restore_point(coll.id, req).await.unwrap();
+        // Let a few chunks get going, then cancel with every core busy at normal priority,
+        // so the capture's idle-priority jobs still in flight are slow to finish.
+        tokio::time::sleep(std::time::Duration::from_millis(u64::from(round) * 3)).await;
+        let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let spinners: Vec<_> = (0..2)
+            .map(|_| {
+                let busy = busy.clone();
+                std::thread::spawn(move || {
+                    while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        engine.cancel_operation(op.id).unwrap();
+        crate::common::wait_op(&engine, op.id).await;
+        engine.close().await.unwrap();
+        busy.store(false, std::sync::atomic::Ordering::Relaxed);
+        for s in spinners {
+            s.join().unwrap();
+        }
+    }
+}

@@ -742,7 +742,10 @@ impl Engine {
         let level = self.inner.chunks.zstd_level();
         let mut pending = Pending::default();
 
-        let mut results = futures::stream::iter(work.iter().copied())
+        // Set on failure: no more chunks start, and those in flight are waited for below, so
+        // no task of this capture outlives it (each holds the engine open).
+        let stop = AtomicBool::new(false);
+        let mut results = futures::stream::iter(work.iter().copied().take_while(|_| !stop.load(Ordering::Acquire)))
             .map(|(i, c)| {
                 let (disk, cap) = caps[i].clone();
                 let engine = self.clone();
@@ -839,6 +842,8 @@ impl Engine {
         }
         .await;
         if outcome.is_err() {
+            stop.store(true, Ordering::Release);
+            while results.next().await.is_some() {}
             pending.abandon().await;
         }
         outcome
