@@ -7,18 +7,18 @@ use std::io;
 /// still lets a background thread finish its time slice (about a millisecond under EEVDF)
 /// before a woken guest I/O thread gets the CPU.
 pub(crate) fn set_current_thread_idle() -> io::Result<()> {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: pid 0 names the calling thread; `param` is a valid, initialised sched_param
-    // that lives across the call, and the kernel only reads it.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    set_current_thread_policy(libc::SCHED_IDLE)
 }
 
 /// Moves the calling thread back to `SCHED_OTHER`, at its nice value.
 pub(crate) fn set_current_thread_normal() -> io::Result<()> {
+    set_current_thread_policy(libc::SCHED_OTHER)
+}
+
+fn set_current_thread_policy(policy: libc::c_int) -> io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: as in `set_current_thread_idle`: pid 0 is the calling thread and `param` is a
-    // valid sched_param that outlives the call.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+    // SAFETY: pid 0 names the calling thread; `param` is a valid, initialised sched_param
+    // that lives across the call, and the kernel only reads it.
+    let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
