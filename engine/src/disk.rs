@@ -372,7 +372,7 @@ impl Disk {
             self.make_local(offset, len).await?;
             self.preserve_for_capture(offset, len).await?;
             self.tracker.load().mark(offset, len);
-            let (res, _buf) = self.io.write_at(&self.file, buf, offset).await;
+            let (res, _buf) = self.write_file(buf, offset).await;
             res.map_err(|e| Error::io("write disk", &self.path, e))?;
         }
         self.counters.write_ops.fetch_add(1, Ordering::Relaxed);
@@ -448,6 +448,16 @@ impl Disk {
         Ok((res.map_err(|e| Error::io(what, &self.path, e))?, buf))
     }
 
+    /// Writes `buf` to the file at `offset`: in one request with O_DIRECT, else in page-cache
+    /// sized pieces (see [`crate::io::BUFFERED_WRITE_PIECE`]).
+    async fn write_file(&self, buf: IoBuf, offset: u64) -> (std::io::Result<()>, IoBuf) {
+        if self.direct_io {
+            self.io.write_direct_at(&self.file, buf, offset).await
+        } else {
+            self.io.write_at(&self.file, buf, offset).await
+        }
+    }
+
     /// Before a write or trim of a restored disk: every chunk it touches that is still in the
     /// store gets its base content written to the file and synced, then becomes local.
     async fn make_local(&self, offset: u64, len: u64) -> Result<()> {
@@ -465,7 +475,7 @@ impl Disk {
             }
             let data = r.base.read_chunk(c).await?;
             if !crate::chunk::is_zero(&data) {
-                let (res, _) = self.io.write_at(&self.file, IoBuf::from_slice(&data), c * self.chunk_size_bytes).await;
+                let (res, _) = self.write_file(IoBuf::from_slice(&data), c * self.chunk_size_bytes).await;
                 res.map_err(|e| Error::io("fill chunk from its restore point", &self.path, e))?;
                 self.sync_file().await?;
             }
@@ -520,7 +530,7 @@ impl Disk {
             return Ok(false);
         }
         let data = r.base.read_chunk(c).await?;
-        let (res, _) = self.io.write_at(&self.file, IoBuf::from_slice(&data), c * self.chunk_size_bytes).await;
+        let (res, _) = self.write_file(IoBuf::from_slice(&data), c * self.chunk_size_bytes).await;
         res.map_err(|e| Error::io("hydrate chunk", &self.path, e))?;
         Ok(true)
     }

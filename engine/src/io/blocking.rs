@@ -36,10 +36,13 @@ pub(super) async fn read_at(file: Arc<File>, buf: IoBuf, offset: u64) -> (io::Re
     }
 }
 
-pub(super) async fn write_at(file: Arc<File>, buf: IoBuf, offset: u64) -> (io::Result<()>, IoBuf) {
+pub(super) async fn write_at(file: Arc<File>, buf: IoBuf, offset: u64, piece: usize) -> (io::Result<()>, IoBuf) {
     let len = buf.len();
     let joined = run(move || {
-        let res = file.write_all_at(&buf, offset);
+        let res = buf
+            .chunks(piece.max(1))
+            .zip((offset..).step_by(piece.max(1)))
+            .try_for_each(|(part, at)| file.write_all_at(part, at));
         (res, buf)
     })
     .await;

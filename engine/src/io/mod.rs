@@ -19,6 +19,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::sys::IoBuf;
 
+/// The most a buffered write hands the kernel at once.
+///
+/// The page cache sizes the folio a write creates by the write's length, and large folios
+/// cost the disk workload twice. Allocating them can mean compaction: through the NBD
+/// export, 1 MiB writes into a new disk ran at 400 MiB/s here, 64 KiB pieces of them at
+/// 2.7 GiB/s. And ext4's buffered write (Linux 6.16 and later) walks every block of the
+/// folio it writes into, so a guest's 4 KiB overwrite of data once written in 1 MiB pieces
+/// cost about 30 µs of kernel time; in 64 KiB folios, 4 KiB random writes through the export
+/// went from 31k to 63k IOPS. A large write costs a few more requests in exchange.
+pub const BUFFERED_WRITE_PIECE: usize = 64 << 10;
+
 /// Which backend to use.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -98,11 +109,27 @@ impl Io {
         }
     }
 
-    /// Writes all of `buf` at `offset`.
+    /// Writes all of `buf` at `offset` through the page cache, in pieces of at most
+    /// [`BUFFERED_WRITE_PIECE`] bytes, one after the other.
     pub async fn write_at(&self, file: &Arc<File>, buf: IoBuf, offset: u64) -> (io::Result<()>, IoBuf) {
+        self.write_in_pieces(file, buf, offset, BUFFERED_WRITE_PIECE).await
+    }
+
+    /// Writes all of `buf` at `offset` in one request (an O_DIRECT file: no page cache).
+    pub async fn write_direct_at(&self, file: &Arc<File>, buf: IoBuf, offset: u64) -> (io::Result<()>, IoBuf) {
+        self.write_in_pieces(file, buf, offset, usize::MAX).await
+    }
+
+    async fn write_in_pieces(
+        &self,
+        file: &Arc<File>,
+        buf: IoBuf,
+        offset: u64,
+        piece: usize,
+    ) -> (io::Result<()>, IoBuf) {
         match self {
-            Io::Uring(ring) => ring.write_at(file.clone(), buf, offset).await,
-            Io::Blocking => blocking::write_at(file.clone(), buf, offset).await,
+            Io::Uring(ring) => ring.write_at(file.clone(), buf, offset, piece).await,
+            Io::Blocking => blocking::write_at(file.clone(), buf, offset, piece).await,
         }
     }
 

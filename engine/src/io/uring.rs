@@ -56,7 +56,7 @@ type UnitReply = oneshot::Sender<io::Result<()>>;
 
 enum Op {
     Read { file: Arc<File>, buf: IoBuf, offset: u64, done: usize, reply: ReadReply },
-    Write { file: Arc<File>, buf: IoBuf, offset: u64, done: usize, reply: WriteReply },
+    Write { file: Arc<File>, buf: IoBuf, offset: u64, done: usize, piece: usize, reply: WriteReply },
     Sync { file: Arc<File>, reply: UnitReply },
     Punch { file: Arc<File>, offset: u64, len: u64, reply: UnitReply },
 }
@@ -135,10 +135,16 @@ impl Ring {
         rx.await.unwrap_or_else(|_| (Err(ring_gone()), IoBuf::zeroed(len)))
     }
 
-    pub(super) async fn write_at(&self, file: Arc<File>, buf: IoBuf, offset: u64) -> (io::Result<()>, IoBuf) {
+    pub(super) async fn write_at(
+        &self,
+        file: Arc<File>,
+        buf: IoBuf,
+        offset: u64,
+        piece: usize,
+    ) -> (io::Result<()>, IoBuf) {
         let len = buf.len();
         let (reply, rx) = oneshot::channel();
-        self.submit(Op::Write { file, buf, offset, done: 0, reply });
+        self.submit(Op::Write { file, buf, offset, done: 0, piece, reply });
         rx.await.unwrap_or_else(|_| (Err(ring_gone()), IoBuf::zeroed(len)))
     }
 
@@ -169,9 +175,9 @@ fn entry(op: &mut Op) -> squeue::Entry {
                 .offset(*offset + *done as u64)
                 .build()
         }
-        Op::Write { file, buf, offset, done, .. } => {
+        Op::Write { file, buf, offset, done, piece, .. } => {
             let rest = &buf[*done..];
-            let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
+            let len = u32::try_from(rest.len().min(*piece)).unwrap_or(u32::MAX);
             opcode::Write::new(types::Fd(file.as_raw_fd()), rest.as_ptr(), len).offset(*offset + *done as u64).build()
         }
         Op::Sync { file, .. } => {
@@ -205,7 +211,7 @@ fn complete(op: Op, res: i32) -> Option<Op> {
             }
             None => Some(Op::Read { file, buf, offset, done: done + n, reply }),
         },
-        Op::Write { file, buf, offset, done, reply } => match err {
+        Op::Write { file, buf, offset, done, piece, reply } => match err {
             Some(e) => {
                 let _ = reply.send((Err(e), buf));
                 None
@@ -218,7 +224,7 @@ fn complete(op: Op, res: i32) -> Option<Op> {
                 let _ = reply.send((Ok(()), buf));
                 None
             }
-            None => Some(Op::Write { file, buf, offset, done: done + n, reply }),
+            None => Some(Op::Write { file, buf, offset, done: done + n, piece, reply }),
         },
         Op::Sync { reply, .. } | Op::Punch { reply, .. } => {
             let _ = reply.send(err.map_or(Ok(()), Err));
