@@ -142,3 +142,64 @@ async fn resize_grows_and_keeps_data() {
     let engine = open(dir.path(), BACKENDS[1]).await;
     assert_eq!(engine.disk_record(rec.id).unwrap().size_bytes, 64 * MIB);
 }
+
+/// Whether all of `[offset, offset + len)` of `path` is in the page cache (mincore, which
+/// reads nothing in; a probing read would start the kernel's readahead).
+fn cached(path: &std::path::Path, offset: u64, len: usize) -> bool {
+    let file = std::fs::File::open(path).unwrap();
+    // SAFETY: the mapping is read-only and never dereferenced: it only names the range to
+    // mincore, so a concurrent change of the file cannot make us read torn memory.
+    let map = unsafe { memmap2::MmapOptions::new().offset(offset).len(len).map(&file) }.unwrap();
+    let mut resident = vec![0u8; len.div_ceil(4096)];
+    // SAFETY: `map` is a live mapping of `len` bytes and `resident` has a byte per page.
+    let rc = unsafe { libc::mincore(map.as_ptr().cast_mut().cast(), len, resident.as_mut_ptr()) };
+    assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+    resident.iter().all(|&b| b & 1 == 1)
+}
+
+/// Drops `path`'s clean pages from the page cache.
+fn evict(path: &std::path::Path) {
+    let file = std::fs::File::open(path).unwrap();
+    rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+}
+
+/// The kernel's readahead is off for disk files (it would fill the page cache with large
+/// folios, which make small writes slow on ext4); the engine reads ahead of sequential
+/// streams itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_reads_are_read_ahead_by_the_engine_not_the_kernel() {
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = open(dir.path(), backend).await;
+        let rec = disk(&engine, "d0", 64 * MIB).await;
+        let d = engine.disk(rec.id).unwrap();
+        d.write(0, cairn_engine::IoBuf::from_slice(&pattern(3, 32 * MIB as usize)), false).await.unwrap();
+        d.flush().await.unwrap();
+        evict(d.path());
+        assert!(!cached(d.path(), 0, 4096), "{backend:?}: eviction did not take");
+
+        // One read is not a stream: it brings in what it asked for and nothing more (the
+        // kernel's own readahead would have read on past it).
+        let got = d.read(0, 64 << 10).await.unwrap();
+        assert_eq!(&*got, &pattern(3, 32 * MIB as usize)[..64 << 10]);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(cached(d.path(), 0, 64 << 10));
+        assert!(!cached(d.path(), 64 << 10, 4096), "{backend:?}: the kernel read ahead");
+
+        // A sequential stream gets the data ahead of it read in.
+        let data = pattern(3, 32 * MIB as usize);
+        for i in 0..8u64 {
+            let at = 4 * MIB + i * (256 << 10);
+            let got = d.read(at, 256 << 10).await.unwrap();
+            assert_eq!(&*got, &data[at as usize..at as usize + (256 << 10)], "{backend:?} read {i}");
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !cached(d.path(), 6 * MIB, MIB as usize) {
+            assert!(std::time::Instant::now() < deadline, "{backend:?}: nothing was read ahead of the stream");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // Far past the stream, nothing was read.
+        assert!(!cached(d.path(), 20 * MIB, 4096), "{backend:?}: read ahead too far");
+        engine.close().await.unwrap();
+    }
+}

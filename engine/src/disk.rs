@@ -18,6 +18,7 @@ use crate::gate::{GateClosed, WriteGate};
 use crate::ids::{DiskId, GroupId, LineageId, Name};
 use crate::io::Io;
 use crate::local_map::LocalMap;
+use crate::readahead::Readahead;
 use crate::restore_points::DiskRestorePointReader;
 use crate::restored::Restored;
 use crate::sys::{self, IoBuf};
@@ -139,6 +140,8 @@ pub struct Disk {
     restored: Option<Restored>,
     poisoned: AtomicBool,
     counters: DiskCounters,
+    /// Sequential streams of reads, for readahead.
+    readahead: Readahead,
 }
 
 impl std::fmt::Debug for Disk {
@@ -172,14 +175,19 @@ fn open_data_file(path: &Path, direct_io: bool, create: bool) -> Result<File> {
         let flag = i32::try_from(rustix::fs::OFlags::DIRECT.bits()).unwrap_or(0);
         opts.custom_flags(flag);
     }
-    opts.open(path).map_err(|e| {
+    let file = opts.open(path).map_err(|e| {
         let context = if direct_io && e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) {
             "open disk file with O_DIRECT (the file system may not support it)"
         } else {
             "open disk file"
         };
         Error::io(context, path, e)
-    })
+    })?;
+    // The engine reads ahead itself (see readahead.rs).
+    if !direct_io && let Err(e) = sys::advise_random(&file) {
+        tracing::debug!(path = %path.display(), error = %e, "kernel readahead stays on");
+    }
+    Ok(file)
 }
 
 impl Disk {
@@ -253,6 +261,7 @@ impl Disk {
             restored,
             poisoned: AtomicBool::new(false),
             counters: DiskCounters::default(),
+            readahead: Readahead::default(),
         }
     }
 
@@ -442,8 +451,10 @@ impl Disk {
             && buf.len() as u64 <= FAST_READ_MAX_BYTES
             && let Some(got) = sys::read_cached(&self.file, &mut buf, offset)
         {
+            self.read_ahead(offset, buf.len() as u64, false);
             return Ok((got, buf));
         }
+        self.read_ahead(offset, buf.len() as u64, true);
         let (res, buf) = self.io.read_at(&self.file, buf, offset).await;
         Ok((res.map_err(|e| Error::io(what, &self.path, e))?, buf))
     }
@@ -455,6 +466,33 @@ impl Disk {
             self.io.write_direct_at(&self.file, buf, offset).await
         } else {
             self.io.write_at(&self.file, buf, offset).await
+        }
+    }
+
+    /// Follows the reads' streams and reads ahead of a sequential one, in the background.
+    fn read_ahead(&self, offset: u64, len: u64, missed: bool) {
+        if self.direct_io {
+            return;
+        }
+        let Some((from, len)) = self.readahead.on_read(offset, len, self.size_bytes(), missed) else {
+            return;
+        };
+        let file = self.file.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let io = self.io.clone();
+                runtime.spawn(async move {
+                    if let Err(e) = io.will_need(&file, from, len).await {
+                        tracing::debug!(offset = from, len, error = %e, "readahead refused");
+                    }
+                });
+            }
+            // A plain thread (a capture job) can wait for the advice itself.
+            Err(_) => {
+                if let Err(e) = sys::will_need(&file, from, len) {
+                    tracing::debug!(offset = from, len, error = %e, "readahead refused");
+                }
+            }
         }
     }
 
@@ -618,6 +656,7 @@ impl Disk {
         if sys::read_cached(&self.file, &mut data, start).is_none() {
             return Ok(None);
         }
+        self.read_ahead(start, end - start, false);
         cap.finish_read(c, &mut data)?;
         Ok(Some(data))
     }

@@ -28,6 +28,12 @@
 //! pread/pwrite where io_uring cannot be set up. Trim and write-zeroes punch holes. FLUSH =
 //! fdatasync + msync of the bitmap. A failed sync poisons the disk: it refuses all further I/O.
 //!
+//! Page cache: buffered writes reach the kernel in pieces of at most 64 KiB, and disk files
+//! are opened with the kernel's readahead off; the engine reads ahead of sequential streams
+//! itself (`POSIX_FADV_WILLNEED`). Both keep the page cache's folios small: large folios
+//! cost compaction to allocate and, on ext4 since Linux 6.16, a walk over every block of the
+//! folio on each small write into it (see `io::BUFFERED_WRITE_PIECE` and `readahead.rs`).
+//!
 //! Acknowledged means: a completed write survives a process kill (it is in the page cache),
 //! and a power loss once a FLUSH or its own FUA has returned.
 //!
@@ -114,6 +120,7 @@ pub mod io;
 mod jobs;
 mod local_map;
 mod operation;
+mod readahead;
 mod restore;
 mod restore_point;
 mod restore_points;

@@ -5,7 +5,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use crate::sys::{IoBuf, punch_hole as punch};
+use crate::sys::{IoBuf, punch_hole as punch, will_need as advise_will_need};
 
 async fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(io::Error::other)
@@ -58,4 +58,8 @@ pub(super) async fn sync_data(file: Arc<File>) -> io::Result<()> {
 
 pub(super) async fn punch_hole(file: Arc<File>, offset: u64, len: u64) -> io::Result<()> {
     run(move || punch(&file, offset, len)).await?
+}
+
+pub(super) async fn will_need(file: Arc<File>, offset: u64, len: u64) -> io::Result<()> {
+    run(move || advise_will_need(&file, offset, len)).await?
 }

@@ -141,6 +141,15 @@ impl Io {
         }
     }
 
+    /// Asks the kernel to read `[offset, offset + len)` into the page cache; returns once
+    /// the reads are under way (`POSIX_FADV_WILLNEED`).
+    pub async fn will_need(&self, file: &Arc<File>, offset: u64, len: u64) -> io::Result<()> {
+        match self {
+            Io::Uring(ring) => ring.will_need(file.clone(), offset, len).await,
+            Io::Blocking => blocking::will_need(file.clone(), offset, len).await,
+        }
+    }
+
     /// Deallocates a range (reads then return zeros; the file keeps its size).
     pub async fn punch_hole(&self, file: &Arc<File>, offset: u64, len: u64) -> io::Result<()> {
         match self {
@@ -176,6 +185,7 @@ mod tests {
         assert_eq!(r.unwrap(), 4096);
 
         io.sync_data(&file).await.unwrap();
+        io.will_need(&file, 0, 1 << 20).await.unwrap();
         io.punch_hole(&file, 16384, 65536).await.unwrap();
         let mut check = vec![1u8; 65536];
         file.read_exact_at(&mut check, 16384).unwrap();

@@ -25,6 +25,7 @@ const MAX_IN_FLIGHT: usize = ENTRIES as usize - 1;
 const WAKE: u64 = u64::MAX;
 const CANCEL_WAKE: u64 = u64::MAX - 1;
 const FALLOC_PUNCH_HOLE_KEEP_SIZE: i32 = 0x02 | 0x01;
+const POSIX_FADV_WILLNEED: i32 = 3;
 
 /// Whether this process can use io_uring for everything we need; probed once.
 pub(super) fn probe() -> Result<(), String> {
@@ -39,6 +40,7 @@ pub(super) fn probe() -> Result<(), String> {
                 ("write", opcode::Write::CODE),
                 ("fsync", opcode::Fsync::CODE),
                 ("fallocate", opcode::Fallocate::CODE),
+                ("fadvise", opcode::Fadvise::CODE),
                 ("async-cancel", opcode::AsyncCancel::CODE),
             ] {
                 if !probe.is_supported(code) {
@@ -59,6 +61,7 @@ enum Op {
     Write { file: Arc<File>, buf: IoBuf, offset: u64, done: usize, piece: usize, reply: WriteReply },
     Sync { file: Arc<File>, reply: UnitReply },
     Punch { file: Arc<File>, offset: u64, len: u64, reply: UnitReply },
+    WillNeed { file: Arc<File>, offset: u64, len: u64, reply: UnitReply },
 }
 
 struct Shared {
@@ -159,6 +162,12 @@ impl Ring {
         self.submit(Op::Punch { file, offset, len, reply });
         rx.await.unwrap_or_else(|_| Err(ring_gone()))
     }
+
+    pub(super) async fn will_need(&self, file: Arc<File>, offset: u64, len: u64) -> io::Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Op::WillNeed { file, offset, len, reply });
+        rx.await.unwrap_or_else(|_| Err(ring_gone()))
+    }
 }
 
 fn ring_gone() -> io::Error {
@@ -187,6 +196,13 @@ fn entry(op: &mut Op) -> squeue::Entry {
             .offset(*offset)
             .mode(FALLOC_PUNCH_HOLE_KEEP_SIZE)
             .build(),
+        Op::WillNeed { file, offset, len, .. } => opcode::Fadvise::new(
+            types::Fd(file.as_raw_fd()),
+            i64::try_from(*len).unwrap_or(i64::MAX),
+            POSIX_FADV_WILLNEED,
+        )
+        .offset(*offset)
+        .build(),
     }
 }
 
@@ -226,7 +242,7 @@ fn complete(op: Op, res: i32) -> Option<Op> {
             }
             None => Some(Op::Write { file, buf, offset, done: done + n, piece, reply }),
         },
-        Op::Sync { reply, .. } | Op::Punch { reply, .. } => {
+        Op::Sync { reply, .. } | Op::Punch { reply, .. } | Op::WillNeed { reply, .. } => {
             let _ = reply.send(err.map_or(Ok(()), Err));
             None
         }
@@ -371,7 +387,7 @@ fn fail(op: Op, errno: Option<i32>) {
         Op::Write { buf, reply, .. } => {
             let _ = reply.send((Err(err()), buf));
         }
-        Op::Sync { reply, .. } | Op::Punch { reply, .. } => {
+        Op::Sync { reply, .. } | Op::Punch { reply, .. } | Op::WillNeed { reply, .. } => {
             let _ = reply.send(Err(err()));
         }
     }

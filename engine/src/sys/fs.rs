@@ -40,6 +40,12 @@ pub(crate) fn read_cached(file: &File, buf: &mut [u8], offset: u64) -> Option<us
     }
 }
 
+/// Turns the kernel's readahead off for `file` (`POSIX_FADV_RANDOM`): reads bring in what
+/// they ask for, in single-page folios (see `readahead.rs`).
+pub(crate) fn advise_random(file: &File) -> io::Result<()> {
+    Ok(rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::Random)?)
+}
+
 /// Asks the kernel to read `[offset, offset + len)` into the page cache in the background.
 pub(crate) fn will_need(file: &File, offset: u64, len: u64) -> io::Result<()> {
     Ok(rustix::fs::fadvise(file, offset, std::num::NonZeroU64::new(len), rustix::fs::Advice::WillNeed)?)

@@ -9,7 +9,9 @@ mod sched;
 mod writeback;
 
 pub use buf::IoBuf;
-pub(crate) use fs::{allocated_bytes, next_data, next_hole, punch_hole, read_cached, sync_dir, will_need};
+pub(crate) use fs::{
+    advise_random, allocated_bytes, next_data, next_hole, punch_hole, read_cached, sync_dir, will_need,
+};
 pub(crate) use mapped_words::MappedWords;
 pub(crate) use sched::{set_current_thread_idle, set_current_thread_normal};
 pub(crate) use writeback::start_writeback;
