@@ -14,13 +14,14 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, Result};
 use crate::format::{CATALOG_FORMAT_VERSION, META_FORMAT_VERSION_KEY};
 
-/// Column families, as in DESIGN.md.
-pub(crate) const COLUMN_FAMILIES: [&str; 10] = [
+/// Column families, as in DESIGN.md, plus `chunk_seq` (see chunk_map.rs).
+pub(crate) const COLUMN_FAMILIES: [&str; 11] = [
     "disks",
     "groups",
     "collections",
     "restore_points",
     "chunk_map",
+    "chunk_seq",
     "chunks",
     "packs",
     "grants",
@@ -80,11 +81,13 @@ impl Catalog {
         let meta = self.cf("meta")?;
         match self.db.get_cf(meta, META_FORMAT_VERSION_KEY).map_err(db_err("read format version"))? {
             None => {
+                // A new catalog: its chunk map is indexed by seq from the first entry.
+                let mut batch = WriteBatch::default();
+                batch.put_cf(meta, META_FORMAT_VERSION_KEY, CATALOG_FORMAT_VERSION.to_be_bytes());
+                batch.put_cf(meta, crate::chunk_map::SEQ_INDEX_BUILT_KEY, [1]);
                 let mut opts = WriteOptions::default();
                 opts.set_sync(true);
-                self.db
-                    .put_cf_opt(meta, META_FORMAT_VERSION_KEY, CATALOG_FORMAT_VERSION.to_be_bytes(), &opts)
-                    .map_err(db_err("write format version"))
+                self.db.write_opt(batch, &opts).map_err(db_err("write format version"))
             }
             Some(v) => {
                 let bytes: [u8; 4] = v

@@ -164,6 +164,7 @@ impl Engine {
         create_dir(&disks_dir)?;
         crate::failpoint::arm_from_env();
         let catalog = Arc::new(Catalog::open(&data_dir.join("catalog"))?);
+        crate::chunk_map::build_seq_index(&catalog)?;
         let io = Io::open(config.io_backend)?;
         let spill_dir = data_dir.join("spill");
         create_dir(&spill_dir)?;

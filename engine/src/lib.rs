@@ -7,8 +7,9 @@
 //!
 //! ```text
 //! DATA_DIR/catalog/            RocksDB: disks, groups, collections, restore_points, chunk_map,
-//!                              chunks, packs, grants, operations, meta (format version, next
-//!                              seq, lineage bases, corrupt marks, retired packs)
+//!                              chunk_seq (chunk_map by seq), chunks, packs, grants, operations,
+//!                              meta (format version, next seq, lineage bases, corrupt marks,
+//!                              retired packs)
 //! DATA_DIR/disks/<id>.raw      a live disk: sparse file, size a multiple of 4 KiB
 //! DATA_DIR/disks/<id>.ctk      its change tracking: header + two bitmap slots (see `format`)
 //! DATA_DIR/disks/<id>.local    a restored disk's local map (chunks already in the file)
@@ -58,7 +59,9 @@
 //! the locks guest I/O may wait for are taken at normal priority.
 //!
 //! Chunk maps: `lineage | chunk index | !seq -> ref`; a restore point stores only its
-//! increment, and reading chunk i at seq S is one seek. A restore point owns the entries
+//! increment, and reading chunk i at seq S is one seek. `chunk_seq` indexes the same entries
+//! as `lineage | seq | chunk index`, so finding an increment (to delete a restore point, or
+//! for a changed-chunks bitmap) reads that increment only. A restore point owns the entries
 //! between the next older remaining restore point of the history and its own seq; deleting it
 //! keeps, per chunk, the newest of them when a newer restore point or the live disk's next
 //! capture reads through it, and drops the rest (their references with them).
