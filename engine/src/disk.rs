@@ -547,7 +547,7 @@ impl Disk {
             self.hydrate_commit(&written).await?;
         }
         if len > 0
-            && let Err(e) = sys::will_need(&self.file, offset, len)
+            && let Err(e) = self.io.will_need(&self.file, offset, len).await
         {
             tracing::debug!(disk = %self.name, error = %e, "readahead advice refused");
         }
