@@ -4,24 +4,20 @@
 //! and capture everything again next time.
 
 use std::path::Path;
-use std::process::Command;
 
 use cairn_engine::{IoBuf, ProvisioningState};
 
 use crate::common::{BACKENDS, collection, disk, open, pattern, read_all, read_rp, restore_point, wait_op};
 
 const MIB: u64 = 1 << 20;
-const CHILD_ENV: &str = "CAIRN_CRASH_CHILD_DIR";
-const PHASE_ENV: &str = "CAIRN_CRASH_CHILD_PHASE";
 
 /// The child's side. Does nothing unless run as a child by the tests below.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn child_process_entry() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else { return };
-    let dir = Path::new(&dir);
-    let engine = open(dir, BACKENDS[0]).await;
-    match std::env::var(PHASE_ENV).as_deref() {
-        Ok("setup") => {
+    let Some((dir, phase)) = crate::common::child::child_args() else { return };
+    let engine = open(&dir, BACKENDS[0]).await;
+    match phase.as_str() {
+        "setup" => {
             let a = disk(&engine, "a", 16 * MIB).await.id;
             let (_, coll) = collection(&engine, "c", vec![a]).await;
             let d = engine.disk(a).unwrap();
@@ -30,7 +26,7 @@ async fn child_process_entry() {
             d.write(2 * MIB, IoBuf::from_slice(&pattern(2, 2 * MIB as usize)), false).await.unwrap();
             engine.close().await.unwrap();
         }
-        Ok("crash") => {
+        "crash" => {
             let d = engine.disk_by_name("a").unwrap();
             // Acknowledged, never flushed: must survive the process dying.
             d.write(10 * MIB, IoBuf::from_slice(&pattern(3, MIB as usize)), false).await.unwrap();
@@ -47,13 +43,7 @@ async fn child_process_entry() {
 }
 
 fn run_child(dir: &Path, phase: &str, failpoints: &str) -> std::process::ExitStatus {
-    Command::new(std::env::current_exe().unwrap())
-        .args(["restore_point_crash::child_process_entry", "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, dir)
-        .env(PHASE_ENV, phase)
-        .env("CAIRN_FAILPOINTS", failpoints)
-        .status()
-        .unwrap()
+    crate::common::child::run("restore_point_crash::child_process_entry", dir, phase, failpoints).0
 }
 
 async fn crash_at(failpoint: &str, rp2_survives: bool) {

@@ -2,7 +2,6 @@
 //! never frees a referenced chunk, and survives a kill.
 
 use std::path::Path;
-use std::process::Command;
 
 use cairn_engine::{GcReport, IoBuf, OperationState};
 
@@ -101,13 +100,11 @@ async fn sparse_packs_are_rewritten_and_the_rest_reads_back() {
     wait_op(&engine, first.id).await;
 }
 
-const CHILD_ENV: &str = "CAIRN_GC_CHILD_DIR";
-
 /// The child's side of the kill tests. Does nothing unless run as a child.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn child_process_entry() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else { return };
-    let engine = open(Path::new(&dir), BACKENDS[0]).await;
+    let Some((dir, _)) = crate::common::child::child_args() else { return };
+    let engine = open(&dir, BACKENDS[0]).await;
     let op = engine.collect_garbage(50).await.unwrap();
     wait_op(&engine, op.id).await;
 }
@@ -120,13 +117,13 @@ async fn kill_during_gc(failpoint: &str) {
         engine.close().await.unwrap();
         (a, rp2.id, image2)
     };
-    let status = Command::new(std::env::current_exe().unwrap())
-        .args(["store_gc::child_process_entry", "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, dir.path())
-        .env("CAIRN_FAILPOINTS", format!("{failpoint}=return(exit)"))
-        .status()
-        .unwrap();
-    assert!(!status.success(), "{failpoint}: the child was meant to die");
+    let (status, out) = crate::common::child::run(
+        "store_gc::child_process_entry",
+        dir.path(),
+        "",
+        &format!("{failpoint}=return(exit)"),
+    );
+    assert!(!status.success(), "{failpoint}: the child was meant to die:\n{out}");
 
     let engine = open(dir.path(), BACKENDS[1]).await;
     assert_same(&read_rp(&engine, rp2, a).await, &image2, &format!("{failpoint}: rp2 after the kill"));

@@ -2,9 +2,6 @@
 //! failpoint; after reopening, every restore point reads back byte-identical, no referenced
 //! chunk is missing, and rerunning the job completes it.
 
-use std::path::Path;
-use std::process::Command;
-
 use cairn_engine::{IoBuf, OperationState, VerifyReport, VerifyTarget};
 
 use crate::common::{
@@ -12,21 +9,19 @@ use crate::common::{
 };
 
 const MIB: u64 = 1 << 20;
-const CHILD_ENV: &str = "CAIRN_KILL_CHILD_DIR";
-const ACTION_ENV: &str = "CAIRN_KILL_CHILD_ACTION";
 
 /// The child's side. Does nothing unless run as a child by the tests below.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn child_process_entry() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else { return };
-    let engine = open(Path::new(&dir), BACKENDS[0]).await;
+    let Some((dir, action)) = crate::common::child::child_args() else { return };
+    let engine = open(&dir, BACKENDS[0]).await;
     let coll = engine.collection_by_name("c").unwrap();
-    match std::env::var(ACTION_ENV).as_deref() {
-        Ok("delete") => {
+    match action.as_str() {
+        "delete" => {
             let rp = engine.restore_point_by_name(coll.id, "rp1").unwrap();
             engine.delete_restore_point(rp.id).await.unwrap();
         }
-        Ok("verify") => {
+        "verify" => {
             let op = engine.verify(VerifyTarget::Store).await.unwrap();
             wait_op(&engine, op.id).await;
         }
@@ -49,14 +44,13 @@ async fn kill_during(action: &str, failpoint: &str) {
         engine.close().await.unwrap();
         (a, images)
     };
-    let status = Command::new(std::env::current_exe().unwrap())
-        .args(["store_kill::child_process_entry", "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, dir.path())
-        .env(ACTION_ENV, action)
-        .env("CAIRN_FAILPOINTS", format!("{failpoint}=return(exit)"))
-        .status()
-        .unwrap();
-    assert!(!status.success(), "{failpoint}: the child was meant to die");
+    let (status, out) = crate::common::child::run(
+        "store_kill::child_process_entry",
+        dir.path(),
+        action,
+        &format!("{failpoint}=return(exit)"),
+    );
+    assert!(!status.success(), "{failpoint}: the child was meant to die:\n{out}");
 
     let engine = open(dir.path(), BACKENDS[1]).await;
     for (rp, image) in &images {
