@@ -167,6 +167,12 @@ impl PendingCapture {
         self.full_scan
     }
 
+    /// Whether this state was built for the disk as it stands: its tracker (a resize
+    /// replaces it), size and scan mode.
+    pub(crate) fn fits(&self, tracker: &Arc<ChangeTracker>, size_bytes: u64, full_scan: bool) -> bool {
+        Arc::ptr_eq(&self.tracker, tracker) && self.size_bytes == size_bytes && self.full_scan == full_scan
+    }
+
     pub(crate) fn chunk_size(&self) -> u64 {
         self.chunk_size
     }
@@ -321,10 +327,19 @@ impl PendingCapture {
         }
         for b in c * bpc..(c + 1) * bpc {
             if let Some(old) = p.take(b)? {
-                let at = usize::try_from(b * BLOCK_SIZE - cs).unwrap_or(usize::MAX);
-                if let Some(dst) = data.get_mut(at..at + old.len()) {
-                    dst.copy_from_slice(&old);
-                }
+                // A preserved block lies inside its chunk: one that does not fit would leave
+                // the guest's newer write in the restore point.
+                let dst = usize::try_from(b * BLOCK_SIZE - cs)
+                    .ok()
+                    .and_then(|at| data.get_mut(at..at.checked_add(old.len())?));
+                let Some(dst) = dst else {
+                    debug_assert!(false, "preserved block {b} does not fit chunk {c} of {} bytes", data.len());
+                    return Err(Error::corrupt(
+                        &p.spill_path,
+                        format!("preserved block {b} does not fit chunk {c} of {} bytes", data.len()),
+                    ));
+                };
+                dst.copy_from_slice(&old);
             }
         }
         Ok(())

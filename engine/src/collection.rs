@@ -101,7 +101,8 @@ impl Engine {
         let _admin = self.inner.admin.lock().await;
         let mut record = self.collection(id)?;
         let lowering = req.max_restore_points.is_some_and(|m| m < record.max_restore_points);
-        let _slot = if lowering { Some(self.inner.jobs.begin_creation(id, record.name.as_str())?) } else { None };
+        let _slot =
+            if lowering { Some(self.inner.jobs.begin_creation(record.group, record.name.as_str())?) } else { None };
         if let Some(max) = req.max_restore_points {
             let held = self.inner.catalog.list::<RestorePointRecord>()?.iter().filter(|r| r.collection == id).count();
             if (max as usize) < held {

@@ -71,12 +71,21 @@ impl std::fmt::Debug for Freeze {
 }
 
 impl Freeze {
-    /// Closes the gates of `disks` at once and waits for their in-flight writes to drain.
+    /// Closes the gates of `disks` and waits for their in-flight writes to drain.
+    ///
+    /// One gate after the other, in disk id order: two freezes sharing disks (a resize, a
+    /// freeze of another group the disk moved to) then queue on the first disk they share,
+    /// where closing them all at once could leave each holding part of the other's gates,
+    /// with every guest write blocked for good. A gate closes in the time its in-flight
+    /// writes take to drain, so the window grows by little.
     pub(crate) async fn begin(mut disks: Vec<Arc<Disk>>, stats: Arc<FreezeStats>) -> Self {
         disks.sort_by_key(|d| d.id());
         disks.dedup_by_key(|d| d.id());
         let started = Instant::now();
-        let gates = futures::future::join_all(disks.iter().map(|d| d.close_gate())).await;
+        let mut gates = Vec::with_capacity(disks.len());
+        for d in &disks {
+            gates.push(d.close_gate().await);
+        }
         Self { disks, gates, switched: false, started, stats }
     }
 

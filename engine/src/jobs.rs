@@ -1,7 +1,7 @@
 //! Background jobs: the tasks behind running operations, their cancel flags, and the
-//! per-collection "one creation at a time" rule.
+//! per-group "one creation (or deletion) of restore points at a time" rule.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
-use crate::ids::{CollectionId, OperationId};
+use crate::ids::{GroupId, OperationId};
 
 struct Job {
     cancel: Arc<AtomicBool>,
@@ -21,7 +21,8 @@ struct Job {
 #[derive(Default)]
 struct Inner {
     running: HashMap<OperationId, Job>,
-    creating: HashSet<CollectionId>,
+    /// Groups with a restore point being created or deleted, and the collection doing it.
+    creating: HashMap<GroupId, String>,
     closing: bool,
 }
 
@@ -37,16 +38,18 @@ impl std::fmt::Debug for Jobs {
     }
 }
 
-/// Held while a restore point is being created in a collection; dropping it lets the next
-/// creation in.
+/// Held while a restore point of a group is being created or deleted; dropping it lets the
+/// next one in. Per group, not per collection: collections of one group (in several regions)
+/// share the disks' histories and write gates, so a delete in one must never run while another
+/// captures, and two freezes of the same disks must never overlap.
 pub(crate) struct CreationSlot {
     jobs: Arc<Mutex<Inner>>,
-    collection: CollectionId,
+    group: GroupId,
 }
 
 impl Drop for CreationSlot {
     fn drop(&mut self) {
-        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).creating.remove(&self.collection);
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).creating.remove(&self.group);
     }
 }
 
@@ -55,18 +58,21 @@ impl Jobs {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Claims the collection's creation slot, or says clearly that it is taken.
-    pub(crate) fn begin_creation(&self, collection: CollectionId, name: &str) -> Result<CreationSlot> {
+    /// Claims the group's creation slot for collection `collection`, or says clearly that
+    /// it is taken (and by which collection).
+    pub(crate) fn begin_creation(&self, group: GroupId, collection: &str) -> Result<CreationSlot> {
         let mut inner = self.lock();
         if inner.closing {
             return Err(Error::FailedPrecondition("the engine is shutting down".into()));
         }
-        if !inner.creating.insert(collection) {
+        if let Some(holder) = inner.creating.get(&group) {
             return Err(Error::FailedPrecondition(format!(
-                "a restore point is already being created in collection {name}; wait for it to finish"
+                "a restore point is already being created or deleted in collection {holder} (of the same group); \
+                 wait for it to finish"
             )));
         }
-        Ok(CreationSlot { jobs: self.inner.clone(), collection })
+        inner.creating.insert(group, collection.to_owned());
+        Ok(CreationSlot { jobs: self.inner.clone(), group })
     }
 
     /// A cancel flag for a new operation's job. `park` jobs (hydration, GC, verify) are

@@ -40,10 +40,17 @@
 //!
 //! ## Restore points
 //!
-//! Quiesce hooks run, then the freeze closes the gates of all included disks at once (a fair
-//! RwLock: new writes wait, in-flight ones drain), switches each disk's change-tracking epoch
-//! (an in-memory slot swap), installs the copy-before-write state, and reopens the gates:
-//! nothing is copied or synced in the window. Thaw hooks run; the epoch switch and the
+//! Creating one is an engine job from the first hook to the last commit (the caller only
+//! starts it and gets the `Creating` record): a caller that goes away changes nothing, thaw
+//! hooks always follow quiesce hooks, and from the epoch switch on any failure ends
+//! copy-before-write and merges the closed epochs back. One creation or deletion at a time
+//! per group (the creation slot), whatever collection it is in.
+//!
+//! Quiesce hooks run, then the freeze closes the gates of all included disks, one after the
+//! other in disk id order (a fair RwLock: new writes wait, in-flight ones drain), switches
+//! each disk's change-tracking epoch (an in-memory slot swap), installs the copy-before-write
+//! state (built before the window, rebuilt inside if a resize got in between), and reopens the
+//! gates: nothing is copied or synced in the window. Thaw hooks run; the epoch switch and the
 //! `Creating` record are persisted; the capture runs in the background: each chunk dirty in
 //! the closed epoch (every allocated chunk for a first or untrusted capture) is read with its
 //! preserved blocks laid over it, then stored as zero, deduplicated against the store by
@@ -79,6 +86,9 @@
 //! - Every multi-key catalog change is one synced RocksDB WriteBatch.
 //! - A restore point still `Creating` at open becomes `Failed` with its entries dropped; a
 //!   closed epoch is consumed if a succeeded restore point captured it, else merged back.
+//!   One left `Creating` while the engine runs (recording its failure failed) can be deleted.
+//! - Deleting the last restore point of a history takes the history with it; the live disk's
+//!   change tracking is marked untrusted first, so its next capture reads everything again.
 //! - A GC or verify still `Running` at open (a crash, or parked by a clean shutdown) resumes as
 //!   the same operation: GC from the start of its phases (each is idempotent: phase 1 deletes
 //!   whatever pack nothing references, phase 2 switches only records still where they were),
@@ -93,8 +103,8 @@
 //! | freeze + epoch switch     | reads, flushes                            | write gate (exclusive)              |
 //! | resize                    | reads, flushes; not a pending capture     | write gate (exclusive) + admin      |
 //! | create/delete disk, group | I/O on other disks                        | admin mutex, one catalog batch      |
-//! | capture                   | writes, reads, restores, deletes in other collections, GC phase 2 | creation slot per collection, GC gate (shared) |
-//! | delete restore point      | captures in other collections, GC         | creation slot, admin, index lock    |
+//! | capture                   | writes, reads, restores, captures and deletes of other groups, GC phase 2 | creation slot per group, GC gate (shared) |
+//! | delete restore point      | captures of other groups, GC              | creation slot per group, admin, index lock |
 //! | hydration                 | guest I/O on the same disk                | chunk stripes, local map            |
 //! | GC sweep (phase 1)        | reads, restores, deletes                  | GC gate (exclusive), index lock     |
 //! | GC rewrite (phase 2)      | captures, reads (old packs retired, not deleted) | index lock per switch        |

@@ -190,6 +190,50 @@ impl Pending {
     }
 }
 
+/// A creation that passed its checks, with the claims it holds to its end.
+struct Creation {
+    rp_id: RestorePointId,
+    name: Name,
+    req: CreateRestorePoint,
+    coll: CollectionRecord,
+    configuration: String,
+    disks: Vec<Arc<Disk>>,
+    /// Per disk: a first restore point of its history (a full scan).
+    first: Vec<bool>,
+    hooks: Vec<Arc<dyn QuiesceHook>>,
+    ctx: HookContext,
+    slot: CreationSlot,
+    gc_pass: tokio::sync::OwnedRwLockReadGuard<()>,
+}
+
+/// The disks of a capture from their epoch switch on. Dropping it ends copy-before-write
+/// and, unless the capture committed (`settled`), merges the closed epochs back into change
+/// tracking: a creation that stops anywhere, by an error, a panic or a task dropped, leaves
+/// the disks as if never frozen, and the next capture misses nothing.
+struct Armed {
+    caps: Vec<(Arc<Disk>, Arc<PendingCapture>)>,
+    settled: bool,
+}
+
+impl Armed {
+    fn caps(&self) -> &[(Arc<Disk>, Arc<PendingCapture>)] {
+        &self.caps
+    }
+}
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        for (d, _) in &self.caps {
+            if !self.settled
+                && let Err(e) = crate::background::critical(|| d.tracker().merge_closed())
+            {
+                tracing::error!(disk = %d.name(), error = %e, "could not merge change tracking back");
+            }
+            d.end_capture();
+        }
+    }
+}
+
 impl Engine {
     /// This daemon's region.
     pub fn region(&self) -> &str {
@@ -259,7 +303,7 @@ impl Engine {
     pub async fn delete_collection(&self, id: CollectionId, cascade: bool) -> Result<()> {
         let _admin = self.inner.admin.lock().await;
         let coll = self.collection(id)?;
-        let _slot = self.inner.jobs.begin_creation(id, coll.name.as_str())?;
+        let _slot = self.inner.jobs.begin_creation(coll.group, coll.name.as_str())?;
         let rps = self.list_restore_points(id)?;
         if !rps.is_empty() && !cascade {
             return Err(Error::FailedPrecondition(format!(
@@ -358,12 +402,11 @@ impl Engine {
     pub async fn delete_restore_point(&self, id: RestorePointId) -> Result<()> {
         let rp = self.restore_point(id)?;
         let coll = self.collection(rp.collection)?;
-        let _slot = self.inner.jobs.begin_creation(coll.id, coll.name.as_str())?;
+        let _slot = self.inner.jobs.begin_creation(coll.group, coll.name.as_str())?;
         let _admin = self.inner.admin.lock().await;
+        // Under the group's slot no creation runs: a restore point still `Creating` here is one
+        // whose failure could not be recorded, and deleting it drops its partial entries.
         let rp = self.restore_point(id)?;
-        if rp.state == ProvisioningState::Creating {
-            return Err(Error::FailedPrecondition(format!("restore point {} is still being created", rp.name)));
-        }
         if let Some((_, dependent)) = self.restore_point_in_use_as_base(std::slice::from_ref(&rp))? {
             return Err(Error::FailedPrecondition(format!(
                 "restore point {} is the origin of restored disk history {dependent}; delete that first",
@@ -381,12 +424,22 @@ impl Engine {
         let all = self.inner.catalog.list::<RestorePointRecord>()?;
         let mut batch = self.inner.catalog.batch();
         let mut delta = IndexDelta::default();
-        // A failed restore point's entries were dropped when it failed.
+        // A failed restore point's entries were dropped when it failed; one left `Creating`
+        // holds the entries its capture committed, which nothing else reads.
+        if rp.state == ProvisioningState::Creating {
+            for d in &rp.disks {
+                for chunk in chunk_map::drop_seq(&self.inner.catalog, &mut batch, d.lineage, rp.seq)? {
+                    delta.drop_ref(chunk);
+                }
+            }
+        }
         if rp.state == ProvisioningState::Succeeded {
             for d in &rp.disks {
+                // A restore point still being created (in another collection the disk went
+                // to) builds on this one like a succeeded one.
                 let others: Vec<u64> = all
                     .iter()
-                    .filter(|r| r.id != rp.id && r.state == ProvisioningState::Succeeded)
+                    .filter(|r| r.id != rp.id && !matches!(r.state, ProvisioningState::Failed { .. }))
                     .filter(|r| r.disks.iter().any(|x| x.lineage == d.lineage))
                     .map(|r| r.seq)
                     .collect();
@@ -398,6 +451,16 @@ impl Engine {
                 // The last restore point of a history takes everything with it, including what
                 // earlier deletions left for the live disk.
                 let upto = if others.is_empty() { u64::MAX } else { rp.seq };
+                if others.is_empty() {
+                    // Tracking counts changes since this restore point, which takes the
+                    // history with it: the live disk's next capture must read everything
+                    // again (a restored disk's would otherwise read its base for chunks the
+                    // guest rewrote). Durable before the history goes.
+                    let live: Vec<Arc<Disk>> = self.state().disks.values().map(|e| e.disk.clone()).collect();
+                    for disk in live.iter().filter(|disk| disk.lineage() == d.lineage) {
+                        disk.tracker().require_rescan()?;
+                    }
+                }
                 let drops = chunk_map::drop_range(&self.inner.catalog, &mut batch, d.lineage, after, upto, next, live)?;
                 for chunk in drops {
                     delta.drop_ref(chunk);
@@ -466,12 +529,34 @@ impl Engine {
 
     /// Creates a restore point of the collection's group: quiesce hooks, freeze of every
     /// included disk at once, epoch switch, thaw, then capture in the background. Returns the
-    /// `Creating` record and its operation at once.
+    /// `Creating` record and its operation as soon as the freeze is recorded.
+    ///
+    /// Everything after the checks runs as an engine job of its own, from the first hook to
+    /// the last commit: a caller that goes away (an RPC deadline, a killed client) changes
+    /// nothing, thaw hooks always run after quiesce hooks, and a failure anywhere after the
+    /// freeze unwinds it (see [`Armed`]).
     pub async fn create_restore_point(
         &self,
         collection: CollectionId,
         req: CreateRestorePoint,
     ) -> Result<(RestorePointRecord, OperationRecord)> {
+        let creation = self.check_creation(collection, req).await?;
+        let op = OperationRecord::start(OperationKind::Capture, format!("restore-point/{}", creation.rp_id), 0);
+        let cancel = self.inner.jobs.register(op.id, false);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let engine = self.clone();
+        self.inner.jobs.spawn(op.id, async move { engine.run_creation(creation, op, cancel, reply).await });
+        answer.await.unwrap_or_else(|_| {
+            Err(Error::io(
+                "create restore point",
+                self.data_dir(),
+                std::io::Error::other("the creation job ended without an answer"),
+            ))
+        })
+    }
+
+    /// The checks of a creation, and the claims it holds to its end; nothing changes yet.
+    async fn check_creation(&self, collection: CollectionId, req: CreateRestorePoint) -> Result<Creation> {
         let name = Name::new(req.name)?;
         if req.description.len() > 4096 {
             return Err(Error::invalid("description", "longer than 4096 bytes"));
@@ -485,11 +570,15 @@ impl Engine {
         if included.is_empty() {
             return Err(Error::invalid("exclude_disks", format!("excludes every disk of group {}", group.name)));
         }
-        let slot = self.inner.jobs.begin_creation(coll.id, coll.name.as_str())?;
+        let slot = self.inner.jobs.begin_creation(coll.group, coll.name.as_str())?;
         // Held until the capture ends: GC's sweep waits for it (and a capture for a sweep).
         let gc_pass = self.inner.gc_gate.clone().read_owned().await;
         let all = self.inner.catalog.list::<RestorePointRecord>()?;
-        let in_coll = all.iter().filter(|r| r.collection == coll.id).count();
+        // Failed restore points stay listed until deleted, but hold no data and no place.
+        let in_coll = all
+            .iter()
+            .filter(|r| r.collection == coll.id && !matches!(r.state, ProvisioningState::Failed { .. }))
+            .count();
         if in_coll >= coll.max_restore_points as usize {
             return Err(Error::LimitReached(format!(
                 "collection {} holds {in_coll} restore points, its limit is {}",
@@ -503,49 +592,100 @@ impl Engine {
         // A restored disk's first restore point is an increment over its base.
         let first: Vec<bool> =
             disks.iter().map(|d| !self.lineage_has_restore_point(&all, d.lineage()) && d.source().is_none()).collect();
-
+        let mut hooks: Vec<Arc<dyn QuiesceHook>> =
+            self.inner.hooks.read().unwrap_or_else(|p| p.into_inner()).get(&group.id).cloned().unwrap_or_default();
+        if let Some(h) = &coll.hook {
+            hooks.push(Arc::new(h.clone()));
+        }
         let ctx = HookContext {
             group: group.id,
             group_name: group.name.clone(),
             restore_point: name.clone(),
             requested: req.consistency,
         };
-        let mut hooks: Vec<Arc<dyn QuiesceHook>> =
-            self.inner.hooks.read().unwrap_or_else(|p| p.into_inner()).get(&group.id).cloned().unwrap_or_default();
-        if let Some(h) = &coll.hook {
-            hooks.push(Arc::new(h.clone()));
-        }
+        Ok(Creation {
+            rp_id: RestorePointId::new(),
+            name,
+            req: CreateRestorePoint { name: String::new(), ..req },
+            coll,
+            configuration: group.configuration,
+            disks,
+            first,
+            hooks,
+            ctx,
+            slot,
+            gc_pass,
+        })
+    }
+
+    /// The creation job: hooks and freeze, the `Creating` record (then the caller has its
+    /// answer), and the capture.
+    async fn run_creation(
+        self,
+        c: Creation,
+        op: OperationRecord,
+        cancel: Arc<AtomicBool>,
+        reply: tokio::sync::oneshot::Sender<Result<(RestorePointRecord, OperationRecord)>>,
+    ) {
+        let Creation { rp_id, name, req, coll, configuration, disks, first, hooks, ctx, slot, gc_pass } = c;
         let (achieved, note) = quiesce_all(&hooks, &ctx).await;
-
-        let rp_id = RestorePointId::new();
-        let frozen = self.freeze_and_register(&group.id, &req.exclude_disks, &disks, &first, rp_id).await;
+        let frozen = if cancel.load(Ordering::Acquire) {
+            Err(Error::Canceled)
+        } else {
+            self.freeze_and_register(&disks, &first, rp_id).await
+        };
         thaw_all(&hooks, &ctx).await;
-        let (window, caps) = frozen?;
+        let recorded = match frozen {
+            Ok((window, armed)) => self
+                .record_creation(rp_id, name, req, &coll, configuration, (achieved, note), window, &armed, op)
+                .await
+                .map(|(rp, op)| (rp, op, armed)),
+            Err(e) => Err(e),
+        };
+        // On failure `armed` is gone by now: the disks are as if never frozen.
+        let (rp, op, armed) = match recorded {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        tracing::info!(restore_point = %rp.name, collection = %coll.name, seq = rp.seq, window_us = rp.freeze_window_us, consistency = ?achieved, "restore point frozen; capture starts");
+        let _ = reply.send(Ok((rp.clone(), op.clone())));
+        // The capture's sequential part (appends, seals, commits) runs on a thread of its own
+        // at background priority, leaving the async workers to guest I/O.
+        let engine = self.clone();
+        let capture = async move { engine.run_capture(rp, op, armed, cancel, slot).await };
+        self.inner.background.run_on_own_thread("cairn-capture", capture).await;
+        drop(gc_pass);
+    }
 
+    /// Records the frozen restore point as `Creating`, with its operation and the next seq.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_creation(
+        &self,
+        rp_id: RestorePointId,
+        name: Name,
+        req: CreateRestorePoint,
+        coll: &CollectionRecord,
+        configuration: String,
+        (achieved, note): (crate::restore_point::ConsistencyMode, Option<String>),
+        window: Duration,
+        armed: &Armed,
+        op: OperationRecord,
+    ) -> Result<(RestorePointRecord, OperationRecord)> {
         let _admin = self.inner.admin.lock().await;
         let seq = self.next_seq().await?;
         let now = now_ms();
-        let op = OperationRecord::start(OperationKind::Capture, format!("restore-point/{rp_id}"), 0);
-        let rp = RestorePointRecord {
-            id: rp_id,
-            name,
-            collection: coll.id,
-            description: req.description,
-            seq,
-            created_at_ms: now,
-            state: ProvisioningState::Creating,
-            consistency_requested: req.consistency,
-            consistency_achieved: achieved,
-            consistency_note: note,
-            freeze_window_us: u64::try_from(window.as_micros()).unwrap_or(u64::MAX),
-            configuration: group.configuration.clone(),
-            disks: caps
-                .iter()
-                .map(|(d, cap)| DiskRestorePoint {
+        let disks = armed
+            .caps()
+            .iter()
+            .map(|(d, cap)| {
+                Ok(DiskRestorePoint {
                     disk: d.id(),
                     disk_name: d.name().clone(),
                     lineage: d.lineage(),
-                    base: chunk_map::lineage_base(&self.inner.catalog, d.lineage()).ok().flatten(),
+                    base: chunk_map::lineage_base(&self.inner.catalog, d.lineage())?,
                     size_bytes: cap.size_bytes(),
                     chunk_size_bytes: cap.chunk_size(),
                     full_scan: cap.full_scan(),
@@ -560,7 +700,22 @@ impl Engine {
                     bytes_total: 0,
                     epoch: d.tracker().epoch(),
                 })
-                .collect(),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let rp = RestorePointRecord {
+            id: rp_id,
+            name,
+            collection: coll.id,
+            description: req.description,
+            seq,
+            created_at_ms: now,
+            state: ProvisioningState::Creating,
+            consistency_requested: req.consistency,
+            consistency_achieved: achieved,
+            consistency_note: note,
+            freeze_window_us: u64::try_from(window.as_micros()).unwrap_or(u64::MAX),
+            configuration,
+            disks,
             excluded_disks: req.exclude_disks,
             completed_at_ms: None,
             operation: op.id,
@@ -569,26 +724,8 @@ impl Engine {
         batch.put(&rp)?;
         batch.put(&op)?;
         batch.put_raw("meta", META_NEXT_SEQ_KEY, &(seq + 1).to_be_bytes())?;
-        if let Err(e) = self.inner.catalog.commit(batch) {
-            for (d, _) in &caps {
-                d.end_capture();
-                d.tracker().merge_closed()?;
-            }
-            return Err(e);
-        }
-        tracing::info!(restore_point = %rp.name, collection = %coll.name, seq, window_us = rp.freeze_window_us, consistency = ?achieved, "restore point frozen; capture starts");
-
-        let cancel = self.inner.jobs.register(op.id, false);
-        let engine = self.clone();
-        let (rp2, op2) = (rp.clone(), op.clone());
-        // The capture's sequential part (appends, seals, commits) runs on a thread of its own
-        // at background priority, leaving the async workers to guest I/O.
-        self.inner.jobs.spawn(op.id, async move {
-            let own = engine.clone();
-            let capture = async move { engine.run_capture(rp2, op2, caps, cancel, slot).await };
-            own.inner.background.run_on_own_thread("cairn-capture", capture).await;
-            drop(gc_pass);
-        });
+        crate::failpoint!("create::before_record");
+        self.inner.catalog.commit(batch)?;
         Ok((rp, op))
     }
 
@@ -596,34 +733,42 @@ impl Engine {
     /// Nothing here syncs or copies data.
     async fn freeze_and_register(
         &self,
-        group: &crate::ids::GroupId,
-        exclude: &[DiskId],
         disks: &[Arc<Disk>],
         first: &[bool],
         rp_id: RestorePointId,
-    ) -> Result<(Duration, Vec<(Arc<Disk>, Arc<PendingCapture>)>)> {
-        // Build the capture states before the freeze; only installing them happens inside.
-        let caps: Vec<(Arc<Disk>, Arc<PendingCapture>)> = disks
-            .iter()
-            .zip(first)
-            .map(|(d, &first)| {
-                let tracker = d.tracker();
-                let full = first || tracker.untrusted();
-                let spill = self.inner.spill_dir.join(format!("{rp_id}-{}.blocks", d.id()));
-                let cap = PendingCapture::new(
-                    tracker,
-                    full,
-                    d.chunk_size_bytes(),
-                    d.size_bytes(),
-                    spill,
-                    self.inner.config.preserve_mem_bytes,
-                );
-                (d.clone(), Arc::new(cap))
-            })
-            .collect();
-        let mut freeze = self.freeze_group(*group, exclude).await?;
+    ) -> Result<(Duration, Armed)> {
+        let build = |d: &Arc<Disk>, first: bool| {
+            let tracker = d.tracker();
+            let full = first || tracker.untrusted();
+            let spill = self.inner.spill_dir.join(format!("{rp_id}-{}.blocks", d.id()));
+            let cap = PendingCapture::new(
+                tracker,
+                full,
+                d.chunk_size_bytes(),
+                d.size_bytes(),
+                spill,
+                self.inner.config.preserve_mem_bytes,
+            );
+            Arc::new(cap)
+        };
+        // The capture states are built before the freeze, to keep allocations out of the
+        // window; inside it each is checked against the disk as it is then (a resize that
+        // waited at the gate replaced the tracker and size) and built again if it no longer
+        // fits, so the capture reads the very epoch the freeze closed.
+        let mut caps: Vec<(Arc<Disk>, Arc<PendingCapture>)> =
+            disks.iter().zip(first).map(|(d, &first)| (d.clone(), build(d, first))).collect();
+        crate::failpoint!("create::before_freeze");
+        let mut freeze = crate::group::Freeze::begin(disks.to_vec(), self.inner.freeze_stats.clone()).await;
+        for ((d, cap), &first) in caps.iter_mut().zip(first) {
+            let tracker = d.tracker();
+            if !cap.fits(&tracker, d.size_bytes(), first || tracker.untrusted()) {
+                *cap = build(d, first);
+            }
+        }
         freeze.switch_epochs()?;
-        for (d, cap) in &caps {
+        // From the switch on, every way out that is not a committed capture unwinds.
+        let armed = Armed { caps, settled: false };
+        for (d, cap) in armed.caps() {
             if cap.full_scan()
                 && let Some(local) = d.local_snapshot()
             {
@@ -632,36 +777,35 @@ impl Engine {
             d.begin_capture(cap.clone());
         }
         let window = freeze.thaw().await?;
-        Ok((window, caps))
+        Ok((window, armed))
     }
 
     async fn run_capture(
         self,
         mut rp: RestorePointRecord,
         mut op: OperationRecord,
-        caps: Vec<(Arc<Disk>, Arc<PendingCapture>)>,
+        mut armed: Armed,
         cancel: Arc<AtomicBool>,
         slot: CreationSlot,
     ) {
         let started = std::time::Instant::now();
-        let result = self.capture_all(&mut rp, &mut op, &caps, &cancel).await;
-        if let Err(e) = &result {
-            tracing::warn!(restore_point = %rp.name, error = %e, "capture failed");
-            if let Err(e2) = self.fail_capture(&mut rp, e).await {
-                tracing::error!(restore_point = %rp.name, error = %e2, "could not record the failed capture; the next start cleans it up");
+        let result = self.capture_all(&mut rp, &mut op, armed.caps(), &cancel).await;
+        match &result {
+            Ok(()) => {
+                armed.settled = true;
+                let stored: u64 = rp.disks.iter().map(|d| d.bytes_stored).sum();
+                tracing::info!(restore_point = %rp.name, seconds = started.elapsed().as_secs_f64(), stored, "restore point succeeded");
             }
-            for (d, _) in &caps {
-                if let Err(e) = crate::background::critical(|| d.tracker().merge_closed()) {
-                    tracing::error!(disk = %d.name(), error = %e, "could not merge change tracking back");
+            Err(e) => {
+                tracing::warn!(restore_point = %rp.name, error = %e, "capture failed");
+                if let Err(e2) = self.fail_capture(&mut rp, e).await {
+                    tracing::error!(restore_point = %rp.name, error = %e2, "could not record the failed capture; it stays Creating until deleted or the next start");
                 }
             }
-        } else {
-            let stored: u64 = rp.disks.iter().map(|d| d.bytes_stored).sum();
-            tracing::info!(restore_point = %rp.name, seconds = started.elapsed().as_secs_f64(), stored, "restore point succeeded");
         }
-        for (d, _) in &caps {
-            d.end_capture();
-        }
+        // Copy-before-write ends (and a failed capture's epochs merge back) before the next
+        // creation may start.
+        drop(armed);
         // The next creation may start once the operation reads as ended: free the slot first.
         drop(slot);
         op.state = match result {
@@ -960,7 +1104,9 @@ impl Engine {
                 }
                 return Ok(());
             }
-            if cancel.load(Ordering::Acquire) {
+            // A shutdown parks (hydration, GC, verify) or fails (a capture) a paused job at
+            // once instead of waiting out its grace period for space that may never come.
+            if cancel.load(Ordering::Acquire) || self.inner.jobs.closing() {
                 return Err(Error::Canceled);
             }
             if op.paused.is_none() {
@@ -987,6 +1133,7 @@ impl Engine {
     /// Marks a capture's restore point failed: its partial entries dropped with their
     /// references, in one batch. (The operation is settled by the caller.)
     async fn fail_capture(&self, rp: &mut RestorePointRecord, err: &Error) -> Result<()> {
+        crate::failpoint!("capture::fail_capture");
         let reason = if matches!(err, Error::Canceled) { "canceled".to_owned() } else { err.to_string() };
         let mut batch = self.inner.catalog.batch();
         let mut delta = IndexDelta::default();

@@ -246,6 +246,13 @@ impl ChangeTracker {
         self.persist()
     }
 
+    /// Makes the next capture rescan every allocated extent, durably: for a history that lost
+    /// what tracking was counting from (its last restore point deleted).
+    pub(crate) fn require_rescan(&self) -> Result<()> {
+        self.flags.fetch_or(TRACKING_FLAG_UNTRUSTED, Ordering::AcqRel);
+        self.write_header(true)
+    }
+
     /// Makes both slots and the header durable.
     pub(crate) fn persist(&self) -> Result<()> {
         for slot in &self.slots {
