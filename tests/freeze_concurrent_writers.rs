@@ -11,7 +11,10 @@ use cairn_engine::{CreateGroup, IoBuf};
 use crate::common::{BACKENDS, disk, open};
 
 const WRITERS_PER_DISK: u64 = 2;
-const BLOCKS_PER_WRITER: u64 = 64;
+/// Every write goes to a block of its own, so a mark in the wrong epoch cannot hide behind a
+/// later write to the same block.
+const BLOCKS_PER_WRITER: u64 = 32 << 10;
+const DISK_BYTES: u64 = WRITERS_PER_DISK * BLOCKS_PER_WRITER * 4096;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn freeze_blocks_writers_and_loses_none() {
@@ -20,7 +23,7 @@ async fn freeze_blocks_writers_and_loses_none() {
         let engine = open(dir.path(), backend).await;
         let mut ids = Vec::new();
         for i in 0..4 {
-            ids.push(disk(&engine, &format!("d{i}"), 1 << 24).await.id);
+            ids.push(disk(&engine, &format!("d{i}"), DISK_BYTES).await.id);
         }
         let group = engine
             .create_group(CreateGroup { name: "vm".into(), disks: ids.clone(), configuration: "{}".into() })
@@ -37,9 +40,9 @@ async fn freeze_blocks_writers_and_loses_none() {
                 writers.push(tokio::spawn(async move {
                     let mut log = Vec::new();
                     let mut value = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
+                    while !stop.load(Ordering::Relaxed) && value + 1 < BLOCKS_PER_WRITER {
                         value += 1;
-                        let block = w * BLOCKS_PER_WRITER + value % BLOCKS_PER_WRITER;
+                        let block = w * BLOCKS_PER_WRITER + value;
                         let mut buf = IoBuf::zeroed(4096);
                         buf[..8].copy_from_slice(&value.to_le_bytes());
                         buf[8..16].copy_from_slice(&(di as u64).to_le_bytes());
@@ -62,9 +65,9 @@ async fn freeze_blocks_writers_and_loses_none() {
         let freeze_called = Instant::now();
         let mut freeze = engine.freeze_group(group.id, &[]).await.unwrap();
         let frozen_at = Instant::now();
-        // A write issued while frozen waits for the thaw.
+        // A write issued while frozen waits for the thaw (block 0: no writer's).
         let probe_disk = engine.disk(ids[0]).unwrap();
-        let probe = tokio::spawn(async move { probe_disk.write(1 << 20, IoBuf::zeroed(4096), false).await });
+        let probe = tokio::spawn(async move { probe_disk.write(0, IoBuf::zeroed(4096), false).await });
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!probe.is_finished(), "{backend:?}: a write completed while frozen");
         freeze.switch_epochs().unwrap();
@@ -90,15 +93,15 @@ async fn freeze_blocks_writers_and_loses_none() {
                     if start > frozen_at {
                         assert!(end > thaw_at, "{backend:?}: write to block {block} completed while frozen");
                         assert!(
-                            active.contains(&block),
-                            "{backend:?}: post-freeze write to block {block} not in the new epoch"
+                            active.contains(&block) && !closed.contains(&block),
+                            "{backend:?}: post-freeze write to block {block} not in the new epoch alone"
                         );
                     }
-                    // ...and writes acknowledged before the freeze began are in the closed epoch.
+                    // ...and writes acknowledged before the freeze began are in the closed one.
                     if end < freeze_called {
                         assert!(
-                            closed.contains(&block),
-                            "{backend:?}: pre-freeze write to block {block} not in the closed epoch"
+                            closed.contains(&block) && !active.contains(&block),
+                            "{backend:?}: pre-freeze write to block {block} not in the closed epoch alone"
                         );
                     }
                 }
@@ -153,4 +156,68 @@ async fn excluded_disks_are_not_frozen_and_keep_their_epoch() {
     let other = disk(&engine, "c", 1 << 20).await.id;
     let err = engine.freeze_group(group.id, &[other]).await.unwrap_err();
     assert_eq!(err.kind(), cairn_engine::ErrorKind::InvalidArgument);
+}
+
+/// Writers on fresh blocks while a real restore point is created: copy-before-write is armed,
+/// and the restore point holds every write acknowledged before it was asked for and none
+/// issued after it was frozen; the live disk holds them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_point_under_concurrent_writers_holds_exactly_the_writes_before_its_freeze() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), BACKENDS[0]).await;
+    let a = disk(&engine, "a", DISK_BYTES).await.id;
+    let (_, coll) = crate::common::collection(&engine, "c", vec![a]).await;
+    crate::common::restore_point(&engine, coll.id, "base", vec![]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..WRITERS_PER_DISK {
+        let (d, stop) = (engine.disk(a).unwrap(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut log = Vec::new();
+            let mut value = 0u64;
+            while !stop.load(Ordering::Relaxed) && value + 1 < BLOCKS_PER_WRITER {
+                value += 1;
+                let block = w * BLOCKS_PER_WRITER + value;
+                let mut buf = IoBuf::zeroed(4096);
+                buf[..8].copy_from_slice(&value.to_le_bytes());
+                let start = Instant::now();
+                d.write(block * 4096, buf, false).await.unwrap();
+                log.push((start, Instant::now(), block, value));
+            }
+            log
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let asked = Instant::now();
+    let req = cairn_engine::CreateRestorePoint { name: "rp".into(), ..Default::default() };
+    let (rp, op) = engine.create_restore_point(coll.id, req).await.unwrap();
+    let answered = Instant::now();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stop.store(true, Ordering::Relaxed);
+    let logs: Vec<_> = futures::future::join_all(writers).await.into_iter().map(|r| r.unwrap()).collect();
+    let op = crate::common::wait_op(&engine, op.id).await;
+
+    assert_eq!(op.state, cairn_engine::OperationState::Succeeded, "{op:?}");
+    let image = crate::common::read_rp(&engine, rp.id, a).await;
+    let live = crate::common::read_all(&engine.disk(a).unwrap()).await;
+    let value_at = |img: &[u8], block: u64| {
+        let at = (block * 4096) as usize;
+        u64::from_le_bytes(img[at..at + 8].try_into().unwrap())
+    };
+    let (mut before, mut after) = (0, 0);
+    for &(start, end, block, value) in logs.iter().flatten() {
+        assert_eq!(value_at(&live, block), value, "live disk block {block}");
+        let got = value_at(&image, block);
+        if end < asked {
+            before += 1;
+            assert_eq!(got, value, "write to block {block} acknowledged before the restore point is missing");
+        } else if start > answered {
+            after += 1;
+            assert_eq!(got, 0, "write to block {block} issued after the freeze is in the restore point");
+        } else {
+            assert!(got == 0 || got == value, "block {block} holds {got}, neither before nor after");
+        }
+    }
+    assert!(before > 0 && after > 0, "writes before ({before}) and after ({after}) the restore point");
 }

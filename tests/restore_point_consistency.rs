@@ -10,7 +10,8 @@ use cairn_engine::IoBuf;
 use crate::common::{BACKENDS, collection, disk, open, read_rp, restore_point};
 
 const DISKS: usize = 3;
-const SIZE: u64 = 4 << 20;
+/// Room for far more writes than the chains make before the last restore point.
+const SIZE: u64 = 64 << 20;
 const CHAINS: u64 = 2;
 
 /// Chain `chain` writes its k-th write, tagged `(chain, k)`, to disk `k % DISKS`, each write
@@ -59,6 +60,7 @@ async fn every_restore_point_is_a_prefix_closed_cut() {
     assert!(written.iter().all(|&n| n > 10), "writers made progress: {written:?}");
 
     let mut last_present = vec![0u64; CHAINS as usize];
+    let mut strict_cut = false;
     for rp in &rps {
         let images: Vec<Vec<u8>> = futures::future::join_all(ids.iter().map(|id| read_rp(&engine, rp.id, *id))).await;
         for chain in 0..CHAINS {
@@ -78,8 +80,14 @@ async fn every_restore_point_is_a_prefix_closed_cut() {
                 rp.name
             );
             assert!(n >= last_present[chain as usize], "later restore points hold no fewer writes");
+            strict_cut |= n > 0 && n < written[chain as usize];
             last_present[chain as usize] = n;
         }
     }
     assert!(last_present.iter().any(|&n| n > 0), "the writes were captured at all");
+    // A cut through running chains, not one taken before they started or after they ended.
+    assert!(
+        strict_cut,
+        "no restore point holds a strict, non-empty prefix of a chain: {last_present:?} of {written:?}"
+    );
 }
