@@ -36,6 +36,7 @@ mod restore_point_crash;
 mod restore_point_delete;
 mod restore_point_delta;
 mod restore_point_model;
+mod restore_point_races;
 mod restore_point_rules;
 mod store_gc;
 mod store_kill;
