@@ -1,5 +1,6 @@
 //! Deleting a restore point while something else uses it: a read of it returns its exact bytes
-//! or fails NotFound, never another restore point's content.
+//! or fails NotFound, never another restore point's content; a restore from it either wins
+//! (and the deletion is refused) or fails NotFound, never leaving a disk whose base is gone.
 //!
 //! A failpoint holds the other side in its critical window (armed in a child process: the
 //! failpoint registry is global to a process).
@@ -8,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use cairn_engine::{ErrorKind, IoBuf};
+use cairn_engine::{ErrorKind, IoBuf, RestoreDisk};
 
 use crate::common::{BACKENDS, collection, disk, open, pattern, restore_point};
 
@@ -25,6 +26,7 @@ async fn child_process_entry() {
     let Ok(dir) = std::env::var(CHILD_ENV) else { return };
     match std::env::var(PHASE_ENV).as_deref() {
         Ok("read") => delete_during_read(Path::new(&dir)).await,
+        Ok("restore") => delete_during_restore(Path::new(&dir)).await,
         other => panic!("unknown child phase {other:?}"),
     }
 }
@@ -79,6 +81,40 @@ fn a_read_racing_a_delete_fails_not_found_or_returns_the_exact_bytes() {
     let dir = tempfile::tempdir().unwrap();
 
     let out = run_child(dir.path(), "read", &format!("restore_point::read_resolved=1*sleep({HOLD_MS})"));
+
+    assert_child_ok(&out);
+}
+
+async fn delete_during_restore(dir: &Path) {
+    let engine = open(dir, BACKENDS[0]).await;
+    let a = disk(&engine, "a", 4 * CHUNK).await.id;
+    let (_, coll) = collection(&engine, "c", vec![a]).await;
+    engine.disk(a).unwrap().write(0, IoBuf::from_slice(&pattern(7, 2 * CHUNK as usize)), false).await.unwrap();
+    let rp = restore_point(&engine, coll.id, "rp", vec![]).await;
+    let req = RestoreDisk { restore_point: rp.id, disk: a, name: "r".into(), direct_io: false };
+
+    let restoring = engine.clone();
+    let restore = tokio::spawn(async move { restoring.restore_disk(req).await });
+    tokio::time::sleep(DELETE_AFTER).await;
+    let deleted = engine.delete_restore_point(rp.id).await;
+    let restored = restore.await.unwrap();
+
+    // Held before it looked at its base, the restore finds the deletion done.
+    assert!(deleted.is_ok(), "{deleted:?}");
+    assert_eq!(restored.map(|(d, _)| d.id).map_err(|e| e.kind()), Err(ErrorKind::NotFound));
+    // The data dir opens again with every disk.
+    engine.close().await.unwrap();
+    drop(engine);
+    let engine = open(dir, BACKENDS[1]).await;
+    assert!(engine.disk(a).is_ok());
+    engine.close().await.unwrap();
+}
+
+#[test]
+fn a_restore_racing_a_delete_of_its_restore_point_never_keeps_a_deleted_base() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let out = run_child(dir.path(), "restore", &format!("restore::before_admin=1*sleep({HOLD_MS})"));
 
     assert_child_ok(&out);
 }

@@ -31,8 +31,13 @@ impl Engine {
     /// local are read from the store, and a background operation hydrates them.
     pub async fn restore_disk(&self, req: RestoreDisk) -> Result<(DiskRecord, OperationRecord)> {
         let name = Name::new(req.name)?;
-        let base = DiskRestorePointReader::open(&self.inner.catalog, &self.inner.chunks, req.restore_point, req.disk)?;
+        crate::failpoint!("restore::before_admin");
         let _admin = self.inner.admin.lock().await;
+        // Opened under the admin lock, which a deletion holds from its check that no lineage
+        // reads through the restore point to its commit: the base cannot be deleted between
+        // this look and the commit below that records the new lineage's base, and a later
+        // deletion sees that lineage (the disk is in the state before the lock is released).
+        let base = DiskRestorePointReader::open(&self.inner.catalog, &self.inner.chunks, req.restore_point, req.disk)?;
         if self.state().disks.values().any(|e| e.disk.name() == &name) {
             return Err(Error::already_exists(format!("disk {name}")));
         }
