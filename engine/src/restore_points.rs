@@ -1131,6 +1131,42 @@ impl DiskRestorePointReader {
         })
     }
 
+    /// The base of restored disk `record`, from `source`. When that restore point is gone
+    /// (deleted by a deletion that raced the restore, before restores looked at their base
+    /// under the admin lock), the disk still opens, so that one disk does not keep the engine
+    /// and every other disk down: its base then reads nothing, every read of it fails
+    /// NotFound (see the type's doc), and the second value says what is wrong.
+    pub(crate) fn open_base(
+        catalog: &Arc<crate::catalog::Catalog>,
+        chunks: &Arc<crate::chunk_store::ChunkStore>,
+        record: &crate::disk::DiskRecord,
+        source: crate::disk::RestoreSource,
+    ) -> Result<(Self, Option<String>)> {
+        match Self::open(catalog, chunks, source.restore_point, source.disk) {
+            Ok(reader) => Ok((reader, None)),
+            Err(e) if e.kind() == crate::error::ErrorKind::NotFound => {
+                let problem = format!(
+                    "disk {} was restored from restore point {}, which is gone: its chunks not yet local cannot be \
+                     read",
+                    record.name, source.restore_point
+                );
+                tracing::error!(disk = %record.name, restore_point = %source.restore_point, "{problem}");
+                let base = chunk_map::lineage_base(catalog, record.lineage)?;
+                let reader = Self {
+                    catalog: catalog.clone(),
+                    chunks: chunks.clone(),
+                    rp: source.restore_point,
+                    lineage: base.map_or(record.lineage, |b| b.lineage),
+                    seq: base.map_or(0, |b| b.seq),
+                    size_bytes: record.size_bytes,
+                    chunk_size_bytes: record.chunk_size_bytes,
+                };
+                Ok((reader, Some(problem)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Fails NotFound once the restore point is deleted (see the type's doc).
     fn check_exists(&self) -> Result<()> {
         let key = self.rp.to_bytes();
