@@ -38,6 +38,7 @@ mod restore_point_delete;
 mod restore_point_delta;
 mod restore_point_history_model;
 mod restore_point_model;
+mod restore_point_races;
 mod restore_point_restored_history;
 mod restore_point_rules;
 mod store_gc;

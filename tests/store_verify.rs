@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use cairn_engine::{ErrorKind, IoBuf, OperationState, VerifyReport, VerifyTarget};
 
@@ -91,4 +92,60 @@ async fn flipped_bits_are_found_named_refused_and_healed() {
     assert_same(&read_rp(&engine, rp3.id, a).await, &read_all(&d).await, "rp3");
     let after = verify(&engine, VerifyTarget::Store).await;
     assert_eq!(after.corrupt.len(), 1, "only the delta record is still damaged: {after:?}");
+}
+
+const CHILD_ENV: &str = "CAIRN_VERIFY_CHILD_DIR";
+
+/// The child's side of [`a_gc_moving_records_under_a_verify_marks_nothing_corrupt`]. Does
+/// nothing unless run as a child (its failpoint is armed for the whole process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn child_process_entry() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else { return };
+    let engine = open(Path::new(&dir), BACKENDS[0]).await;
+    let a = disk(&engine, "a", 8 * MIB).await.id;
+    let (_, coll) = collection(&engine, "c", vec![a]).await;
+    let d = engine.disk(a).unwrap();
+    d.write(0, IoBuf::from_slice(&pattern(1, 4 * MIB as usize)), false).await.unwrap();
+    let rp1 = restore_point(&engine, coll.id, "rp1", vec![]).await;
+    // rp1's pack ends up with 2 of its 16 records live.
+    d.write(0, IoBuf::from_slice(&pattern(2, 14 * CHUNK as usize)), false).await.unwrap();
+    let rp2 = restore_point(&engine, coll.id, "rp2", vec![]).await;
+    engine.delete_restore_point(rp1.id).await.unwrap();
+    let image2 = read_rp(&engine, rp2.id, a).await;
+
+    // The verify lists every record, then is held while two GC runs free the dead ones,
+    // move the live ones to a new pack and delete the old pack.
+    let op = engine.verify(VerifyTarget::Store).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for _ in 0..2 {
+        let gc = engine.collect_garbage(50).await.unwrap();
+        assert_eq!(wait_op(&engine, gc.id).await.state, OperationState::Succeeded);
+    }
+    let op = wait_op(&engine, op.id).await;
+
+    assert_eq!(op.state, OperationState::Succeeded, "{op:?}");
+    let report: VerifyReport = serde_json::from_value(op.result.unwrap()).unwrap();
+    assert!(report.corrupt.is_empty(), "good records marked corrupt: {report:?}");
+    assert_same(&read_rp(&engine, rp2.id, a).await, &image2, "rp2 after the GC");
+    engine.close().await.unwrap();
+}
+
+#[test]
+fn a_gc_moving_records_under_a_verify_marks_nothing_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["store_verify::child_process_entry", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, dir.path())
+        .env("CAIRN_FAILPOINTS", "verify::after_snapshot=1*sleep(1500)")
+        .output()
+        .unwrap();
+
+    assert!(
+        out.status.success(),
+        "child failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

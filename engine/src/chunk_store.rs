@@ -441,10 +441,16 @@ impl ChunkStore {
                     ));
                 }
             };
-            let refs = loc.refs.checked_add_signed(*add).unwrap_or_else(|| {
-                tracing::error!(chunk = %id, refs = loc.refs, add, "reference count would go negative; clamped to 0");
-                0
-            });
+            // Below zero, some entry was dereferenced twice or the count is damaged: clamped to
+            // 0, it would let GC free a record live entries still name. The count is catalog
+            // data, so this is an error (nothing of the batch commits), not an assertion.
+            let Some(refs) = loc.refs.checked_add_signed(*add) else {
+                tracing::error!(chunk = %id, refs = loc.refs, add, "reference count would leave its range");
+                return Err(Error::corrupt(
+                    "catalog/chunks",
+                    format!("chunk {id} has {} references; adding {add} leaves their range", loc.refs),
+                ));
+            };
             let loc = ChunkLocation { refs, ..loc };
             batch.put_raw("chunks", &id.0, &loc.encode())?;
             change.record(before.as_ref(), Some(&loc));
@@ -463,5 +469,46 @@ impl ChunkStore {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::LocalPackStore;
+
+    /// A store over a fresh catalog holding one record with one reference.
+    async fn store_with_one_record(dir: &Path) -> (ChunkStore, ChunkId) {
+        let catalog = Arc::new(Catalog::open(&dir.join("catalog")).unwrap());
+        let packs = Arc::new(LocalPackStore::open(&dir.join("packs")).unwrap());
+        let store = ChunkStore::open(catalog, packs, dir.join("staging"), 3, 1 << 20).unwrap();
+        let data = vec![7u8; 4096];
+        let id = ChunkId::of(&data);
+        let mut writer = store.new_pack().unwrap();
+        let mut delta = IndexDelta::default();
+        delta.new.insert(id, writer.append(&prepare_full(id, &data, 3).unwrap()).unwrap());
+        let bytes = writer.len();
+        delta.packs.push((writer.seal(store.pack_store()).await.unwrap(), bytes));
+        delta.add_ref(id);
+        store.commit(store.catalog.batch(), &delta).await.unwrap();
+        (store, id)
+    }
+
+    #[tokio::test]
+    async fn a_reference_count_that_would_go_negative_fails_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, id) = store_with_one_record(dir.path()).await;
+        let marker = b"marker".as_slice();
+        let mut batch = store.catalog.batch();
+        batch.put_raw("meta", marker, &[1]).unwrap();
+        let mut double_drop = IndexDelta::default();
+        double_drop.drop_ref(id);
+        double_drop.drop_ref(id);
+
+        let err = store.commit(batch, &double_drop).await.unwrap_err();
+
+        assert_eq!(err.kind(), crate::ErrorKind::Corrupt, "{err}");
+        assert_eq!(store.lookup(id).unwrap().map(|l| l.refs), Some(1), "the reference count is unchanged");
+        assert_eq!(store.catalog.get_raw("meta", marker).unwrap(), None, "nothing of the batch committed");
     }
 }

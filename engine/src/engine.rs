@@ -134,6 +134,8 @@ pub(crate) struct Inner {
     /// Low-priority threads for the CPU work of captures.
     pub(crate) background: crate::background::BackgroundPool,
     pub(crate) hooks: RwLock<std::collections::HashMap<GroupId, Vec<Arc<dyn crate::hooks::QuiesceHook>>>>,
+    /// What was wrong with disks when the engine opened (a restored disk whose base is gone).
+    pub(crate) disk_problems: Vec<(DiskId, String)>,
 }
 
 /// The storage engine of one data dir. Cheap to clone; all clones share state.
@@ -179,9 +181,14 @@ impl Engine {
         )?);
 
         let mut state = State::default();
+        let mut disk_problems = Vec::new();
         for record in catalog.list::<DiskRecord>()? {
             let base = match record.source.filter(|_| !record.hydrated) {
-                Some(src) => Some(DiskRestorePointReader::open(&catalog, &chunks, src.restore_point, src.disk)?),
+                Some(src) => {
+                    let (base, problem) = DiskRestorePointReader::open_base(&catalog, &chunks, &record, src)?;
+                    disk_problems.extend(problem.map(|p| (record.id, p)));
+                    Some(base)
+                }
                 None => None,
             };
             let disk = Disk::open(&disks_dir, &record, io.clone(), base)?;
@@ -215,6 +222,7 @@ impl Engine {
                 gc_single: Arc::new(tokio::sync::Mutex::new(())),
                 background,
                 hooks: RwLock::new(Default::default()),
+                disk_problems,
             }),
         };
         engine.recover_captures().await?;
@@ -251,16 +259,21 @@ impl Engine {
         &self.inner.freeze_stats
     }
 
-    /// What is wrong with the engine, if anything: disks a failed sync poisoned, a catalog
-    /// whose last commit failed or that cannot be read. Empty when healthy.
+    /// What is wrong with the engine, if anything: disks a failed sync poisoned, restored disks
+    /// whose base restore point is gone, a catalog whose last commit failed or that cannot be
+    /// read. Empty when healthy.
     pub fn problems(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .state()
+        let state = self.state();
+        let mut out: Vec<String> = state
             .disks
             .values()
             .filter(|e| e.disk.poisoned())
             .map(|e| format!("disk {} is poisoned by a failed sync", e.disk.name()))
             .collect();
+        out.extend(
+            self.inner.disk_problems.iter().filter(|(d, _)| state.disks.contains_key(d)).map(|(_, p)| p.clone()),
+        );
+        drop(state);
         out.extend(self.inner.catalog.problem());
         out
     }

@@ -31,8 +31,13 @@ impl Engine {
     /// local are read from the store, and a background operation hydrates them.
     pub async fn restore_disk(&self, req: RestoreDisk) -> Result<(DiskRecord, OperationRecord)> {
         let name = Name::new(req.name)?;
-        let base = DiskRestorePointReader::open(&self.inner.catalog, &self.inner.chunks, req.restore_point, req.disk)?;
+        crate::failpoint!("restore::before_admin");
         let _admin = self.inner.admin.lock().await;
+        // Opened under the admin lock, which a deletion holds from its check that no lineage
+        // reads through the restore point to its commit: the base cannot be deleted between
+        // this look and the commit below that records the new lineage's base, and a later
+        // deletion sees that lineage (the disk is in the state before the lock is released).
+        let base = DiskRestorePointReader::open(&self.inner.catalog, &self.inner.chunks, req.restore_point, req.disk)?;
         if self.state().disks.values().any(|e| e.disk.name() == &name) {
             return Err(Error::already_exists(format!("disk {name}")));
         }
@@ -211,5 +216,60 @@ impl Engine {
         self.inner.catalog.commit(batch)?;
         tracing::info!(disk = %disk.name(), "hydration complete; the disk no longer reads from the store");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collection::CreateCollection;
+    use crate::disk::CreateDisk;
+    use crate::engine::EngineConfig;
+    use crate::restore_point::{CreateRestorePoint, RestorePointRecord};
+
+    fn config(dir: &std::path::Path) -> EngineConfig {
+        EngineConfig { io_backend: crate::io::IoBackendKind::Blocking, ..EngineConfig::new(dir) }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restored_disk_whose_base_is_gone_fails_its_reads_and_the_other_disks_serve() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(config(dir.path())).await.unwrap();
+        let req = CreateDisk { name: "a".into(), size_bytes: 1 << 20, chunk_size_bytes: None, direct_io: false };
+        let a = engine.create_disk(req).await.unwrap().id;
+        let data = crate::sys::IoBuf::from_slice(&[9u8; 4096]);
+        engine.disk(a).unwrap().write(0, data, false).await.unwrap();
+        let group = CreateGroup { name: "vm".into(), disks: vec![a], configuration: "{}".into() };
+        let group = engine.create_group(group).await.unwrap().id;
+        let coll = CreateCollection { name: "c".into(), group, ..Default::default() };
+        let coll = engine.create_collection(coll).await.unwrap().id;
+        let (rp, op) = engine
+            .create_restore_point(coll, CreateRestorePoint { name: "rp".into(), ..Default::default() })
+            .await
+            .unwrap();
+        while !engine.operation(op.id).unwrap().state.is_terminal() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // Hydration waits for free space for ever: the restored disk keeps reading its base.
+        engine.set_free_space_watermark(u64::MAX);
+        let req = RestoreDisk { restore_point: rp.id, disk: a, name: "r".into(), direct_io: false };
+        let r = engine.restore_disk(req).await.unwrap().0.id;
+        engine.close().await.unwrap();
+        drop(engine);
+        // The restore point's record goes, as a deletion racing the restore once could do.
+        let catalog = crate::catalog::Catalog::open(&dir.path().join("catalog")).unwrap();
+        let mut batch = catalog.batch();
+        batch.delete::<RestorePointRecord>(rp.id.to_bytes()).unwrap();
+        catalog.commit(batch).unwrap();
+        drop(catalog);
+
+        let engine = Engine::open(config(dir.path())).await.unwrap();
+        engine.set_free_space_watermark(u64::MAX);
+
+        assert_eq!(&engine.disk(a).unwrap().read(0, 4096).await.unwrap()[..], &[9u8; 4096][..]);
+        let err = engine.disk(r).unwrap().read(0, 4096).await.unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::NotFound, "{err}");
+        assert!(engine.problems().iter().any(|p| p.contains("disk r was restored")), "{:?}", engine.problems());
+        engine.close().await.unwrap();
     }
 }

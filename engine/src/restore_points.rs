@@ -1216,11 +1216,7 @@ impl Engine {
         if a.seq > b.seq {
             return Err(Error::invalid("from", "must be older than `to`"));
         }
-        let chunks = b.size_bytes.div_ceil(b.chunk_size_bytes);
-        Ok(chunk_map::changed(&self.inner.catalog, a.lineage, a.seq, b.seq)?
-            .into_iter()
-            .filter(|&c| c < chunks)
-            .collect())
+        b.changed_since(&a)
     }
 }
 
@@ -1230,10 +1226,19 @@ fn free_bytes(dir: &std::path::Path) -> Result<u64> {
 }
 
 /// Reads one disk restore point: chunk by chunk through the chunk map and the chunk store.
+///
+/// Deleting a restore point changes what a lookup at its seq finds: its entries are dropped
+/// (or kept for a newer one), and the lookup falls through to an older restore point's. The
+/// deletion commits in one catalog batch with the removal of the restore point's record, so
+/// every chunk map lookup is followed by a check that the record still exists: if it does, the
+/// lookup ran before the deletion and found this restore point's own refs, whose records are
+/// content-addressed and checked when read, so the bytes are exact or the read fails. If the
+/// record is gone, the call fails NotFound, never with another restore point's bytes.
 #[derive(Debug, Clone)]
 pub struct DiskRestorePointReader {
     catalog: Arc<crate::catalog::Catalog>,
     chunks: Arc<crate::chunk_store::ChunkStore>,
+    rp: RestorePointId,
     lineage: LineageId,
     seq: u64,
     size_bytes: u64,
@@ -1265,11 +1270,57 @@ impl DiskRestorePointReader {
         Ok(Self {
             catalog: catalog.clone(),
             chunks: chunks.clone(),
+            rp,
             lineage: d.lineage,
             seq: record.seq,
             size_bytes: d.size_bytes,
             chunk_size_bytes: d.chunk_size_bytes,
         })
+    }
+
+    /// The base of restored disk `record`, from `source`. When that restore point is gone
+    /// (deleted by a deletion that raced the restore, before restores looked at their base
+    /// under the admin lock), the disk still opens, so that one disk does not keep the engine
+    /// and every other disk down: its base then reads nothing, every read of it fails
+    /// NotFound (see the type's doc), and the second value says what is wrong.
+    pub(crate) fn open_base(
+        catalog: &Arc<crate::catalog::Catalog>,
+        chunks: &Arc<crate::chunk_store::ChunkStore>,
+        record: &crate::disk::DiskRecord,
+        source: crate::disk::RestoreSource,
+    ) -> Result<(Self, Option<String>)> {
+        match Self::open(catalog, chunks, source.restore_point, source.disk) {
+            Ok(reader) => Ok((reader, None)),
+            Err(e) if e.kind() == crate::error::ErrorKind::NotFound => {
+                let problem = format!(
+                    "disk {} was restored from restore point {}, which is gone: its chunks not yet local cannot be \
+                     read",
+                    record.name, source.restore_point
+                );
+                tracing::error!(disk = %record.name, restore_point = %source.restore_point, "{problem}");
+                let base = chunk_map::lineage_base(catalog, record.lineage)?;
+                let reader = Self {
+                    catalog: catalog.clone(),
+                    chunks: chunks.clone(),
+                    rp: source.restore_point,
+                    lineage: base.map_or(record.lineage, |b| b.lineage),
+                    seq: base.map_or(0, |b| b.seq),
+                    size_bytes: record.size_bytes,
+                    chunk_size_bytes: record.chunk_size_bytes,
+                };
+                Ok((reader, Some(problem)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Fails NotFound once the restore point is deleted (see the type's doc).
+    fn check_exists(&self) -> Result<()> {
+        let key = self.rp.to_bytes();
+        match self.catalog.get_raw(<RestorePointRecord as crate::catalog::Record>::CF, &key)? {
+            Some(_) => Ok(()),
+            None => Err(Error::not_found(format!("restore point {} (deleted while being read)", self.rp))),
+        }
     }
 
     /// The lineage and sequence this reader reads (a restored lineage's base).
@@ -1293,19 +1344,46 @@ impl DiskRestorePointReader {
         if index >= self.chunk_count() {
             return Err(Error::invalid("chunk index", format!("{index} is past the last chunk")));
         }
-        chunk_map::resolve(&self.catalog, self.lineage, index, self.seq)
+        let r = chunk_map::resolve(&self.catalog, self.lineage, index, self.seq)?;
+        self.check_exists()?;
+        Ok(r)
     }
 
     /// Every chunk that is not all zeros, with its ref: like EBS ListSnapshotBlocks.
     pub fn allocated_chunks(&self) -> Result<Vec<(u64, ChunkRef)>> {
-        Ok(chunk_map::allocated(&self.catalog, self.lineage, self.seq, self.chunk_count())?.into_iter().collect())
+        let chunks = chunk_map::allocated(&self.catalog, self.lineage, self.seq, self.chunk_count())?;
+        self.check_exists()?;
+        Ok(chunks.into_iter().collect())
+    }
+
+    /// Chunks that changed from `older` (same lineage, not newer) to this one.
+    pub(crate) fn changed_since(&self, older: &Self) -> Result<Vec<u64>> {
+        let chunks = self.chunk_count();
+        let changed = chunk_map::changed(&self.catalog, self.lineage, older.seq, self.seq)?;
+        older.check_exists()?;
+        self.check_exists()?;
+        Ok(changed.into_iter().filter(|&c| c < chunks).collect())
     }
 
     /// The raw bytes of chunk `index` (short for the last chunk), checked end to end.
     pub async fn read_chunk(&self, index: u64) -> Result<Vec<u8>> {
         let len =
             usize::try_from((self.size_bytes - index * self.chunk_size_bytes).min(self.chunk_size_bytes)).unwrap_or(0);
-        let data = self.chunks.read_ref(self.chunk_ref(index)?, len).await?;
+        let r = self.chunk_ref(index)?;
+        self.fetch(index, r, len).await
+    }
+
+    /// The `len` bytes ref `r` (of chunk `index`, found while the restore point existed)
+    /// names. A record freed since, by a deletion and a GC after the lookup, fails the read:
+    /// then it fails NotFound rather than as corrupt data.
+    async fn fetch(&self, index: u64, r: ChunkRef, len: usize) -> Result<Vec<u8>> {
+        let data = match self.chunks.read_ref(r, len).await {
+            Ok(data) => data,
+            Err(e) => {
+                self.check_exists()?;
+                return Err(e);
+            }
+        };
         if data.len() != len {
             return Err(Error::corrupt(
                 "catalog/chunk_map",
@@ -1326,22 +1404,46 @@ impl DiskRestorePointReader {
                 format!("{len} is larger than the maximum I/O of {}", crate::format::MAX_IO_BYTES),
             ));
         }
-        let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        let capacity = usize::try_from(len).map_err(|_| Error::invalid("length", format!("{len} bytes")))?;
+        let mut out = Vec::with_capacity(capacity);
         if len == 0 {
             return Ok(out);
         }
-        // The chunks a request spans are fetched and decompressed a few at a time.
+        // Every chunk is looked up first and the restore point checked once after them all;
+        // then the chunks are fetched and decompressed a few at a time.
         let cs = self.chunk_size_bytes;
-        let mut chunks =
-            futures::stream::iter(offset / cs..=(end - 1) / cs).map(|index| self.read_chunk(index)).buffered(4);
+        let (first, last) = (offset / cs, (end - 1) / cs);
+        let refs = (first..=last)
+            .map(|index| {
+                let chunk_len = (self.size_bytes - index * cs).min(cs);
+                let chunk_len = usize::try_from(chunk_len).map_err(|_| Error::invalid("chunk size", "over usize"))?;
+                Ok((index, chunk_map::resolve(&self.catalog, self.lineage, index, self.seq)?, chunk_len))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        crate::failpoint!("restore_point::read_resolved");
+        self.check_exists()?;
+        let mut chunks = futures::stream::iter(refs)
+            .map(|(index, r, chunk_len)| async move { (index, self.fetch(index, r, chunk_len).await) })
+            .buffered(4);
         let mut pos = offset;
-        while let Some(chunk) = chunks.next().await {
+        while let Some((index, chunk)) = chunks.next().await {
             let chunk = chunk?;
-            let index = pos / cs;
-            let from = usize::try_from(pos - index * cs).unwrap_or(0);
-            let to = usize::try_from((end - index * cs).min(chunk.len() as u64)).unwrap_or(0);
-            out.extend_from_slice(chunk.get(from..to).unwrap_or_default());
-            pos = index * cs + to as u64;
+            // The piece of this chunk the range covers; `fetch` checked the chunk's length.
+            let start = index * cs;
+            let piece = usize::try_from(pos - start)
+                .ok()
+                .zip(usize::try_from((end - start).min(chunk.len() as u64)).ok())
+                .and_then(|(from, to)| chunk.get(from..to))
+                .filter(|p| !p.is_empty());
+            debug_assert!(piece.is_some(), "chunk {index} ({} bytes) does not cover {pos}..{end}", chunk.len());
+            let Some(piece) = piece else {
+                return Err(Error::corrupt(
+                    "catalog/chunk_map",
+                    format!("chunk {index} ({} bytes) does not cover {pos}..{end}", chunk.len()),
+                ));
+            };
+            out.extend_from_slice(piece);
+            pos += piece.len() as u64;
         }
         Ok(out)
     }

@@ -10,10 +10,10 @@
 //! connections of a multi-conn client scan the catalog once, not four times.
 //!
 //! Deleting a restore point moves its chunk map entries to the next newer one, so a reader
-//! that outlived the deletion would silently read an older restore point's content. Every
-//! READ and BLOCK_STATUS therefore checks, after reading, that the restore point still
-//! exists: if it did then, the deletion had not committed before the read, and what was read
-//! is exact; if not, the client gets EIO instead of wrong data.
+//! that outlived the deletion would silently read an older restore point's content. The
+//! engine's reader checks, after its lookups, that the restore point still exists, and fails
+//! NotFound if not; a READ answers that with EIO instead of wrong data. BLOCK_STATUS answers
+//! from runs cached while the restore point existed, so it checks here, after its lookup.
 
 use std::sync::Arc;
 
@@ -156,14 +156,19 @@ impl DiskRestorePointExport {
 
     /// Fails once the restore point is gone (see the module doc).
     fn still_exists(&self) -> Result<()> {
-        match self.engine.restore_point(self.rp) {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Err(Error::Io {
+        self.engine.restore_point(self.rp).map(drop).map_err(|e| self.deleted_is_io(e))
+    }
+
+    /// The restore point deleted while exported is an I/O error of this export (EIO), not
+    /// an unknown name (EINVAL): the client named it when it still existed.
+    fn deleted_is_io(&self, e: Error) -> Error {
+        match e.kind() {
+            ErrorKind::NotFound => Error::Io {
                 context: "read a restore point deleted while exported",
                 path: self.name.clone().into(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "restore point deleted"),
-            }),
-            Err(e) => Err(e),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string()),
+            },
+            _ => e,
         }
     }
 
@@ -234,8 +239,7 @@ impl Export for DiskRestorePointExport {
     }
     fn read(&self, offset: u64, len: u64) -> ExportFuture<'_, IoBuf> {
         Box::pin(async move {
-            let data = self.reader.read(offset, len).await?;
-            self.still_exists()?;
+            let data = self.reader.read(offset, len).await.map_err(|e| self.deleted_is_io(e))?;
             Ok(IoBuf::from_slice(&data))
         })
     }
@@ -254,7 +258,7 @@ impl Export for DiskRestorePointExport {
     }
     fn extents(&self, offset: u64, len: u64) -> ExportFuture<'_, Vec<Extent>> {
         Box::pin(async move {
-            let runs = self.allocation().await?;
+            let runs = self.allocation().await.map_err(|e| self.deleted_is_io(e))?;
             self.still_exists()?;
             Ok(self.runs_to_extents(&runs, offset, len))
         })
@@ -267,7 +271,7 @@ impl Export for DiskRestorePointExport {
         let missing = Error::NotFound { what: format!("dirty bitmap {name} of {}", self.name) };
         Box::pin(async move {
             let bitmap = bitmap.ok_or(missing)?;
-            let runs = self.changed_since(bitmap).await?;
+            let runs = self.changed_since(bitmap).await.map_err(|e| self.deleted_is_io(e))?;
             self.still_exists()?;
             Ok(self.runs_to_extents(&runs, offset, len))
         })

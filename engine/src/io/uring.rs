@@ -6,6 +6,11 @@
 //! moment its SQE is pushed until its CQE is reaped: a caller dropping its future cannot
 //! free memory the kernel is still writing (dropping a future cannot cancel a kernel
 //! operation). Short transfers are resubmitted for the remainder.
+//!
+//! A ring whose submission fails with anything but EINTR or EBUSY is unusable: its thread
+//! answers every request, queued, in flight or later, with EIO, and stops. Requests the
+//! kernel may still be working on keep their buffer and file alive for good (leaked), since
+//! the kernel could still write the one and use the other; only their reply is sent.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -64,12 +69,22 @@ enum Op {
     WillNeed { file: Arc<File>, offset: u64, len: u64, reply: UnitReply },
 }
 
+/// Requests handed to the ring thread, until it stops on a broken ring.
+struct Queue {
+    ops: Vec<Op>,
+    /// The ring broke and its thread stopped: requests fail at once.
+    broken: bool,
+}
+
 struct Shared {
-    queue: Mutex<Vec<Op>>,
+    queue: Mutex<Queue>,
     /// An eventfd write is outstanding that the thread has not consumed yet.
     wake_pending: AtomicBool,
     shutdown: AtomicBool,
     eventfd: OwnedFd,
+    /// An error the ring thread's next submission returns instead of entering the kernel.
+    #[cfg(test)]
+    injected: Mutex<Option<i32>>,
 }
 
 impl Shared {
@@ -115,10 +130,12 @@ impl Ring {
         let ring = IoUring::new(ENTRIES)?;
         let eventfd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)?;
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Vec::new()),
+            queue: Mutex::new(Queue { ops: Vec::new(), broken: false }),
             wake_pending: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             eventfd,
+            #[cfg(test)]
+            injected: Mutex::new(None),
         });
         let thread_shared = shared.clone();
         std::thread::Builder::new().name("cairn-uring".into()).spawn(move || run(ring, &thread_shared))?;
@@ -127,7 +144,14 @@ impl Ring {
 
     fn submit(&self, op: Op) {
         let shared = &self.owner.shared;
-        shared.queue.lock().unwrap_or_else(|p| p.into_inner()).push(op);
+        let mut queue = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if queue.broken {
+            drop(queue);
+            fail(op);
+            return;
+        }
+        queue.ops.push(op);
+        drop(queue);
         shared.wake();
     }
 
@@ -286,53 +310,65 @@ fn run(mut ring: IoUring, shared: &Shared) {
     };
     let mut inflight = InFlight { slots: Vec::new(), free: Vec::new(), count: 0 };
     let mut backlog: VecDeque<Op> = VecDeque::new();
-    let mut pending: Vec<(usize, squeue::Entry)> = Vec::new();
+    // Entries to push, user data set; those the queue has no room for wait for the next round.
+    let mut pending: Vec<squeue::Entry> = Vec::new();
     let mut wake_armed = false;
 
     loop {
         if !wake_armed {
-            pending.push((usize::MAX, wake_entry(&mut wake_buf)));
+            pending.push(wake_entry(&mut wake_buf));
             wake_armed = true;
         }
-        backlog.extend(shared.queue.lock().unwrap_or_else(|p| p.into_inner()).drain(..));
+        backlog.extend(shared.queue.lock().unwrap_or_else(|p| p.into_inner()).ops.drain(..));
         while inflight.count < MAX_IN_FLIGHT {
             let Some(mut op) = backlog.pop_front() else {
                 break;
             };
             let e = entry(&mut op);
             let key = inflight.insert(op);
-            pending.push((key, e));
+            pending.push(e.user_data(key as u64));
         }
         {
             let mut sq = ring.submission();
-            for (key, e) in pending.drain(..) {
-                let e = if key == usize::MAX { e } else { e.user_data(key as u64) };
+            let mut pushed = 0;
+            for e in &pending {
                 // SAFETY: every buffer and fd this entry points at is owned by the in-flight
                 // table (or, for the wake-up read, by `wake_buf`, which lives until the read is
                 // cancelled and reaped below) and is neither moved out nor freed until its
-                // completion is reaped. The queue cannot be full: at most MAX_IN_FLIGHT + 1
-                // entries are outstanding and the kernel consumed the previous batch.
-                if unsafe { sq.push(&e) }.is_err() {
-                    tracing::error!("io_uring submission queue unexpectedly full");
+                // completion is reaped, or, if the ring breaks, ever (see `abandon`).
+                if unsafe { sq.push(e) }.is_err() {
+                    // At most MAX_IN_FLIGHT + 1 entries are outstanding, so this only happens
+                    // when the kernel left the last batch in the queue (EBUSY): the rest waits.
+                    break;
                 }
+                pushed += 1;
             }
+            pending.drain(..pushed);
         }
         if shared.shutdown.load(Ordering::Acquire) && inflight.count == 0 && backlog.is_empty() {
             break;
         }
-        match ring.submit_and_wait(1) {
+        match submit_and_wait(&ring, shared) {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INTR.raw_os_error()) => {}
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) => {}
             Err(e) => {
-                // The ring is unusable. In-flight buffers may still be written by the kernel,
-                // so they are leaked rather than freed; queued requests fail.
-                tracing::error!(error = %e, "io_uring submit failed; ring thread stops");
-                std::mem::forget(inflight);
-                std::mem::forget(wake_buf);
-                for op in backlog.drain(..).chain(shared.queue.lock().unwrap_or_else(|p| p.into_inner()).drain(..)) {
-                    fail(op, e.raw_os_error());
+                // The ring is unusable. Every request fails with EIO, now and from here on;
+                // the kernel may still write the buffers of those handed to it, so those are
+                // kept alive for good (see `abandon`).
+                tracing::error!(error = %e, "io_uring submit failed; the ring thread stops, I/O fails with EIO");
+                let queued = {
+                    let mut queue = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+                    queue.broken = true;
+                    std::mem::take(&mut queue.ops)
+                };
+                for op in backlog.drain(..).chain(queued) {
+                    fail(op);
                 }
+                for op in inflight.slots.drain(..).flatten() {
+                    abandon(op);
+                }
+                std::mem::forget(wake_buf);
                 return;
             }
         }
@@ -354,7 +390,7 @@ fn run(mut ring: IoUring, shared: &Shared) {
                 let mut op = op;
                 let e = entry(&mut op);
                 let key = inflight.insert(op);
-                pending.push((key, e));
+                pending.push(e.user_data(key as u64));
             }
         }
     }
@@ -378,17 +414,94 @@ fn run(mut ring: IoUring, shared: &Shared) {
     }
 }
 
-fn fail(op: Op, errno: Option<i32>) {
-    let err = || errno.map_or_else(ring_gone, io::Error::from_raw_os_error);
+/// Submits what is queued and waits for at least one completion.
+fn submit_and_wait(ring: &IoUring, shared: &Shared) -> io::Result<usize> {
+    #[cfg(test)]
+    if let Some(errno) = shared.injected.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(io::Error::from_raw_os_error(errno));
+    }
+    #[cfg(not(test))]
+    let _ = shared;
+    ring.submit_and_wait(1)
+}
+
+fn eio() -> io::Error {
+    io::Error::from_raw_os_error(rustix::io::Errno::IO.raw_os_error())
+}
+
+/// Answers a request the kernel never saw with EIO (the ring broke).
+fn fail(op: Op) {
     match op {
         Op::Read { buf, reply, .. } => {
-            let _ = reply.send((Err(err()), buf));
+            let _ = reply.send((Err(eio()), buf));
         }
         Op::Write { buf, reply, .. } => {
-            let _ = reply.send((Err(err()), buf));
+            let _ = reply.send((Err(eio()), buf));
         }
         Op::Sync { reply, .. } | Op::Punch { reply, .. } | Op::WillNeed { reply, .. } => {
-            let _ = reply.send(Err(err()));
+            let _ = reply.send(Err(eio()));
         }
+    }
+}
+
+/// Answers a request the kernel may still be working on with EIO when the ring broke: its
+/// outcome is unknown. The kernel may still write its buffer and use its file, so both are
+/// leaked, never freed (a reused fd or allocation would take the late transfer); the caller
+/// gets a fresh buffer of the same length back.
+fn abandon(op: Op) {
+    match op {
+        Op::Read { file, buf, reply, .. } => {
+            let _ = reply.send((Err(eio()), IoBuf::zeroed(buf.len())));
+            std::mem::forget((file, buf));
+        }
+        Op::Write { file, buf, reply, .. } => {
+            let _ = reply.send((Err(eio()), IoBuf::zeroed(buf.len())));
+            std::mem::forget((file, buf));
+        }
+        Op::Sync { file, reply } | Op::Punch { file, reply, .. } | Op::WillNeed { file, reply, .. } => {
+            let _ = reply.send(Err(eio()));
+            std::mem::forget(file);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Long enough for any healthy request; a hang shows as this timeout.
+    const PATIENCE: Duration = Duration::from_secs(5);
+
+    fn eio(res: io::Result<usize>) -> Option<i32> {
+        res.err().and_then(|e| e.raw_os_error())
+    }
+
+    #[tokio::test]
+    async fn a_broken_ring_fails_requests_in_flight_and_later_instead_of_hanging() {
+        let ring = Ring::start().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, [5u8; 4096]).unwrap();
+        let file = Arc::new(File::open(&path).unwrap());
+        // A read of an empty pipe stays in the kernel until the ring breaks.
+        let (pipe_rx, _pipe_tx) = std::io::pipe().unwrap();
+        let stuck = tokio::spawn({
+            let ring = ring.clone();
+            async move { ring.read_at(Arc::new(File::from(OwnedFd::from(pipe_rx))), IoBuf::zeroed(4096), 0).await.0 }
+        });
+        let (ok, _) = ring.read_at(file.clone(), IoBuf::zeroed(4096), 0).await;
+        assert_eq!(ok.unwrap(), 4096, "a healthy ring reads");
+
+        *ring.owner.shared.injected.lock().unwrap() = Some(rustix::io::Errno::FAULT.raw_os_error());
+        let breaking = tokio::time::timeout(PATIENCE, ring.read_at(file.clone(), IoBuf::zeroed(4096), 0)).await;
+        let in_flight = tokio::time::timeout(PATIENCE, stuck).await;
+        let later = tokio::time::timeout(PATIENCE, ring.read_at(file, IoBuf::zeroed(4096), 0)).await;
+
+        let eio_code = Some(rustix::io::Errno::IO.raw_os_error());
+        assert_eq!(breaking.map(|(res, _)| eio(res)).ok(), Some(eio_code), "the request that met the failure");
+        assert_eq!(in_flight.map(|r| eio(r.unwrap())).ok(), Some(eio_code), "the request in the kernel");
+        assert_eq!(later.map(|(res, _)| eio(res)).ok(), Some(eio_code), "a request after the failure");
     }
 }
