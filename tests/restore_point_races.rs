@@ -6,7 +6,6 @@
 //! failpoint registry is global to a process).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use cairn_engine::{ErrorKind, IoBuf, RestoreDisk};
@@ -14,8 +13,7 @@ use cairn_engine::{ErrorKind, IoBuf, RestoreDisk};
 use crate::common::{BACKENDS, collection, disk, open, pattern, restore_point};
 
 const CHUNK: u64 = 256 << 10;
-const CHILD_ENV: &str = "CAIRN_RACE_CHILD_DIR";
-const PHASE_ENV: &str = "CAIRN_RACE_CHILD_PHASE";
+const ENTRY: &str = "restore_point_races::child_process_entry";
 /// How long the failpoint holds the racing side, and when the deletion starts inside it.
 const HOLD_MS: u64 = 1500;
 const DELETE_AFTER: Duration = Duration::from_millis(300);
@@ -23,33 +21,12 @@ const DELETE_AFTER: Duration = Duration::from_millis(300);
 /// The child's side. Does nothing unless run as a child by the tests below.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn child_process_entry() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else { return };
-    match std::env::var(PHASE_ENV).as_deref() {
-        Ok("read") => delete_during_read(Path::new(&dir)).await,
-        Ok("restore") => delete_during_restore(Path::new(&dir)).await,
+    let Some((dir, phase)) = crate::common::child::child_args() else { return };
+    match phase.as_str() {
+        "read" => delete_during_read(&dir).await,
+        "restore" => delete_during_restore(&dir).await,
         other => panic!("unknown child phase {other:?}"),
     }
-}
-
-fn run_child(dir: &Path, phase: &str, failpoints: &str) -> std::process::Output {
-    Command::new(std::env::current_exe().unwrap())
-        .args(["restore_point_races::child_process_entry", "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, dir)
-        .env(PHASE_ENV, phase)
-        .env("CAIRN_FAILPOINTS", failpoints)
-        .output()
-        .unwrap()
-}
-
-#[track_caller]
-fn assert_child_ok(out: &std::process::Output) {
-    assert!(
-        out.status.success(),
-        "child failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// rp1, rp2, rp3 each hold their own chunks 0 and 1; deleting rp2 drops its entries, so a
@@ -80,9 +57,12 @@ async fn delete_during_read(dir: &Path) {
 fn a_read_racing_a_delete_fails_not_found_or_returns_the_exact_bytes() {
     let dir = tempfile::tempdir().unwrap();
 
-    let out = run_child(dir.path(), "read", &format!("restore_point::read_resolved=1*sleep({HOLD_MS})"));
-
-    assert_child_ok(&out);
+    crate::common::child::run_ok(
+        ENTRY,
+        dir.path(),
+        "read",
+        &format!("restore_point::read_resolved=1*sleep({HOLD_MS})"),
+    );
 }
 
 async fn delete_during_restore(dir: &Path) {
@@ -114,7 +94,5 @@ async fn delete_during_restore(dir: &Path) {
 fn a_restore_racing_a_delete_of_its_restore_point_never_keeps_a_deleted_base() {
     let dir = tempfile::tempdir().unwrap();
 
-    let out = run_child(dir.path(), "restore", &format!("restore::before_admin=1*sleep({HOLD_MS})"));
-
-    assert_child_ok(&out);
+    crate::common::child::run_ok(ENTRY, dir.path(), "restore", &format!("restore::before_admin=1*sleep({HOLD_MS})"));
 }

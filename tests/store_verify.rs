@@ -5,7 +5,6 @@
 use std::collections::BTreeSet;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use cairn_engine::{ErrorKind, IoBuf, OperationState, VerifyReport, VerifyTarget};
 
@@ -94,14 +93,12 @@ async fn flipped_bits_are_found_named_refused_and_healed() {
     assert_eq!(after.corrupt.len(), 1, "only the delta record is still damaged: {after:?}");
 }
 
-const CHILD_ENV: &str = "CAIRN_VERIFY_CHILD_DIR";
-
 /// The child's side of [`a_gc_moving_records_under_a_verify_marks_nothing_corrupt`]. Does
 /// nothing unless run as a child (its failpoint is armed for the whole process).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn child_process_entry() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else { return };
-    let engine = open(Path::new(&dir), BACKENDS[0]).await;
+    let Some((dir, _)) = crate::common::child::child_args() else { return };
+    let engine = open(&dir, BACKENDS[0]).await;
     let a = disk(&engine, "a", 8 * MIB).await.id;
     let (_, coll) = collection(&engine, "c", vec![a]).await;
     let d = engine.disk(a).unwrap();
@@ -134,18 +131,10 @@ async fn child_process_entry() {
 fn a_gc_moving_records_under_a_verify_marks_nothing_corrupt() {
     let dir = tempfile::tempdir().unwrap();
 
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["store_verify::child_process_entry", "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, dir.path())
-        .env("CAIRN_FAILPOINTS", "verify::after_snapshot=1*sleep(1500)")
-        .output()
-        .unwrap();
-
-    assert!(
-        out.status.success(),
-        "child failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    crate::common::child::run_ok(
+        "store_verify::child_process_entry",
+        dir.path(),
+        "",
+        "verify::after_snapshot=1*sleep(1500)",
     );
 }
