@@ -11,6 +11,7 @@ mod cli_restore_point_story;
 mod collection_update;
 mod daemon_lifecycle;
 mod disk_bad_input;
+mod disk_full_filesystem;
 mod disk_io;
 mod disk_reopen;
 mod freeze_concurrent_writers;

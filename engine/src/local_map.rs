@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::format::{
     LOCAL_FLAG_HYDRATED, LOCAL_HEADER_LEN, LOCAL_HEADER_PAGE, decode_local_header, encode_local_header,
 };
-use crate::sys::{MappedWords, sync_dir};
+use crate::sys::{MappedWords, allocate, allocate_if_sparse, sync_dir};
 
 /// Per-chunk "content is in the file" bits, memory-mapped.
 pub(crate) struct LocalMap {
@@ -43,6 +43,8 @@ impl LocalMap {
             .map_err(|e| io("create local map", e))?;
         let len = LOCAL_HEADER_PAGE + (words_for(chunks)? as u64 * 8).next_multiple_of(LOCAL_HEADER_PAGE);
         file.set_len(len).map_err(|e| io("size local map", e))?;
+        // Bits are set through a shared mapping: see `sys::allocate`.
+        allocate(&file, len).map_err(|e| io("allocate local map", e))?;
         file.write_all_at(&encode_local_header(0, chunks), 0).map_err(|e| io("write local map header", e))?;
         file.sync_all().map_err(|e| io("sync local map", e))?;
         if let Some(dir) = path.parent() {
@@ -64,6 +66,7 @@ impl LocalMap {
         if len < need {
             return Err(Error::corrupt(path, format!("local map is {len} bytes, needs {need}")));
         }
+        allocate_if_sparse(&file, len, path);
         let words = MappedWords::map(&file, LOCAL_HEADER_PAGE, words).map_err(|e| io("map local map", e))?;
         let local = words.words().iter().map(|w| u64::from(w.load(Ordering::Relaxed).count_ones())).sum();
         Ok(Self {
