@@ -388,6 +388,7 @@ impl Disk {
         self.counters.write_bytes.fetch_add(len, Ordering::Relaxed);
         if fua {
             self.sync_file().await?;
+            self.persist_local().await?;
         }
         Ok(())
     }
@@ -412,6 +413,7 @@ impl Disk {
         self.counters.trim_ops.fetch_add(1, Ordering::Relaxed);
         if fua {
             self.sync_file().await?;
+            self.persist_local().await?;
         }
         Ok(())
     }
@@ -679,7 +681,9 @@ impl Disk {
         Ok(self.extents(0, self.size_bytes())?.into_iter().filter(|e| e.data).map(|e| (e.offset, e.len)).collect())
     }
 
-    /// Makes every write acknowledged so far durable, and the change bitmap with it.
+    /// Makes every write acknowledged so far durable, and the change bitmap with it; on a
+    /// restored disk still hydrating, the local map too (a chunk it covers must not read
+    /// as "still in the store" after a power loss).
     pub async fn flush(&self) -> Result<()> {
         self.check_usable()?;
         self.sync_file().await?;
@@ -688,8 +692,21 @@ impl Disk {
             .await
             .map_err(|e| Error::io("persist change tracking", &self.path, std::io::Error::other(e)))?;
         self.poison_on_err(persisted)?;
+        self.persist_local().await?;
         self.counters.flush_ops.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Makes the local map's bits durable (restored disks still hydrating; no-op otherwise).
+    /// Every bit is set only after its chunk's data was synced, so once this returns, every
+    /// chunk local so far is local after a power loss too.
+    async fn persist_local(&self) -> Result<()> {
+        let Some(r) = self.restored.as_ref().filter(|r| !r.local.hydrated()) else { return Ok(()) };
+        let local = r.local.clone();
+        let persisted = tokio::task::spawn_blocking(move || local.persist())
+            .await
+            .map_err(|e| Error::io("persist local map", &self.path, std::io::Error::other(e)))?;
+        self.poison_on_err(persisted)
     }
 
     async fn sync_file(&self) -> Result<()> {
@@ -783,6 +800,7 @@ impl Disk {
             return Ok(());
         }
         self.sync_file().await?;
+        self.persist_local().await?;
         self.tracker().close()
     }
 }

@@ -27,10 +27,10 @@
 //! dirty in the active change-tracking slot (an atomic OR into a shared mapping of the `.ctk`
 //! file); then the data goes to the I/O backend: io_uring on a ring thread, or blocking
 //! pread/pwrite where io_uring cannot be set up. Trim and write-zeroes punch holes. FLUSH =
-//! fdatasync + msync of the bitmap. A failed sync poisons the disk: it refuses all further I/O.
-//! The `.ctk` and `.local` files are fully allocated when created or grown, so a bit set
-//! through their mapping never needs a block: a full file system is an ENOSPC on a write, not
-//! a SIGBUS.
+//! fdatasync + msync of the bitmap (and of the local map of a restored disk still hydrating,
+//! as after a FUA write). A failed sync poisons the disk: it refuses all further I/O. The
+//! `.ctk` and `.local` files are fully allocated when created or grown, so a bit set through
+//! their mapping never needs a block: a full file system is an ENOSPC on a write, not a SIGBUS.
 //!
 //! Page cache: buffered writes reach the kernel in pieces of at most 64 KiB, and disk files
 //! are opened with the kernel's readahead off; the engine reads ahead of sequential streams

@@ -1,4 +1,9 @@
 //! The local map of a restored disk: which chunks are already in the disk file.
+//!
+//! A bit is set only once the chunk's data in the file is durable, but the bit itself is
+//! durable only once persisted: the disk persists the map with every FLUSH and FUA write, so
+//! a guest write they acknowledge never finds its chunk "still in the store" after a power
+//! loss (reads would return the base, and hydration would write the base over it).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;

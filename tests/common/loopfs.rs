@@ -1,5 +1,5 @@
 //! A small ext4 file system on a loop device (the tests run as root), for tests that need a
-//! file system that fills up.
+//! file system that fills up, or the state a power loss would leave on a device.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,6 +10,7 @@ use super::run_ok;
 pub struct LoopFs {
     /// Holds the image and the mount point; removed after the unmount.
     _dir: tempfile::TempDir,
+    image: PathBuf,
     mount: PathBuf,
 }
 
@@ -27,12 +28,22 @@ impl LoopFs {
         let mount = dir.path().join("mnt");
         std::fs::create_dir(&mount).unwrap();
         run_ok(Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&mount));
-        Self { _dir: dir, mount }
+        Self { _dir: dir, image, mount }
     }
 
     /// Where the file system is mounted.
     pub fn path(&self) -> &Path {
         &self.mount
+    }
+
+    /// What a power loss right now would leave: a copy of the device as the file system has
+    /// written it so far (what it only holds in its page cache is not in it), mounted on a
+    /// loop device of its own (mounting replays the journal, as after a crash).
+    pub fn power_loss_copy(&self) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("fs.img");
+        std::fs::copy(&self.image, &image).unwrap();
+        Self::mount(dir, image)
     }
 }
 
