@@ -784,11 +784,23 @@ impl Disk {
                 self.name
             )));
         }
+        let old_size = self.size_bytes();
+        // A short last chunk gets longer: its restore point entries hold the short content,
+        // so it must be captured again at its new length (the blocks it gains are zeros that
+        // count as changed). On a restored disk it becomes local first, as for a write:
+        // captures read changed chunks from the file.
+        let tail = (old_size, old_size.next_multiple_of(self.chunk_size_bytes).min(new_size));
+        if tail.0 < tail.1 {
+            // Durably: after the grow, the base's short chunk no longer fits the disk's.
+            self.make_local(old_size - 1, 1).await?;
+            self.persist_local().await?;
+        }
         let old = self.tracker();
         self.file.set_len(new_size).map_err(|e| Error::io("grow disk file", &self.path, e))?;
         let sync = self.file.sync_all().map_err(|e| Error::io("sync disk file", &self.path, e));
         self.poison_on_err(sync)?;
         let grown = old.grow(new_size)?;
+        grown.mark(tail.0, tail.1 - tail.0);
         self.tracker.store(Arc::new(grown));
         self.size_bytes.store(new_size, Ordering::Release);
         Ok(())

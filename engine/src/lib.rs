@@ -73,6 +73,10 @@
 //! restore point; chunks not yet local are read from the store; a background job hydrates
 //! them. Its first restore point is an increment over the base.
 //!
+//! Growing a disk whose last chunk is short marks the blocks that chunk gains as changed, so
+//! the next capture stores it again at its full length (whole, or as a delta over the short
+//! base, which reads zero-extended).
+//!
 //! ## Crash rules
 //!
 //! - The `.ctk` header's OPEN flag is set while the engine has a disk open; finding it set at
