@@ -602,7 +602,8 @@ impl Disk {
 
     /// A copy of the local map's bits, for a full-scan capture of a restored disk.
     pub(crate) fn local_snapshot(&self) -> Option<Vec<u64>> {
-        self.restored.as_ref().filter(|r| !r.local.hydrated()).map(|r| r.local.snapshot())
+        let chunks = self.size_bytes().div_ceil(self.chunk_size_bytes);
+        self.restored.as_ref().filter(|r| !r.local.hydrated()).map(|r| r.local.snapshot(chunks))
     }
 
     /// Copy-before-write: before `[offset, offset + len)` is overwritten, keep the old content

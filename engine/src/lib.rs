@@ -71,7 +71,8 @@
 //!
 //! Restore: a disk made from a disk restore point gets a new lineage whose base is that disk
 //! restore point; chunks not yet local are read from the store; a background job hydrates
-//! them. Its first restore point is an increment over the base.
+//! them. Its first restore point is an increment over the base. Chunks a grow adds past the
+//! base's are local from the start.
 //!
 //! Growing a disk whose last chunk is short marks the blocks that chunk gains as changed, so
 //! the next capture stores it again at its full length (whole, or as a delta over the short

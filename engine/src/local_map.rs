@@ -1,5 +1,8 @@
 //! The local map of a restored disk: which chunks are already in the disk file.
 //!
+//! It covers the chunks of the base (its chunk count is in the header): chunks past them,
+//! added by growing the disk, hold what the file holds and are local from the start.
+//!
 //! A bit is set only once the chunk's data in the file is durable, but the bit itself is
 //! durable only once persisted: the disk persists the map with every FLUSH and FUA write, so
 //! a guest write they acknowledge never finds its chunk "still in the store" after a power
@@ -84,11 +87,15 @@ impl LocalMap {
         })
     }
 
+    /// Whether chunk `c` is in the file: hydrated, set, or past the base's chunks.
     pub(crate) fn is_local(&self, c: u64) -> bool {
-        if self.hydrated() {
+        if self.hydrated() || c >= self.chunks {
             return true;
         }
-        let Some(w) = self.words.words().get(usize::try_from(c / 64).unwrap_or(usize::MAX)) else { return true };
+        let Some(w) = self.words.words().get(usize::try_from(c / 64).unwrap_or(usize::MAX)) else {
+            debug_assert!(false, "local map of {} chunks has no word for chunk {c}", self.chunks);
+            return false;
+        };
         w.load(Ordering::Acquire) & (1 << (c % 64)) != 0
     }
 
@@ -128,8 +135,16 @@ impl LocalMap {
         self.file.sync_data().map_err(|e| Error::io("sync local map", &self.path, e))
     }
 
-    /// A copy of the bits (for a capture's full scan of a restored disk).
-    pub(crate) fn snapshot(&self) -> Vec<u64> {
-        self.words.words().iter().map(|w| w.load(Ordering::Acquire)).collect()
+    /// A copy of the bits for a disk of `chunks` chunks now (for a capture's full scan of a
+    /// restored disk): chunks past the base's are set, as they are local.
+    pub(crate) fn snapshot(&self, chunks: u64) -> Vec<u64> {
+        let mut words: Vec<u64> = self.words.words().iter().map(|w| w.load(Ordering::Acquire)).collect();
+        words.resize(usize::try_from(chunks.div_ceil(64)).unwrap_or(0).max(words.len()), 0);
+        for c in self.chunks..chunks {
+            if let Some(w) = words.get_mut(usize::try_from(c / 64).unwrap_or(usize::MAX)) {
+                *w |= 1 << (c % 64);
+            }
+        }
+        words
     }
 }

@@ -1156,9 +1156,10 @@ impl DiskRestorePointReader {
 
     /// The raw bytes of chunk `index` (short for the last chunk), checked end to end.
     pub async fn read_chunk(&self, index: u64) -> Result<Vec<u8>> {
+        let chunk = self.chunk_ref(index)?; // checks the index first
         let len =
             usize::try_from((self.size_bytes - index * self.chunk_size_bytes).min(self.chunk_size_bytes)).unwrap_or(0);
-        let data = self.chunks.read_ref(self.chunk_ref(index)?, len).await?;
+        let data = self.chunks.read_ref(chunk, len).await?;
         if data.len() != len {
             return Err(Error::corrupt(
                 "catalog/chunk_map",
