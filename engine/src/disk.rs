@@ -435,12 +435,21 @@ impl Disk {
                 continue;
             }
             let data = r.base.read_chunk(c).await?;
-            let from = usize::try_from(start - c * self.chunk_size_bytes).unwrap_or(0);
-            let to = usize::try_from(end - c * self.chunk_size_bytes).unwrap_or(0);
-            let at = usize::try_from(start - offset).unwrap_or(0);
-            if let (Some(dst), Some(src)) = (buf.get_mut(at..at + (to - from)), data.get(from..to)) {
-                dst.copy_from_slice(src);
-            }
+            let index = |v: u64| usize::try_from(v).map_err(|_| Error::invalid("offset", "too large"));
+            let from = index(start - c * self.chunk_size_bytes)?;
+            let to = index(end - c * self.chunk_size_bytes)?;
+            let at = index(start - offset)?;
+            // A remote chunk is one of the base's, and the disk's chunk is as long as the
+            // base's (growing makes a short last chunk local): the span always fits.
+            let (src, dst) = (data.get(from..to), buf.get_mut(at..at + (to - from)));
+            debug_assert!(src.is_some() && dst.is_some(), "chunk {c} of {} bytes, read {from}..{to}", data.len());
+            let (Some(src), Some(dst)) = (src, dst) else {
+                return Err(Error::corrupt(
+                    &self.path,
+                    format!("chunk {c} of the base holds {} bytes, the read needs {from}..{to}", data.len()),
+                ));
+            };
+            dst.copy_from_slice(src);
         }
         Ok(())
     }
