@@ -155,3 +155,52 @@ async fn hydration_is_parked_at_shutdown_and_resumes_at_start() {
     assert!(engine.disk_record(id).unwrap().hydrated);
     assert_same(&read_all(&d).await, &image, "restored disk after resumed hydration");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restored_disk_grown_before_hydration_serves_its_new_space_and_hydrates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (id, op, expect) = {
+        let engine = open(dir.path(), BACKENDS[0]).await;
+        // Five chunks, the last one short (8 KiB).
+        let size = 4 * CHUNK + 8192;
+        let a = disk(&engine, "src", size).await.id;
+        let (_, coll) = collection(&engine, "src", vec![a]).await;
+        let src = engine.disk(a).unwrap();
+        src.write(0, IoBuf::from_slice(&pattern(1, size as usize)), false).await.unwrap();
+        let rp = restore_point(&engine, coll.id, "rp", vec![]).await;
+        let image = read_rp(&engine, rp.id, a).await;
+        engine.set_free_space_watermark(u64::MAX); // hold hydration at its first chunk
+        let req = RestoreDisk { restore_point: rp.id, disk: a, name: "copy".into(), direct_io: false };
+        let (rec, op) = engine.restore_disk(req).await.unwrap();
+        wait_paused(&engine, op.id).await;
+
+        engine.resize_disk(rec.id, 8 * MIB).await.unwrap();
+        let d = engine.disk(rec.id).unwrap();
+        let mut expect = image.clone();
+        expect.resize(8 * MIB as usize, 0);
+        assert_same(&read_all(&d).await, &expect, "grown restored disk before hydration");
+        d.write(5 * CHUNK + 100, IoBuf::from_slice(&pattern(2, 5000)), false).await.unwrap();
+        expect[(5 * CHUNK + 100) as usize..(5 * CHUNK + 5100) as usize].copy_from_slice(&pattern(2, 5000));
+        d.write(8 * MIB - 4096, IoBuf::from_slice(&pattern(3, 4096)), false).await.unwrap();
+        expect[(8 * MIB - 4096) as usize..].copy_from_slice(&pattern(3, 4096));
+        assert_same(&read_all(&d).await, &expect, "grown restored disk after writes to its new space");
+        engine.close().await.unwrap(); // parks hydration
+        (rec.id, op.id, expect)
+    };
+
+    let engine = open(dir.path(), BACKENDS[1]).await;
+    // Captured while hydration resumes: the old short last chunk (never written) is stored
+    // at its grown length.
+    let (_, coll) = collection(&engine, "copy", vec![id]).await;
+    let rp = restore_point(&engine, coll.id, "grown", vec![]).await;
+    let op = wait_op(&engine, op).await;
+    assert_eq!(op.state, OperationState::Succeeded, "{op:?}");
+    let d = engine.disk(id).unwrap();
+    assert_same(&read_all(&d).await, &expect, "grown restored disk after its resumed hydration");
+    assert_same(&std::fs::read(d.path()).unwrap(), &expect, "grown restored disk's file after hydration");
+    assert_same(&read_rp(&engine, rp.id, id).await, &expect, "restore point of the grown restored disk");
+    engine.close().await.unwrap();
+    drop((d, engine)); // a restored disk's base reader holds the catalog
+    let engine = open(dir.path(), BACKENDS[0]).await;
+    assert_same(&read_all(&engine.disk(id).unwrap()).await, &expect, "grown restored disk after reopening");
+}

@@ -67,3 +67,65 @@ async fn scattered_writes_are_stored_as_deltas() {
     let engine = open(dir.path(), BACKENDS[1]).await;
     assert_same(&read_rp(&engine, rp2.id, a).await, &image2, "scattered, after reopen");
 }
+
+/// A disk whose last chunk is short, written whole, with a restore point `rp0`; then grown to
+/// `grown` bytes. Returns the disk, its collection, rp0 and the image at rp0.
+async fn short_last_chunk_then_grown(
+    engine: &cairn_engine::Engine,
+    size: u64,
+    grown: u64,
+) -> (std::sync::Arc<cairn_engine::Disk>, cairn_engine::CollectionId, cairn_engine::RestorePointRecord, Vec<u8>) {
+    let a = disk(engine, "a", size).await.id;
+    let (_, coll) = collection(engine, "c", vec![a]).await;
+    let d = engine.disk(a).unwrap();
+    d.write(0, IoBuf::from_slice(&pattern(1, size as usize)), false).await.unwrap();
+    let rp0 = restore_point(engine, coll.id, "rp0", vec![]).await;
+    let image0 = read_all(&d).await;
+    engine.resize_disk(a, grown).await.unwrap();
+    (d, coll.id, rp0, image0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_write_in_a_grown_short_chunk_reads_back_in_every_restore_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), BACKENDS[0]).await;
+    let (d, coll, rp0, image0) = short_last_chunk_then_grown(&engine, CHUNK + 8192, MIB).await;
+
+    d.write(CHUNK + 4096, IoBuf::from_slice(&pattern(2, 4096)), false).await.unwrap();
+    let image1 = read_all(&d).await;
+    let rp1 = restore_point(&engine, coll, "rp1", vec![]).await;
+
+    assert_same(&read_rp(&engine, rp1.id, d.id()).await, &image1, "rp1, after the grow");
+    assert_same(&read_rp(&engine, rp0.id, d.id()).await, &image0, "rp0, before the grow");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grown_short_chunk_nobody_wrote_reads_back_zero_extended() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), BACKENDS[0]).await;
+    let (d, coll, rp0, image0) = short_last_chunk_then_grown(&engine, CHUNK + 8192, MIB).await;
+
+    d.write(3 * CHUNK, IoBuf::from_slice(&pattern(2, 4096)), false).await.unwrap();
+    let image1 = read_all(&d).await;
+    let rp1 = restore_point(&engine, coll, "rp1", vec![]).await;
+
+    assert_same(&read_rp(&engine, rp1.id, d.id()).await, &image1, "rp1, after the grow");
+    assert_same(&read_rp(&engine, rp0.id, d.id()).await, &image0, "rp0, before the grow");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_over_a_shorter_base_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), BACKENDS[0]).await;
+    // The last chunk grows from 50 to 54 blocks: few enough changed blocks for a delta.
+    let (d, coll, rp0, image0) = short_last_chunk_then_grown(&engine, CHUNK + 200 * 1024, CHUNK + 216 * 1024).await;
+
+    d.write(CHUNK + 10 * 4096, IoBuf::from_slice(&pattern(2, 4096)), false).await.unwrap();
+    let image1 = read_all(&d).await;
+    let rp1 = restore_point(&engine, coll, "rp1", vec![]).await;
+
+    let reader = engine.disk_restore_point(rp1.id, d.id()).unwrap();
+    assert!(matches!(reader.chunk_ref(1).unwrap(), ChunkRef::Delta { .. }), "{:?}", reader.chunk_ref(1));
+    assert_same(&read_rp(&engine, rp1.id, d.id()).await, &image1, "rp1, a delta over the short chunk");
+    assert_same(&read_rp(&engine, rp0.id, d.id()).await, &image0, "rp0, before the grow");
+}

@@ -360,8 +360,10 @@ impl ChunkStore {
         decode(&bytes, kind, id, Path::new(&format!("pack {}", loc.pack)))
     }
 
-    /// The raw content a chunk map entry names (`len` bytes for a zero chunk), checked end to
-    /// end: a delta is applied to its base and the result must hash to the entry's content.
+    /// The raw content a chunk map entry names, checked end to end: a delta is applied to
+    /// its base and the result must hash to the entry's content. `len` is the chunk's length
+    /// where the entry is read (a zero chunk is that many zeros, a delta gives that many
+    /// bytes even over a base stored when the chunk was shorter).
     pub(crate) async fn read_ref(&self, r: ChunkRef, len: usize) -> Result<Vec<u8>> {
         let content = match r {
             ChunkRef::Zero => return Ok(vec![0; len]),
@@ -370,12 +372,12 @@ impl ChunkStore {
         if let Some(hit) = self.cache.get(&content) {
             return Ok(hit.to_vec());
         }
-        let data = self.read_ref_uncached(r).await?;
+        let data = self.read_ref_uncached(r, len).await?;
         self.cache.insert(content, Arc::from(data.as_slice()));
         Ok(data)
     }
 
-    async fn read_ref_uncached(&self, r: ChunkRef) -> Result<Vec<u8>> {
+    async fn read_ref_uncached(&self, r: ChunkRef, len: usize) -> Result<Vec<u8>> {
         match r {
             ChunkRef::Zero => Ok(Vec::new()),
             ChunkRef::Full(id) => self.read(id).await,
@@ -385,7 +387,7 @@ impl ChunkStore {
                     None => self.read(base).await?,
                 };
                 let payload = self.read_delta(delta).await?;
-                let data = crate::delta::apply(&base_data, &payload)?;
+                let data = crate::delta::apply(&base_data, &payload, len)?;
                 if ChunkId::of(&data) != content {
                     return Err(Error::corrupt(
                         "delta",

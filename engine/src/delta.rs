@@ -39,27 +39,54 @@ pub(crate) fn make(data: &[u8], changed: &[usize]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The blocks a delta payload for a chunk of `chunk_len` bytes holds.
+/// The blocks a delta payload for a chunk of `chunk_len` bytes holds. The payload must be
+/// exactly its bitmap and those blocks: a bitmap read at another length than the delta was
+/// made for (its chunk has grown since) does not pass for a valid one.
 pub(crate) fn blocks(payload: &[u8], chunk_len: usize) -> Result<Vec<usize>> {
+    let bad = |r: &str| Error::corrupt("delta", r.to_owned());
     let blocks = chunk_len.div_ceil(BLOCK_BYTES);
-    let map = payload
-        .get(..bitmap_bytes(blocks))
-        .ok_or_else(|| Error::corrupt("delta", "delta shorter than its bitmap".to_owned()))?;
-    Ok((0..blocks).filter(|&b| map[b / 8] & (1 << (b % 8)) != 0).collect())
+    let (map, rest) =
+        payload.split_at_checked(bitmap_bytes(blocks)).ok_or_else(|| bad("delta shorter than its bitmap"))?;
+    let set: Vec<usize> = (0..blocks).filter(|&b| map[b / 8] & (1 << (b % 8)) != 0).collect();
+    if bits_past(map, blocks) {
+        return Err(bad("delta names blocks past the chunk"));
+    }
+    let want: usize = set.iter().map(|&b| block_len(b, chunk_len)).sum();
+    if rest.len() != want {
+        return Err(bad("delta's blocks do not match its bitmap"));
+    }
+    Ok(set)
 }
 
-/// Applies `payload` to `base`.
-pub(crate) fn apply(base: &[u8], payload: &[u8]) -> Result<Vec<u8>> {
+/// Length of block `b` of a chunk of `chunk_len` bytes (the last one may be short).
+fn block_len(b: usize, chunk_len: usize) -> usize {
+    ((b + 1) * BLOCK_BYTES).min(chunk_len) - b * BLOCK_BYTES
+}
+
+/// Whether a bitmap names a block at or past `blocks`.
+fn bits_past(map: &[u8], blocks: usize) -> bool {
+    map.iter().enumerate().any(|(i, byte)| (0..8).any(|bit| byte & (1 << bit) != 0 && i * 8 + bit >= blocks))
+}
+
+/// Applies `payload` to `base`, giving chunk content of `chunk_len` bytes. The base may be
+/// shorter: a chunk that was the short last one of its disk when the base was stored, and
+/// has grown with the disk since; its bytes past the base's end are zeros but for the
+/// delta's blocks.
+pub(crate) fn apply(base: &[u8], payload: &[u8], chunk_len: usize) -> Result<Vec<u8>> {
     let bad = |r: &str| Error::corrupt("delta", r.to_owned());
-    let blocks = base.len().div_ceil(BLOCK_BYTES);
-    let map_len = bitmap_bytes(blocks);
-    let (map, mut rest) = payload.split_at_checked(map_len).ok_or_else(|| bad("delta shorter than its bitmap"))?;
+    if base.len() > chunk_len {
+        return Err(bad("delta's base is longer than its chunk"));
+    }
+    let blocks = chunk_len.div_ceil(BLOCK_BYTES);
+    let (map, mut rest) =
+        payload.split_at_checked(bitmap_bytes(blocks)).ok_or_else(|| bad("delta shorter than its bitmap"))?;
     let mut out = base.to_vec();
+    out.resize(chunk_len, 0);
     for b in 0..blocks {
         if map[b / 8] & (1 << (b % 8)) == 0 {
             continue;
         }
-        let len = ((b + 1) * BLOCK_BYTES).min(base.len()) - b * BLOCK_BYTES;
+        let len = block_len(b, chunk_len);
         let (block, tail) = rest.split_at_checked(len).ok_or_else(|| bad("delta shorter than its blocks"))?;
         out[b * BLOCK_BYTES..b * BLOCK_BYTES + len].copy_from_slice(block);
         rest = tail;
@@ -67,7 +94,7 @@ pub(crate) fn apply(base: &[u8], payload: &[u8]) -> Result<Vec<u8>> {
     if !rest.is_empty() {
         return Err(bad("delta longer than its blocks"));
     }
-    if map.iter().enumerate().any(|(i, byte)| (0..8).any(|bit| byte & (1 << bit) != 0 && i * 8 + bit >= blocks)) {
+    if bits_past(map, blocks) {
         return Err(bad("delta names blocks past the chunk"));
     }
     Ok(out)
@@ -87,7 +114,7 @@ mod tests {
         let d = make(&data, &[5, 40]).unwrap();
         assert_eq!(d.len(), 8 + 2 * BLOCK_BYTES);
         assert_eq!(blocks(&d, data.len()).unwrap(), vec![5, 40]);
-        assert_eq!(apply(&base, &d).unwrap(), data);
+        assert_eq!(apply(&base, &d, data.len()).unwrap(), data);
         let many: Vec<usize> = (0..17).collect();
         assert!(make(&data, &many).is_none(), "17 of 64 blocks is past 25%");
         assert!(make(&data, &[64]).is_none(), "a block past the chunk");
@@ -100,14 +127,35 @@ mod tests {
         let mut data = base.clone();
         data[0] = 1;
         let d = make(&data, &[0]).unwrap();
-        assert!(apply(&base, &d[..d.len() - 1]).is_err());
+        assert!(apply(&base, &d[..d.len() - 1], base.len()).is_err());
         let mut longer = d.clone();
         longer.push(0);
-        assert!(apply(&base, &longer).is_err());
+        assert!(apply(&base, &longer, base.len()).is_err());
         let mut past = d.clone();
         past[1] = 0x80; // block 15 of an 8-block chunk
-        assert!(apply(&base, &past).is_err());
-        assert!(apply(&base, &[]).is_err());
+        assert!(apply(&base, &past, base.len()).is_err());
+        assert!(apply(&base, &[], base.len()).is_err());
+    }
+
+    #[test]
+    fn a_shorter_base_is_zero_extended_to_the_chunk() {
+        let base = vec![7u8; 3 * BLOCK_BYTES];
+        let mut data = base.clone();
+        data.resize(8 * BLOCK_BYTES, 0);
+        data[6 * BLOCK_BYTES] = 9;
+        let d = make(&data, &[6]).unwrap();
+        assert_eq!(apply(&base, &d, data.len()).unwrap(), data);
+        assert!(apply(&data, &d, base.len()).is_err(), "a base longer than its chunk");
+    }
+
+    #[test]
+    fn a_bitmap_read_at_another_length_is_refused() {
+        // 8 blocks have a one-word bitmap, 256 blocks a four-word one.
+        let data = vec![1u8; 8 * BLOCK_BYTES];
+        let d = make(&data, &[1]).unwrap();
+        assert_eq!(blocks(&d, data.len()).unwrap(), vec![1]);
+        assert!(blocks(&d, 256 * BLOCK_BYTES).is_err());
+        assert!(blocks(&d[..d.len() - 1], data.len()).is_err());
     }
 
     proptest! {
@@ -125,13 +173,14 @@ mod tests {
             changed.dedup();
             if let Some(d) = make(&data, &changed) {
                 prop_assert_eq!(blocks(&d, len).unwrap(), changed);
-                prop_assert_eq!(apply(&base, &d).unwrap(), data);
+                prop_assert_eq!(apply(&base, &d, len).unwrap(), data);
             }
         }
 
         #[test]
         fn apply_never_panics(base_blocks in 1usize..8, payload in proptest::collection::vec(any::<u8>(), 0..20000)) {
-            let _ = apply(&vec![0u8; base_blocks * BLOCK_BYTES], &payload);
+            let _ = apply(&vec![0u8; base_blocks * BLOCK_BYTES], &payload, base_blocks * BLOCK_BYTES);
+            let _ = blocks(&payload, base_blocks * BLOCK_BYTES);
         }
     }
 }

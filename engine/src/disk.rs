@@ -388,6 +388,7 @@ impl Disk {
         self.counters.write_bytes.fetch_add(len, Ordering::Relaxed);
         if fua {
             self.sync_file().await?;
+            self.persist_local().await?;
         }
         Ok(())
     }
@@ -412,6 +413,7 @@ impl Disk {
         self.counters.trim_ops.fetch_add(1, Ordering::Relaxed);
         if fua {
             self.sync_file().await?;
+            self.persist_local().await?;
         }
         Ok(())
     }
@@ -433,12 +435,21 @@ impl Disk {
                 continue;
             }
             let data = r.base.read_chunk(c).await?;
-            let from = usize::try_from(start - c * self.chunk_size_bytes).unwrap_or(0);
-            let to = usize::try_from(end - c * self.chunk_size_bytes).unwrap_or(0);
-            let at = usize::try_from(start - offset).unwrap_or(0);
-            if let (Some(dst), Some(src)) = (buf.get_mut(at..at + (to - from)), data.get(from..to)) {
-                dst.copy_from_slice(src);
-            }
+            let index = |v: u64| usize::try_from(v).map_err(|_| Error::invalid("offset", "too large"));
+            let from = index(start - c * self.chunk_size_bytes)?;
+            let to = index(end - c * self.chunk_size_bytes)?;
+            let at = index(start - offset)?;
+            // A remote chunk is one of the base's, and the disk's chunk is as long as the
+            // base's (growing makes a short last chunk local): the span always fits.
+            let (src, dst) = (data.get(from..to), buf.get_mut(at..at + (to - from)));
+            debug_assert!(src.is_some() && dst.is_some(), "chunk {c} of {} bytes, read {from}..{to}", data.len());
+            let (Some(src), Some(dst)) = (src, dst) else {
+                return Err(Error::corrupt(
+                    &self.path,
+                    format!("chunk {c} of the base holds {} bytes, the read needs {from}..{to}", data.len()),
+                ));
+            };
+            dst.copy_from_slice(src);
         }
         Ok(())
     }
@@ -600,7 +611,8 @@ impl Disk {
 
     /// A copy of the local map's bits, for a full-scan capture of a restored disk.
     pub(crate) fn local_snapshot(&self) -> Option<Vec<u64>> {
-        self.restored.as_ref().filter(|r| !r.local.hydrated()).map(|r| r.local.snapshot())
+        let chunks = self.size_bytes().div_ceil(self.chunk_size_bytes);
+        self.restored.as_ref().filter(|r| !r.local.hydrated()).map(|r| r.local.snapshot(chunks))
     }
 
     /// Copy-before-write: before `[offset, offset + len)` is overwritten, keep the old content
@@ -679,7 +691,9 @@ impl Disk {
         Ok(self.extents(0, self.size_bytes())?.into_iter().filter(|e| e.data).map(|e| (e.offset, e.len)).collect())
     }
 
-    /// Makes every write acknowledged so far durable, and the change bitmap with it.
+    /// Makes every write acknowledged so far durable, and the change bitmap with it; on a
+    /// restored disk still hydrating, the local map too (a chunk it covers must not read
+    /// as "still in the store" after a power loss).
     pub async fn flush(&self) -> Result<()> {
         self.check_usable()?;
         self.sync_file().await?;
@@ -688,8 +702,21 @@ impl Disk {
             .await
             .map_err(|e| Error::io("persist change tracking", &self.path, std::io::Error::other(e)))?;
         self.poison_on_err(persisted)?;
+        self.persist_local().await?;
         self.counters.flush_ops.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Makes the local map's bits durable (restored disks still hydrating; no-op otherwise).
+    /// Every bit is set only after its chunk's data was synced, so once this returns, every
+    /// chunk local so far is local after a power loss too.
+    async fn persist_local(&self) -> Result<()> {
+        let Some(r) = self.restored.as_ref().filter(|r| !r.local.hydrated()) else { return Ok(()) };
+        let local = r.local.clone();
+        let persisted = tokio::task::spawn_blocking(move || local.persist())
+            .await
+            .map_err(|e| Error::io("persist local map", &self.path, std::io::Error::other(e)))?;
+        self.poison_on_err(persisted)
     }
 
     async fn sync_file(&self) -> Result<()> {
@@ -767,11 +794,23 @@ impl Disk {
                 self.name
             )));
         }
+        let old_size = self.size_bytes();
+        // A short last chunk gets longer: its restore point entries hold the short content,
+        // so it must be captured again at its new length (the blocks it gains are zeros that
+        // count as changed). On a restored disk it becomes local first, as for a write:
+        // captures read changed chunks from the file.
+        let tail = (old_size, old_size.next_multiple_of(self.chunk_size_bytes).min(new_size));
+        if tail.0 < tail.1 {
+            // Durably: after the grow, the base's short chunk no longer fits the disk's.
+            self.make_local(old_size - 1, 1).await?;
+            self.persist_local().await?;
+        }
         let old = self.tracker();
         self.file.set_len(new_size).map_err(|e| Error::io("grow disk file", &self.path, e))?;
         let sync = self.file.sync_all().map_err(|e| Error::io("sync disk file", &self.path, e));
         self.poison_on_err(sync)?;
         let grown = old.grow(new_size)?;
+        grown.mark(tail.0, tail.1 - tail.0);
         self.tracker.store(Arc::new(grown));
         self.size_bytes.store(new_size, Ordering::Release);
         Ok(())
@@ -783,6 +822,7 @@ impl Disk {
             return Ok(());
         }
         self.sync_file().await?;
+        self.persist_local().await?;
         self.tracker().close()
     }
 }

@@ -27,7 +27,10 @@
 //! dirty in the active change-tracking slot (an atomic OR into a shared mapping of the `.ctk`
 //! file); then the data goes to the I/O backend: io_uring on a ring thread, or blocking
 //! pread/pwrite where io_uring cannot be set up. Trim and write-zeroes punch holes. FLUSH =
-//! fdatasync + msync of the bitmap. A failed sync poisons the disk: it refuses all further I/O.
+//! fdatasync + msync of the bitmap (and of the local map of a restored disk still hydrating,
+//! as after a FUA write). A failed sync poisons the disk: it refuses all further I/O. The
+//! `.ctk` and `.local` files are fully allocated when created or grown, so a bit set through
+//! their mapping never needs a block: a full file system is an ENOSPC on a write, not a SIGBUS.
 //!
 //! Page cache: buffered writes reach the kernel in pieces of at most 64 KiB, and disk files
 //! are opened with the kernel's readahead off; the engine reads ahead of sequential streams
@@ -75,7 +78,12 @@
 //!
 //! Restore: a disk made from a disk restore point gets a new lineage whose base is that disk
 //! restore point; chunks not yet local are read from the store; a background job hydrates
-//! them. Its first restore point is an increment over the base.
+//! them. Its first restore point is an increment over the base. Chunks a grow adds past the
+//! base's are local from the start.
+//!
+//! Growing a disk whose last chunk is short marks the blocks that chunk gains as changed, so
+//! the next capture stores it again at its full length (whole, or as a delta over the short
+//! base, which reads zero-extended).
 //!
 //! ## Crash rules
 //!

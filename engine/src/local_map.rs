@@ -1,4 +1,12 @@
 //! The local map of a restored disk: which chunks are already in the disk file.
+//!
+//! It covers the chunks of the base (its chunk count is in the header): chunks past them,
+//! added by growing the disk, hold what the file holds and are local from the start.
+//!
+//! A bit is set only once the chunk's data in the file is durable, but the bit itself is
+//! durable only once persisted: the disk persists the map with every FLUSH and FUA write, so
+//! a guest write they acknowledge never finds its chunk "still in the store" after a power
+//! loss (reads would return the base, and hydration would write the base over it).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -9,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::format::{
     LOCAL_FLAG_HYDRATED, LOCAL_HEADER_LEN, LOCAL_HEADER_PAGE, decode_local_header, encode_local_header,
 };
-use crate::sys::{MappedWords, sync_dir};
+use crate::sys::{MappedWords, allocate, allocate_if_sparse, sync_dir};
 
 /// Per-chunk "content is in the file" bits, memory-mapped.
 pub(crate) struct LocalMap {
@@ -43,6 +51,8 @@ impl LocalMap {
             .map_err(|e| io("create local map", e))?;
         let len = LOCAL_HEADER_PAGE + (words_for(chunks)? as u64 * 8).next_multiple_of(LOCAL_HEADER_PAGE);
         file.set_len(len).map_err(|e| io("size local map", e))?;
+        // Bits are set through a shared mapping: see `sys::allocate`.
+        allocate(&file, len).map_err(|e| io("allocate local map", e))?;
         file.write_all_at(&encode_local_header(0, chunks), 0).map_err(|e| io("write local map header", e))?;
         file.sync_all().map_err(|e| io("sync local map", e))?;
         if let Some(dir) = path.parent() {
@@ -64,6 +74,7 @@ impl LocalMap {
         if len < need {
             return Err(Error::corrupt(path, format!("local map is {len} bytes, needs {need}")));
         }
+        allocate_if_sparse(&file, len, path);
         let words = MappedWords::map(&file, LOCAL_HEADER_PAGE, words).map_err(|e| io("map local map", e))?;
         let local = words.words().iter().map(|w| u64::from(w.load(Ordering::Relaxed).count_ones())).sum();
         Ok(Self {
@@ -76,11 +87,15 @@ impl LocalMap {
         })
     }
 
+    /// Whether chunk `c` is in the file: hydrated, set, or past the base's chunks.
     pub(crate) fn is_local(&self, c: u64) -> bool {
-        if self.hydrated() {
+        if self.hydrated() || c >= self.chunks {
             return true;
         }
-        let Some(w) = self.words.words().get(usize::try_from(c / 64).unwrap_or(usize::MAX)) else { return true };
+        let Some(w) = self.words.words().get(usize::try_from(c / 64).unwrap_or(usize::MAX)) else {
+            debug_assert!(false, "local map of {} chunks has no word for chunk {c}", self.chunks);
+            return false;
+        };
         w.load(Ordering::Acquire) & (1 << (c % 64)) != 0
     }
 
@@ -120,8 +135,16 @@ impl LocalMap {
         self.file.sync_data().map_err(|e| Error::io("sync local map", &self.path, e))
     }
 
-    /// A copy of the bits (for a capture's full scan of a restored disk).
-    pub(crate) fn snapshot(&self) -> Vec<u64> {
-        self.words.words().iter().map(|w| w.load(Ordering::Acquire)).collect()
+    /// A copy of the bits for a disk of `chunks` chunks now (for a capture's full scan of a
+    /// restored disk): chunks past the base's are set, as they are local.
+    pub(crate) fn snapshot(&self, chunks: u64) -> Vec<u64> {
+        let mut words: Vec<u64> = self.words.words().iter().map(|w| w.load(Ordering::Acquire)).collect();
+        words.resize(usize::try_from(chunks.div_ceil(64)).unwrap_or(0).max(words.len()), 0);
+        for c in self.chunks..chunks {
+            if let Some(w) = words.get_mut(usize::try_from(c / 64).unwrap_or(usize::MAX)) {
+                *w |= 1 << (c % 64);
+            }
+        }
+        words
     }
 }

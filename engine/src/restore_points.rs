@@ -1367,9 +1367,9 @@ impl DiskRestorePointReader {
 
     /// The raw bytes of chunk `index` (short for the last chunk), checked end to end.
     pub async fn read_chunk(&self, index: u64) -> Result<Vec<u8>> {
-        let len =
-            usize::try_from((self.size_bytes - index * self.chunk_size_bytes).min(self.chunk_size_bytes)).unwrap_or(0);
-        let r = self.chunk_ref(index)?;
+        let r = self.chunk_ref(index)?; // checks the index first
+        let len = usize::try_from((self.size_bytes - index * self.chunk_size_bytes).min(self.chunk_size_bytes))
+            .map_err(|_| Error::invalid("chunk_size_bytes", "too large for this machine"))?;
         self.fetch(index, r, len).await
     }
 

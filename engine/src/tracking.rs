@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::format::{
     BLOCK_SIZE, TRACKING_FLAG_CLOSED_PENDING, TRACKING_FLAG_OPEN, TRACKING_FLAG_UNTRUSTED, TrackingHeader,
 };
-use crate::sys::{MappedWords, sync_dir};
+use crate::sys::{self, MappedWords, sync_dir};
 
 /// A disk's change-tracking bitmaps.
 pub struct ChangeTracker {
@@ -81,6 +81,7 @@ impl ChangeTracker {
         if len < want_len {
             return Err(Error::corrupt(path, format!("change-tracking file is {len} bytes, header needs {want_len}")));
         }
+        sys::allocate_if_sparse(&file, want_len, path);
         let words = word_count(header.block_count)?;
         let map = |i| {
             MappedWords::map(&file, TrackingHeader::slot_offset(header.block_count, i), words)
@@ -297,7 +298,10 @@ impl ChangeTracker {
             self.slots.iter().map(|s| s.words().iter().map(|w| w.load(Ordering::Relaxed)).collect()).collect();
         let tmp = self.path.with_extension("ctk.tmp");
         let grown = TrackingHeader { flags: header.flags & !TRACKING_FLAG_OPEN, block_count: blocks, ..header };
-        write_fresh(&tmp, grown, &slots)?;
+        if let Err(e) = write_fresh(&tmp, grown, &slots) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         std::fs::rename(&tmp, &self.path).map_err(|e| Error::io("replace change-tracking file", &tmp, e))?;
         if let Some(dir) = self.path.parent() {
             sync_dir(dir).map_err(|e| Error::io("sync disks directory", dir, e))?;
@@ -318,7 +322,10 @@ fn write_fresh(path: &Path, header: TrackingHeader, slots: &[Vec<u64>]) -> Resul
         .truncate(true)
         .open(path)
         .map_err(|e| io("create change-tracking file", e))?;
-    file.set_len(TrackingHeader::file_len(blocks)).map_err(|e| io("size change-tracking file", e))?;
+    let len = TrackingHeader::file_len(blocks);
+    file.set_len(len).map_err(|e| io("size change-tracking file", e))?;
+    // Bits are set through a shared mapping: see `sys::allocate`.
+    sys::allocate(&file, len).map_err(|e| io("allocate change-tracking file", e))?;
     for (i, words) in slots.iter().enumerate().take(2) {
         let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
         let slot = u32::from(i == 1);

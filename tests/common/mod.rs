@@ -11,6 +11,8 @@ use cairn_engine::{CreateDisk, DiskRecord, Engine, EngineConfig, IoBackendKind};
 #[path = "../../daemon/src/test_pki.rs"]
 pub mod pki;
 
+pub mod loopfs;
+
 /// A temp dir with a fresh test PKI in its `certs/` (as `ca-cert.pem`, `server-cert.pem`,
 /// ... the names QEMU and libnbd look for): the dir, `certs/`, and cairnd's TLS flags for
 /// it, with the client CA (client certificates required) if `client_ca`.

@@ -1,5 +1,5 @@
-//! File-system calls std lacks: hole punching, SEEK_DATA/SEEK_HOLE, allocated size,
-//! directory sync. All through rustix, so no `unsafe` here.
+//! File-system calls std lacks: hole punching, preallocation, SEEK_DATA/SEEK_HOLE,
+//! allocated size, directory sync. All through rustix, so no `unsafe` here.
 
 use std::fs::File;
 use std::io;
@@ -49,6 +49,59 @@ pub(crate) fn advise_random(file: &File) -> io::Result<()> {
 /// Asks the kernel to read `[offset, offset + len)` into the page cache in the background.
 pub(crate) fn will_need(file: &File, offset: u64, len: u64) -> io::Result<()> {
     Ok(rustix::fs::fadvise(file, offset, std::num::NonZeroU64::new(len), rustix::fs::Advice::WillNeed)?)
+}
+
+/// Gives `[0, len)` of `file` blocks of its own (the file grows to `len` if shorter), so
+/// that writing there later, through a shared mapping above all, never needs a block the
+/// file system may no longer have: a mapped store into a hole on a full file system is a
+/// SIGBUS, where this call fails with ENOSPC. Where the file system cannot preallocate, the
+/// holes of the range are written with zeros instead (the bytes already there stay).
+pub(crate) fn allocate(file: &File, len: u64) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    match fallocate(file, FallocateFlags::empty(), 0, len) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::OPNOTSUPP) => fill_holes(file, len),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// [`allocate`] for a file written through a shared mapping that may predate allocation at
+/// create (older versions left such files sparse): when it is not fully allocated, try now,
+/// and only warn when that fails (a full file system must not keep a disk from opening).
+pub(crate) fn allocate_if_sparse(file: &File, len: u64, path: &Path) {
+    if allocated_bytes(file).is_ok_and(|a| a >= len) {
+        return;
+    }
+    if let Err(e) = allocate(file, len) {
+        tracing::warn!(path = %path.display(), error = %e, "mapped file stays sparse: a store into a hole on a full file system is a SIGBUS");
+    }
+}
+
+/// Writes zeros over every hole of `[0, len)`.
+fn fill_holes(file: &File, len: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    const PIECE: usize = 64 << 10;
+    if file.metadata()?.len() < len {
+        file.set_len(len)?;
+    }
+    let zeros = vec![0u8; PIECE];
+    let mut pos = 0;
+    while pos < len {
+        let hole = next_hole(file, pos)?;
+        if hole >= len {
+            break;
+        }
+        let end = next_data(file, hole)?.unwrap_or(len).min(len);
+        pos = hole;
+        while pos < end {
+            let n = usize::try_from(end - pos).unwrap_or(PIECE).min(PIECE);
+            file.write_all_at(&zeros[..n], pos)?;
+            pos += n as u64;
+        }
+    }
+    Ok(())
 }
 
 /// Bytes the file system has allocated to the file.

@@ -24,7 +24,8 @@ impl MappedWords {
             return Ok(Self { map: MmapOptions::new().len(8).map_anon()?, len: 0 });
         }
         // SAFETY: the engine owns the data dir (RocksDB's lock keeps out a second daemon),
-        // creates the file at its full length before mapping and never truncates it while
+        // creates the file at its full length (with its blocks allocated, so a store never
+        // needs one from a full file system) before mapping and never truncates it while
         // mapped, so no access through this mapping can fault; other in-process access to
         // these bytes goes only through `words()`.
         let map = unsafe { MmapOptions::new().offset(offset).len(bytes).map_mut(file)? };

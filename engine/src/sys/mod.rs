@@ -1,6 +1,6 @@
 //! Thin, safe wrappers over the few system facilities the engine needs beyond `std`:
-//! aligned I/O buffers, atomic words over a shared file mapping, hole punching and
-//! SEEK_DATA/SEEK_HOLE, early writeback, the idle scheduling policy. The only `unsafe` outside `io/uring.rs` lives here.
+//! aligned I/O buffers, atomic words over a shared file mapping, hole punching,
+//! preallocation and SEEK_DATA/SEEK_HOLE, early writeback, the idle scheduling policy. The only `unsafe` outside `io/uring.rs` lives here.
 
 mod buf;
 mod fs;
@@ -10,7 +10,8 @@ mod writeback;
 
 pub use buf::IoBuf;
 pub(crate) use fs::{
-    advise_random, allocated_bytes, next_data, next_hole, punch_hole, read_cached, sync_dir, will_need,
+    advise_random, allocate, allocate_if_sparse, allocated_bytes, next_data, next_hole, punch_hole, read_cached,
+    sync_dir, will_need,
 };
 pub(crate) use mapped_words::MappedWords;
 pub(crate) use sched::{set_current_thread_idle, set_current_thread_normal};
