@@ -289,6 +289,92 @@ mod tests {
         assert_eq!(c.get::<Thing>([1; 16]).unwrap(), None);
     }
 
+    /// Keys and value size of each batch in the kill test: a batch of 1 MiB spans many WAL
+    /// blocks, so a process killed amid its write could leave part of it.
+    const KILL_KEYS: u32 = 256;
+    const KILL_VALUE_BYTES: usize = 4096;
+
+    fn kill_batch_value(i: u32) -> Vec<u8> {
+        let mut v = vec![u8::try_from(i % 251).unwrap(); KILL_VALUE_BYTES];
+        v[..4].copy_from_slice(&i.to_be_bytes());
+        v
+    }
+
+    /// The child of [`a_process_killed_amid_a_stream_of_batches_keeps_each_batch_whole`]:
+    /// commits batch after batch (every key set to the batch's number) until it is killed,
+    /// printing each number once its commit returned.
+    fn commit_batches_until_killed(dir: &Path) -> ! {
+        use std::io::Write;
+        let c = Catalog::open(dir).unwrap();
+        for i in 1.. {
+            let mut b = c.batch();
+            for k in 0..KILL_KEYS {
+                b.put_raw("meta", format!("kill-test:{k:04}").as_bytes(), &kill_batch_value(i)).unwrap();
+            }
+            c.commit(b).unwrap();
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "committed {i}").unwrap();
+            out.flush().unwrap();
+        }
+        unreachable!("the parent kills this process")
+    }
+
+    #[test]
+    fn a_process_killed_amid_a_stream_of_batches_keeps_each_batch_whole() {
+        use std::io::BufRead;
+        const CHILD_ENV: &str = "CAIRN_CATALOG_KILL_CHILD";
+        if let Some(dir) = std::env::var_os(CHILD_ENV) {
+            commit_batches_until_killed(Path::new(&dir));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut last_acked = 0;
+        // Several kills at different points of the stream, each reopening what the last left.
+        for round in 0..4u32 {
+            let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "catalog::tests::a_process_killed_amid_a_stream_of_batches_keeps_each_batch_whole",
+                    "--exact",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CHILD_ENV, dir.path())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+            let target = 5 + 7 * round;
+            let mut seen = 0;
+            for line in lines {
+                let line = line.unwrap();
+                if let Some(n) = line.strip_prefix("committed ") {
+                    seen += 1;
+                    last_acked = n.parse().unwrap();
+                    if seen == target {
+                        break;
+                    }
+                }
+            }
+            assert_eq!(seen, target, "round {round}: the child stopped early");
+            // Amid the next batch's write.
+            child.kill().unwrap();
+            child.wait().unwrap();
+
+            let c = Catalog::open(dir.path()).unwrap();
+            let values: Vec<Vec<u8>> = (0..KILL_KEYS)
+                .map(|k| c.get_raw("meta", format!("kill-test:{k:04}").as_bytes()).unwrap().unwrap())
+                .collect();
+            let first = u32::from_be_bytes(values[0][..4].try_into().unwrap());
+            assert!(
+                first >= last_acked,
+                "round {round}: batch {last_acked} was acknowledged, the catalog holds {first}"
+            );
+            for (k, v) in values.iter().enumerate() {
+                assert_eq!(*v, kill_batch_value(first), "round {round}: key {k} is not from batch {first}");
+            }
+            drop(c);
+        }
+    }
+
     #[test]
     fn newer_format_refuses_to_open_and_second_open_is_busy() {
         let dir = tempfile::tempdir().unwrap();
