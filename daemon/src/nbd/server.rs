@@ -1447,7 +1447,7 @@ mod tests {
         use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
         let dir = tempfile::tempdir().unwrap();
-        let pki = crate::test_pki::TestPki::generate();
+        let pki = cairn_test_support::pki::TestPki::generate();
         pki.write_to(dir.path());
         let files = crate::tls::TlsFiles {
             cert: dir.path().join("server-cert.pem"),
