@@ -1,6 +1,6 @@
-//! Shared helpers of the end-to-end tests.
+//! The real cairnd and cairn binaries: built fresh, started on a data dir, watched through
+//! their log, stopped cleanly or killed.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -39,24 +39,6 @@ pub fn start_fails(data_dir: &Path, args: &[&str]) -> String {
 pub fn free_loopback_addr() -> String {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     format!("127.0.0.1:{port}")
-}
-
-/// Bytes the file system allocated to `path` (what `stat` reports as blocks * 512).
-pub fn allocated(path: &Path) -> u64 {
-    std::fs::metadata(path).unwrap().blocks() * 512
-}
-
-/// Deterministic bytes for a pattern identified by `seed`.
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Path of a freshly built binary of the daemon crate: builds it (a no-op when up to date)
@@ -171,68 +153,6 @@ impl Drop for Cairnd {
     }
 }
 
-/// Runs a client command, asserting success; returns its stdout.
-pub fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed with {}:\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs `qemu-io -f raw` with one `-c` per command on `target` (a file or an NBD URI).
-pub fn qemu_io(target: &str, commands: &[&str]) -> String {
-    let mut cmd = Command::new("qemu-io");
-    cmd.args(["-f", "raw"]);
-    for c in commands {
-        cmd.args(["-c", c]);
-    }
-    let out = run_ok(cmd.arg(target));
-    assert!(!out.contains("failed") && !out.contains("error"), "qemu-io {commands:?} on {target}:\n{out}");
-    out
-}
-
-/// A sparse raw file of `size` bytes (no block allocated, unlike `qemu-img create`).
-pub fn sparse_file(path: &Path, size: u64) {
-    std::fs::File::create(path).unwrap().set_len(size).unwrap();
-}
-
-/// `(offset, length, is_data)` runs, adjacent runs of the same kind merged.
-pub fn merge_runs(runs: impl IntoIterator<Item = (u64, u64, bool)>) -> Vec<(u64, u64, bool)> {
-    let mut out: Vec<(u64, u64, bool)> = Vec::new();
-    for (off, len, data) in runs {
-        match out.last_mut() {
-            Some(last) if last.2 == data && last.0 + last.1 == off => last.1 += len,
-            _ => out.push((off, len, data)),
-        }
-    }
-    out
-}
-
-/// Allocation runs from `qemu-img map --output=json` output.
-pub fn qemu_img_map_runs(json: &str) -> Vec<(u64, u64, bool)> {
-    let v: serde_json::Value = serde_json::from_str(json).unwrap();
-    merge_runs(
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|e| (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap(), e["data"].as_bool().unwrap())),
-    )
-}
-
-/// Allocation runs from `nbdinfo --map` output (`offset length type description`).
-pub fn nbdinfo_map_runs(text: &str) -> Vec<(u64, u64, bool)> {
-    merge_runs(text.lines().filter(|l| !l.trim().is_empty()).map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        let flags: u32 = f[2].parse().unwrap();
-        (f[0].parse().unwrap(), f[1].parse().unwrap(), flags & 1 == 0)
-    }))
-}
-
 /// Waits (up to 30 s) for a unix socket to accept connections.
 pub fn wait_for_socket(path: &Path) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -240,15 +160,6 @@ pub fn wait_for_socket(path: &Path) {
         assert!(std::time::Instant::now() < deadline, "socket {} never came up", path.display());
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-}
-/// Asserts two images are equal, reporting the first differing offset instead of the bytes.
-#[track_caller]
-pub fn assert_same(got: &[u8], want: &[u8], what: &str) {
-    if got == want {
-        return;
-    }
-    let first = got.iter().zip(want).position(|(a, b)| a != b);
-    panic!("{what}: images differ (lengths {} and {}), first difference at byte {first:?}", got.len(), want.len());
 }
 
 /// Starts the real cairnd like [`start_cairnd`], with extra environment variables (e.g.
@@ -297,154 +208,4 @@ pub fn cairn_cli(data_dir: &Path) -> Command {
     let mut cmd = Command::new(daemon_bin("cairn"));
     cmd.arg("--endpoint").arg(grpc_endpoint(data_dir));
     cmd
-}
-
-/// Writes `data` at `offset` of a live disk through the gRPC WriteDisk stream (flushed).
-pub async fn grpc_write(ch: &tonic::transport::Channel, disk: &str, offset: u64, data: Vec<u8>) {
-    use cairn_proto::v1 as pb;
-    let msgs: Vec<pb::WriteDiskRequest> = data
-        .chunks(1 << 20)
-        .enumerate()
-        .map(|(i, part)| pb::WriteDiskRequest {
-            disk: if i == 0 { disk.into() } else { String::new() },
-            offset: offset + (i as u64) * (1 << 20),
-            data: part.to_vec(),
-            zero_length: 0,
-        })
-        .collect();
-    pb::disk_data_client::DiskDataClient::new(ch.clone()).write_disk(futures::stream::iter(msgs)).await.unwrap();
-}
-
-/// The whole content of a live disk or disk restore point through the gRPC ReadDisk stream,
-/// zero runs expanded; also returns how many zero runs came.
-pub async fn grpc_read(
-    ch: &tonic::transport::Channel,
-    source: cairn_proto::v1::read_disk_request::Source,
-) -> (Vec<u8>, usize) {
-    use cairn_proto::v1 as pb;
-    let req = pb::ReadDiskRequest { source: Some(source), offset: 0, length: 0 };
-    let mut stream = pb::disk_data_client::DiskDataClient::new(ch.clone()).read_disk(req).await.unwrap().into_inner();
-    let mut out = Vec::new();
-    let mut zero_runs = 0;
-    while let Some(m) = stream.message().await.unwrap() {
-        assert_eq!(m.offset, out.len() as u64, "ReadDisk sends the range in order");
-        if m.zero {
-            zero_runs += 1;
-            out.resize(out.len() + m.length as usize, 0);
-        } else {
-            assert_eq!(m.data.len() as u64, m.length);
-            out.extend_from_slice(&m.data);
-        }
-    }
-    (out, zero_runs)
-}
-
-/// Polls an operation over gRPC until it ends; returns its last state.
-pub async fn grpc_wait_op(ch: &tonic::transport::Channel, id: &str) -> cairn_proto::v1::Operation {
-    use cairn_proto::v1 as pb;
-    let mut c = pb::operations_client::OperationsClient::new(ch.clone());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let op = c.get_operation(pb::GetOperationRequest { id: id.into() }).await.unwrap().into_inner();
-        if op.state() != pb::OperationState::Running {
-            return op;
-        }
-        assert!(std::time::Instant::now() < deadline, "operation {id} still running: {op:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
-/// Over gRPC: a group `group` of `disks` (configuration `{}`) and a collection `collection`
-/// over it.
-pub async fn grpc_group_and_collection(ch: &tonic::transport::Channel, group: &str, disks: &[&str], collection: &str) {
-    use cairn_proto::v1 as pb;
-    pb::groups_client::GroupsClient::new(ch.clone())
-        .create_group(pb::CreateGroupRequest {
-            name: group.into(),
-            disks: disks.iter().map(|d| (*d).to_owned()).collect(),
-            configuration: "{}".into(),
-        })
-        .await
-        .unwrap();
-    pb::collections_client::CollectionsClient::new(ch.clone())
-        .create_or_update_collection(pb::CreateOrUpdateCollectionRequest {
-            name: collection.into(),
-            group: group.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-}
-
-/// Over gRPC: a live disk.
-pub async fn grpc_disk(ch: &tonic::transport::Channel, name: &str, size_bytes: u64) {
-    use cairn_proto::v1 as pb;
-    pb::disks_client::DisksClient::new(ch.clone())
-        .create_disk(pb::CreateDiskRequest { name: name.into(), size_bytes, ..Default::default() })
-        .await
-        .unwrap();
-}
-
-/// Over gRPC: restore point `name` of `collection` in `mode`, as it stands once its capture
-/// ended, or why its creation was refused.
-pub async fn grpc_restore_point(
-    ch: &tonic::transport::Channel,
-    collection: &str,
-    name: &str,
-    mode: cairn_proto::v1::ConsistencyMode,
-) -> Result<cairn_proto::v1::RestorePoint, tonic::Status> {
-    use cairn_proto::v1 as pb;
-    let mut rps = pb::restore_points_client::RestorePointsClient::new(ch.clone());
-    let req = pb::CreateRestorePointRequest {
-        collection: collection.into(),
-        name: name.into(),
-        consistency_mode: mode.into(),
-        ..Default::default()
-    };
-    let r = rps.create_restore_point(req).await?.into_inner();
-    grpc_wait_op(ch, &r.operation.unwrap().id).await;
-    let get =
-        pb::GetRestorePointRequest { collection: collection.into(), restore_point: name.into(), instance_view: false };
-    Ok(rps.get_restore_point(get).await.unwrap().into_inner())
-}
-
-/// Kill and failpoint tests run their scenario in a child process: this test binary run again
-/// with only the child's entry test selected. Failpoints are process-wide, so arming them in
-/// the child leaves the other tests of this binary alone, and a child that aborts at a
-/// failpoint is a real crash. The child's entry test reads its data dir and phase with
-/// [`child_args`] and does nothing when run as a plain test.
-pub mod child {
-    use std::path::{Path, PathBuf};
-    use std::process::Command;
-
-    const DIR_ENV: &str = "CAIRN_TEST_CHILD_DIR";
-    const PHASE_ENV: &str = "CAIRN_TEST_CHILD_PHASE";
-
-    /// Runs test `entry` (its path in this binary, e.g. `"store_gc::child_process_entry"`) as
-    /// a child on `dir` in `phase`, with `CAIRN_FAILPOINTS` set to `failpoints`; returns its
-    /// exit status and its output (stdout then stderr).
-    pub fn run(entry: &str, dir: &Path, phase: &str, failpoints: &str) -> (std::process::ExitStatus, String) {
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args([entry, "--exact", "--nocapture", "--test-threads=1"])
-            .env(DIR_ENV, dir)
-            .env(PHASE_ENV, phase)
-            .env("CAIRN_FAILPOINTS", failpoints)
-            .output()
-            .unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        (out.status, text)
-    }
-
-    /// Like [`run`], asserting the child passed.
-    #[track_caller]
-    pub fn run_ok(entry: &str, dir: &Path, phase: &str, failpoints: &str) {
-        let (status, text) = run(entry, dir, phase, failpoints);
-        assert!(status.success(), "child {entry} ({phase}) failed with {status}:\n{text}");
-    }
-
-    /// In a child's entry test: its data dir and phase; `None` when run as a plain test.
-    pub fn child_args() -> Option<(PathBuf, String)> {
-        let dir = std::env::var_os(DIR_ENV)?;
-        Some((PathBuf::from(dir), std::env::var(PHASE_ENV).unwrap_or_default()))
-    }
 }
