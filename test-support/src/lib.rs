@@ -14,6 +14,7 @@ mod daemon;
 mod grpc;
 mod image;
 pub mod loopfs;
+pub mod nbd;
 pub mod pki;
 
 pub use clients::*;
