@@ -20,6 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cairn_engine::{CreateDisk, Engine, EngineConfig};
+use cairn_test_support::wait_for_socket;
 
 const DEPTH: u32 = 16;
 
@@ -57,14 +58,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-fn wait_for_socket(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::os::unix::net::UnixStream::connect(path).is_err() {
-        assert!(Instant::now() < deadline, "{} never came up", path.display());
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

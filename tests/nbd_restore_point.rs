@@ -4,14 +4,12 @@
 //! chunks written in between, and writes, unknown names and failed restore points are refused
 //! without disturbing other connections.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use cairn_engine::{IoBackendKind, IoBuf, OperationState, ProvisioningState};
 
+use crate::common::nbd::{CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES, Client, EPERM, REP_ERR_UNKNOWN};
 use crate::common::{
     Cairnd, collection, disk, merge_runs, nbdinfo_map_runs, open, pattern, qemu_img_map_runs, read_all, read_rp,
     restore_point, run_ok, start_cairnd, wait_op,
@@ -208,120 +206,18 @@ async fn maps_match_the_allocation_and_the_dirty_bitmap_lists_the_chunks_written
     assert_eq!(inverted, want);
 
     // The dirty-bitmap wildcards list what may be selected.
-    let mut s = connect(&daemon.socket);
-    let listed = list_meta(&mut s, "c/rp2/vm1", &["qemu:dirty-bitmap:"]);
+    let mut s = Client::connect(&daemon.socket).await;
+    s.hello().await;
+    let listed = s.list_meta("c/rp2/vm1", &["qemu:dirty-bitmap:"]).await;
     assert_eq!(listed, vec!["qemu:dirty-bitmap:rp1".to_owned()]);
-    let listed = list_meta(&mut s, "c/rp2/vm1", &["qemu:", "base:"]);
+    let listed = s.list_meta("c/rp2/vm1", &["qemu:", "base:"]).await;
     assert_eq!(listed, vec!["base:allocation".to_owned(), "qemu:dirty-bitmap:rp1".to_owned()]);
-    assert!(list_meta(&mut s, "c/rp1/vm1", &["qemu:"]).is_empty());
+    assert!(s.list_meta("c/rp1/vm1", &["qemu:"]).await.is_empty());
     daemon.stop();
 }
 
 fn all_data(runs: &Runs, start: u64, len: u64) -> bool {
     runs.iter().filter(|r| r.0 < start + len && r.0 + r.1 > start).all(|r| r.2)
-}
-
-// ---- a raw client, for what the tools cannot show ------------------------------------
-
-const OPT_GO: u32 = 7;
-const OPT_LIST_META_CONTEXT: u32 = 9;
-const REP_ACK: u32 = 1;
-const REP_INFO: u32 = 3;
-const REP_META_CONTEXT: u32 = 4;
-const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
-const EPERM: u32 = 1;
-
-/// Connected, greeting read, fixed newstyle + no zeroes sent.
-fn connect(socket: &Path) -> UnixStream {
-    let mut s = UnixStream::connect(socket).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut g = [0u8; 18];
-    s.read_exact(&mut g).unwrap();
-    assert_eq!(&g[..16], b"NBDMAGICIHAVEOPT");
-    s.write_all(&3u32.to_be_bytes()).unwrap();
-    s
-}
-
-fn string(s: &str) -> Vec<u8> {
-    let mut v = u32::try_from(s.len()).unwrap().to_be_bytes().to_vec();
-    v.extend_from_slice(s.as_bytes());
-    v
-}
-
-fn send_option(s: &mut UnixStream, option: u32, data: &[u8]) {
-    let mut m = b"IHAVEOPT".to_vec();
-    m.extend_from_slice(&option.to_be_bytes());
-    m.extend_from_slice(&u32::try_from(data.len()).unwrap().to_be_bytes());
-    m.extend_from_slice(data);
-    s.write_all(&m).unwrap();
-}
-
-/// (reply type, payload).
-fn option_reply(s: &mut UnixStream) -> (u32, Vec<u8>) {
-    let mut h = [0u8; 20];
-    s.read_exact(&mut h).unwrap();
-    let kind = u32::from_be_bytes(h[12..16].try_into().unwrap());
-    let mut d = vec![0u8; u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize];
-    s.read_exact(&mut d).unwrap();
-    (kind, d)
-}
-
-/// The context names LIST_META_CONTEXT returns for `queries`.
-fn list_meta(s: &mut UnixStream, export: &str, queries: &[&str]) -> Vec<String> {
-    let mut d = string(export);
-    d.extend_from_slice(&u32::try_from(queries.len()).unwrap().to_be_bytes());
-    for q in queries {
-        d.extend_from_slice(&string(q));
-    }
-    send_option(s, OPT_LIST_META_CONTEXT, &d);
-    let mut names = Vec::new();
-    loop {
-        match option_reply(s) {
-            (REP_ACK, _) => return names,
-            (REP_META_CONTEXT, p) => names.push(String::from_utf8(p[4..].to_vec()).unwrap()),
-            other => panic!("unexpected reply {other:?}"),
-        }
-    }
-}
-
-/// GO on `export`: the final reply type (ACK, or the error), with INFO replies skipped.
-fn go(s: &mut UnixStream, export: &str) -> u32 {
-    let mut d = string(export);
-    d.extend_from_slice(&0u16.to_be_bytes());
-    send_option(s, OPT_GO, &d);
-    loop {
-        match option_reply(s) {
-            (REP_INFO, _) => {}
-            (kind, _) => return kind,
-        }
-    }
-}
-
-fn request(s: &mut UnixStream, cmd: u16, cookie: u64, offset: u64, len: u32) {
-    let mut r = 0x2560_9513u32.to_be_bytes().to_vec();
-    r.extend_from_slice(&0u16.to_be_bytes());
-    r.extend_from_slice(&cmd.to_be_bytes());
-    r.extend_from_slice(&cookie.to_be_bytes());
-    r.extend_from_slice(&offset.to_be_bytes());
-    r.extend_from_slice(&len.to_be_bytes());
-    s.write_all(&r).unwrap();
-}
-
-/// A simple reply's (error, cookie).
-fn simple_reply(s: &mut UnixStream) -> (u32, u64) {
-    let mut r = [0u8; 16];
-    s.read_exact(&mut r).unwrap();
-    assert_eq!(&r[..4], &0x6744_6698u32.to_be_bytes());
-    (u32::from_be_bytes(r[4..8].try_into().unwrap()), u64::from_be_bytes(r[8..].try_into().unwrap()))
-}
-
-/// READ with simple replies: the bytes.
-fn read(s: &mut UnixStream, cookie: u64, offset: u64, len: u32) -> Vec<u8> {
-    request(s, 0, cookie, offset, len);
-    assert_eq!(simple_reply(s), (0, cookie));
-    let mut data = vec![0u8; len as usize];
-    s.read_exact(&mut data).unwrap();
-    data
 }
 
 fn refused(daemon: &Cairnd, export: &str) -> bool {
@@ -334,18 +230,19 @@ async fn writes_unknown_names_and_failed_restore_points_are_refused_and_others_k
     let data = dir.path().join("data");
     let captured = capture(&data).await;
     let daemon = start_cairnd(&data, &[]);
-    let mut good = connect(&daemon.socket);
-    assert_eq!(go(&mut good, "c/rp1/vm1"), REP_ACK);
-    assert_eq!(read(&mut good, 1, 0, 65536), captured.rp1[..65536]);
+    let mut good = Client::connect(&daemon.socket).await;
+    good.hello().await;
+    good.go("c/rp1/vm1").await.unwrap();
+    assert_eq!(good.read(1, 0, 65536).await, captured.rp1[..65536]);
 
     // WRITE, TRIM and WRITE_ZEROES: EPERM, and the session goes on.
-    request(&mut good, 1, 2, 0, 4096);
-    good.write_all(&[0xee; 4096]).unwrap();
-    assert_eq!(simple_reply(&mut good), (EPERM, 2));
-    request(&mut good, 4, 3, 0, 4096);
-    assert_eq!(simple_reply(&mut good), (EPERM, 3));
-    request(&mut good, 6, 4, 0, 4096);
-    assert_eq!(simple_reply(&mut good), (EPERM, 4));
+    good.request(CMD_WRITE, 0, 2, 0, 4096).await;
+    good.send(&[0xee; 4096]).await;
+    assert_eq!(good.simple_reply().await, (EPERM, 2));
+    good.request(CMD_TRIM, 0, 3, 0, 4096).await;
+    assert_eq!(good.simple_reply().await, (EPERM, 3));
+    good.request(CMD_WRITE_ZEROES, 0, 4, 0, 4096).await;
+    assert_eq!(good.simple_reply().await, (EPERM, 4));
     let qemu_write = Command::new("qemu-io")
         .args(["-f", "raw", "-c", "write -P 0xee 0 4k", &daemon.uri("c/rp2/vm1")])
         .output()
@@ -359,13 +256,14 @@ async fn writes_unknown_names_and_failed_restore_points_are_refused_and_others_k
     for name in ["c/nope/vm1", "c/rp1/nope", "nope/rp1/vm1", "c/broken/vm1", "c/rp1", "c/rp1/vm1/x", "c//vm1"] {
         assert!(refused(&daemon, name), "{name} was served");
     }
-    let mut s = connect(&daemon.socket);
-    assert_eq!(go(&mut s, "c/broken/vm1"), REP_ERR_UNKNOWN);
-    assert_eq!(go(&mut s, "c/rp2/vm1"), REP_ACK, "the same session can still pick a good export");
-    assert_eq!(read(&mut s, 1, 0, 4096), captured.rp2[..4096]);
+    let mut s = Client::connect(&daemon.socket).await;
+    s.hello().await;
+    assert_eq!(s.go("c/broken/vm1").await, Err(REP_ERR_UNKNOWN));
+    assert!(s.go("c/rp2/vm1").await.is_ok(), "the same session can still pick a good export");
+    assert_eq!(s.read(1, 0, 4096).await, captured.rp2[..4096]);
 
     // The connection opened first still reads rp1, untouched by all of the above.
-    assert_eq!(read(&mut good, 5, 0, 65536), captured.rp1[..65536]);
-    assert_eq!(read(&mut good, 6, 40 * MIB, 65536), captured.rp1[40 * MIB as usize..][..65536]);
+    assert_eq!(good.read(5, 0, 65536).await, captured.rp1[..65536]);
+    assert_eq!(good.read(6, 40 * MIB, 65536).await, captured.rp1[40 * MIB as usize..][..65536]);
     daemon.stop();
 }

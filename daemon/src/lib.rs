@@ -7,6 +7,4 @@ pub mod grpc;
 pub mod http;
 pub mod listen;
 pub mod nbd;
-#[cfg(test)]
-pub(crate) mod test_pki;
 pub mod tls;

@@ -173,7 +173,7 @@ pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_pki::TestPki;
+    use cairn_test_support::pki::TestPki;
 
     fn files(dir: &Path, pki: &TestPki, client_ca: bool) -> TlsFiles {
         pki.write_to(dir);

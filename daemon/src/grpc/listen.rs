@@ -110,7 +110,7 @@ mod tests {
         let e = GrpcListener::bind(&public, &Security::default()).await.unwrap_err();
         assert!(e.to_string().contains("--tls-cert"), "{e}");
         let dir = tempfile::tempdir().unwrap();
-        crate::test_pki::TestPki::generate().write_to(dir.path());
+        cairn_test_support::pki::TestPki::generate().write_to(dir.path());
         let files = crate::tls::TlsFiles {
             cert: dir.path().join("server-cert.pem"),
             key: dir.path().join("server-key.pem"),

@@ -719,13 +719,9 @@ fn clip(s: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use cairn_test_support::nbd::string as opt_string;
 
-    fn opt_string(s: &[u8]) -> Vec<u8> {
-        let mut v = u32::try_from(s.len()).unwrap().to_be_bytes().to_vec();
-        v.extend_from_slice(s);
-        v
-    }
+    use super::*;
 
     #[test]
     fn greeting_is_nbdmagic_ihaveopt_fixed_newstyle_no_zeroes() {
@@ -865,15 +861,9 @@ mod tests {
         }
     }
 
+    /// A request header from the test client's encoder, with cookie 0xdead_beef.
     fn request(cmd: u16, flags: u16, offset: u64, len: u32) -> [u8; REQUEST_LEN] {
-        let mut r = [0u8; REQUEST_LEN];
-        r[..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
-        r[4..6].copy_from_slice(&flags.to_be_bytes());
-        r[6..8].copy_from_slice(&cmd.to_be_bytes());
-        r[8..16].copy_from_slice(&0xdead_beefu64.to_be_bytes());
-        r[16..24].copy_from_slice(&offset.to_be_bytes());
-        r[24..].copy_from_slice(&len.to_be_bytes());
-        r
+        cairn_test_support::nbd::request(cmd, flags, 0xdead_beef, offset, len)
     }
 
     #[test]
@@ -1022,10 +1012,7 @@ mod tests {
         fn requests_round_trip_and_are_judged_without_panics(
             flags: u16, cmd in 0u16..12, cookie: u64, offset: u64, len: u32, size: u64, min_shift in 0u32..17,
         ) {
-            let raw = request(cmd, flags, offset, len);
-            let mut raw_cookie = raw;
-            raw_cookie[8..16].copy_from_slice(&cookie.to_be_bytes());
-            match decode_request(&raw_cookie) {
+            match decode_request(&cairn_test_support::nbd::request(cmd, flags, cookie, offset, len)) {
                 Ok(r) => {
                     proptest::prop_assert_eq!((r.flags, r.cookie, r.offset, r.len), (flags, cookie, offset, len));
                     let l = Limits { flags: RW, size_bytes: size, min_block_bytes: 1 << min_shift, meta_context: true };

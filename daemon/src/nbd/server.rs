@@ -985,6 +985,8 @@ mod tests {
     use std::sync::Mutex;
 
     use cairn_engine::{Error, Extent};
+    // `Msg`: the server has a `Reply` of its own.
+    use cairn_test_support::nbd::{self, Client, Reply as Msg};
     use tokio::io::DuplexStream;
 
     use super::*;
@@ -1114,7 +1116,7 @@ mod tests {
     /// A connected server (on its own task) and the client end of the stream.
     fn start(
         config: ServerConfig,
-    ) -> (DuplexStream, watch::Sender<bool>, tokio::task::JoinHandle<Result<(), ConnectionError>>) {
+    ) -> (Client<DuplexStream>, watch::Sender<bool>, tokio::task::JoinHandle<Result<(), ConnectionError>>) {
         start_with(config, 1 << 20)
     }
 
@@ -1122,7 +1124,7 @@ mod tests {
     fn start_with(
         config: ServerConfig,
         pipe_bytes: usize,
-    ) -> (DuplexStream, watch::Sender<bool>, tokio::task::JoinHandle<Result<(), ConnectionError>>) {
+    ) -> (Client<DuplexStream>, watch::Sender<bool>, tokio::task::JoinHandle<Result<(), ConnectionError>>) {
         start_tls(config, pipe_bytes, TlsPolicy::Unconfigured)
     }
 
@@ -1131,128 +1133,41 @@ mod tests {
         config: ServerConfig,
         pipe_bytes: usize,
         tls: TlsPolicy,
-    ) -> (DuplexStream, watch::Sender<bool>, tokio::task::JoinHandle<Result<(), ConnectionError>>) {
+    ) -> (Client<DuplexStream>, watch::Sender<bool>, tokio::task::JoinHandle<Result<(), ConnectionError>>) {
         let export = Arc::new(MemExport::new(1 << 20));
         let server = Server::new(Arc::new(Source(export)), config);
         let (client, serverside) = tokio::io::duplex(pipe_bytes);
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(async move { server.serve(serverside, tls, stopped).await });
-        (client, stop, task)
+        (Client::new(client), stop, task)
     }
 
     /// A client end: a plain or a TLS stream.
-    trait Client: AsyncRead + AsyncWrite + Unpin {}
-    impl<T: AsyncRead + AsyncWrite + Unpin> Client for T {}
-
-    async fn option(c: &mut impl Client, option: u32, data: &[u8]) {
-        let mut msg = p::IHAVEOPT.to_be_bytes().to_vec();
-        msg.extend_from_slice(&option.to_be_bytes());
-        msg.extend_from_slice(&u32::try_from(data.len()).unwrap().to_be_bytes());
-        msg.extend_from_slice(data);
-        c.write_all(&msg).await.unwrap();
-    }
-
-    /// Reads one option reply: (option, reply type, payload).
-    async fn option_reply(c: &mut impl Client) -> (u32, u32, Vec<u8>) {
-        let mut h = [0u8; 20];
-        c.read_exact(&mut h).await.unwrap();
-        assert_eq!(&h[..8], &p::OPTION_REPLY_MAGIC.to_be_bytes());
-        let opt = u32::from_be_bytes(h[8..12].try_into().unwrap());
-        let kind = u32::from_be_bytes(h[12..16].try_into().unwrap());
-        let len = u32::from_be_bytes(h[16..20].try_into().unwrap());
-        let mut data = vec![0u8; usize::try_from(len).unwrap()];
-        c.read_exact(&mut data).await.unwrap();
-        (opt, kind, data)
-    }
-
-    fn name_data(name: &str, extra: &[u8]) -> Vec<u8> {
-        let mut d = u32::try_from(name.len()).unwrap().to_be_bytes().to_vec();
-        d.extend_from_slice(name.as_bytes());
-        d.extend_from_slice(extra);
-        d
-    }
+    trait Stream: AsyncRead + AsyncWrite + Unpin {}
+    impl<T: AsyncRead + AsyncWrite + Unpin> Stream for T {}
 
     /// Greeting, flags, STRUCTURED_REPLY, SET_META_CONTEXT base:allocation, GO.
-    async fn negotiate(c: &mut impl Client) -> u16 {
+    async fn negotiate(c: &mut Client<impl Stream>) -> u16 {
         greet_server(c).await;
         haggle(c).await
     }
 
     /// Reads the greeting and sends the client flags (fixed newstyle, no zeroes).
-    async fn greet_server(c: &mut impl Client) {
-        let mut g = [0u8; p::GREETING_LEN];
-        c.read_exact(&mut g).await.unwrap();
-        assert_eq!(g, p::greeting());
-        c.write_all(&3u32.to_be_bytes()).await.unwrap();
+    async fn greet_server(c: &mut Client<impl Stream>) {
+        assert_eq!(c.greeting().await, p::FLAG_FIXED_NEWSTYLE | p::FLAG_NO_ZEROES);
+        c.client_flags(3).await;
     }
 
     /// STRUCTURED_REPLY, SET_META_CONTEXT base:allocation, GO; the export's flags.
-    async fn haggle(c: &mut impl Client) -> u16 {
-        option(c, p::OPT_STRUCTURED_REPLY, &[]).await;
-        assert_eq!(option_reply(c).await.1, p::REP_ACK);
-        let mut q = 1u32.to_be_bytes().to_vec();
-        q.extend_from_slice(&name_data(p::BASE_ALLOCATION, &[]));
-        option(c, p::OPT_SET_META_CONTEXT, &name_data("mem", &q)).await;
-        let (_, kind, data) = option_reply(c).await;
+    async fn haggle(c: &mut Client<impl Stream>) -> u16 {
+        c.option(p::OPT_STRUCTURED_REPLY, &[]).await;
+        assert_eq!(c.option_reply().await.1, p::REP_ACK);
+        c.option(p::OPT_SET_META_CONTEXT, &nbd::meta_context_data("mem", &[p::BASE_ALLOCATION])).await;
+        let (_, kind, data) = c.option_reply().await;
         assert_eq!(kind, p::REP_META_CONTEXT);
         assert_eq!(&data[4..], p::BASE_ALLOCATION.as_bytes());
-        assert_eq!(option_reply(c).await.1, p::REP_ACK);
-        option(c, p::OPT_GO, &name_data("mem", &0u16.to_be_bytes())).await;
-        let mut flags = None;
-        loop {
-            let (_, kind, data) = option_reply(c).await;
-            if kind == p::REP_ACK {
-                break;
-            }
-            assert_eq!(kind, p::REP_INFO);
-            if data[..2] == p::INFO_EXPORT.to_be_bytes() {
-                flags = Some(u16::from_be_bytes([data[10], data[11]]));
-            }
-        }
-        flags.unwrap()
-    }
-
-    async fn request(c: &mut impl Client, cmd: u16, flags: u16, cookie: u64, off: u64, len: u32) {
-        let mut r = p::REQUEST_MAGIC.to_be_bytes().to_vec();
-        r.extend_from_slice(&flags.to_be_bytes());
-        r.extend_from_slice(&cmd.to_be_bytes());
-        r.extend_from_slice(&cookie.to_be_bytes());
-        r.extend_from_slice(&off.to_be_bytes());
-        r.extend_from_slice(&len.to_be_bytes());
-        c.write_all(&r).await.unwrap();
-    }
-
-    /// A reply message: simple (error) or one structured chunk (flags, type, payload).
-    #[derive(Debug)]
-    enum Msg {
-        Simple { error: u32, cookie: u64 },
-        Chunk { flags: u16, kind: u16, cookie: u64, payload: Vec<u8> },
-    }
-
-    async fn reply(c: &mut impl Client) -> Msg {
-        let mut m = [0u8; 4];
-        c.read_exact(&mut m).await.unwrap();
-        let magic = u32::from_be_bytes(m);
-        if magic == p::SIMPLE_REPLY_MAGIC {
-            let mut r = [0u8; 12];
-            c.read_exact(&mut r).await.unwrap();
-            return Msg::Simple {
-                error: u32::from_be_bytes(r[..4].try_into().unwrap()),
-                cookie: u64::from_be_bytes(r[4..].try_into().unwrap()),
-            };
-        }
-        assert_eq!(magic, p::STRUCTURED_REPLY_MAGIC);
-        let mut r = [0u8; 16];
-        c.read_exact(&mut r).await.unwrap();
-        let len = u32::from_be_bytes(r[12..16].try_into().unwrap());
-        let mut payload = vec![0u8; usize::try_from(len).unwrap()];
-        c.read_exact(&mut payload).await.unwrap();
-        Msg::Chunk {
-            flags: u16::from_be_bytes([r[0], r[1]]),
-            kind: u16::from_be_bytes([r[2], r[3]]),
-            cookie: u64::from_be_bytes(r[4..12].try_into().unwrap()),
-            payload,
-        }
+        assert_eq!(c.option_reply().await.1, p::REP_ACK);
+        c.go("mem").await.unwrap()
     }
 
     #[test]
@@ -1311,15 +1226,15 @@ mod tests {
         );
 
         // Write 4 KiB of 0xab at 128 KiB.
-        request(&mut c, 1, p::CMD_FLAG_FUA, 1, 128 << 10, 4096).await;
-        c.write_all(&[0xab; 4096]).await.unwrap();
-        assert!(matches!(reply(&mut c).await, Msg::Simple { error: 0, cookie: 1 }));
+        c.request(1, p::CMD_FLAG_FUA, 1, 128 << 10, 4096).await;
+        c.send(&[0xab; 4096]).await;
+        assert!(matches!(c.reply().await, Msg::Simple { error: 0, cookie: 1 }));
 
         // Read 256 KiB from 0: a hole, the data, a hole, in order, the last one DONE.
-        request(&mut c, 0, 0, 2, 0, 256 << 10).await;
+        c.request(0, 0, 2, 0, 256 << 10).await;
         let mut seen = Vec::new();
         loop {
-            let Msg::Chunk { flags, kind, cookie, payload } = reply(&mut c).await else {
+            let Msg::Chunk { flags, kind, cookie, payload } = c.reply().await else {
                 panic!("read must get structured replies");
             };
             assert_eq!(cookie, 2);
@@ -1343,8 +1258,8 @@ mod tests {
         );
 
         // DF: one content chunk with the zeros inside.
-        request(&mut c, 0, p::CMD_FLAG_DF, 3, (128 << 10) - 4096, 8192).await;
-        let Msg::Chunk { flags, kind, payload, .. } = reply(&mut c).await else {
+        c.request(0, p::CMD_FLAG_DF, 3, (128 << 10) - 4096, 8192).await;
+        let Msg::Chunk { flags, kind, payload, .. } = c.reply().await else {
             panic!("structured");
         };
         assert_eq!((flags, kind), (p::REPLY_FLAG_DONE, p::REPLY_TYPE_OFFSET_DATA));
@@ -1352,8 +1267,8 @@ mod tests {
         assert!(payload[4104..].iter().all(|&b| b == 0xab));
 
         // Block status: hole, data, hole with lengths 128 KiB, 4 KiB, the rest.
-        request(&mut c, 7, 0, 4, 0, 1 << 20).await;
-        let Msg::Chunk { kind, payload, .. } = reply(&mut c).await else {
+        c.request(7, 0, 4, 0, 1 << 20).await;
+        let Msg::Chunk { kind, payload, .. } = c.reply().await else {
             panic!("structured");
         };
         assert_eq!(kind, p::REPLY_TYPE_BLOCK_STATUS);
@@ -1361,16 +1276,16 @@ mod tests {
         assert_eq!(words, vec![1, 128 << 10, 3, 4096, 0, (1 << 20) - (132 << 10), 3]);
 
         // Trim makes it a hole again; flush; disconnect ends the session cleanly.
-        request(&mut c, 4, 0, 5, 128 << 10, 4096).await;
-        assert!(matches!(reply(&mut c).await, Msg::Simple { error: 0, cookie: 5 }));
-        request(&mut c, 3, 0, 6, 0, 0).await;
-        assert!(matches!(reply(&mut c).await, Msg::Simple { error: 0, cookie: 6 }));
-        request(&mut c, 0, 0, 7, 128 << 10, 64 << 10).await;
-        let Msg::Chunk { kind, .. } = reply(&mut c).await else {
+        c.request(4, 0, 5, 128 << 10, 4096).await;
+        assert!(matches!(c.reply().await, Msg::Simple { error: 0, cookie: 5 }));
+        c.request(3, 0, 6, 0, 0).await;
+        assert!(matches!(c.reply().await, Msg::Simple { error: 0, cookie: 6 }));
+        c.request(0, 0, 7, 128 << 10, 64 << 10).await;
+        let Msg::Chunk { kind, .. } = c.reply().await else {
             panic!("structured");
         };
         assert_eq!(kind, p::REPLY_TYPE_OFFSET_HOLE);
-        request(&mut c, 2, 0, 8, 0, 0).await;
+        c.request(2, 0, 8, 0, 0).await;
         task.await.unwrap().unwrap();
     }
 
@@ -1386,25 +1301,25 @@ mod tests {
             }
             Msg::Simple { .. } => panic!("expected an error chunk"),
         };
-        request(&mut c, 99, 0, 1, 0, 0).await;
-        expect_err(reply(&mut c).await, Errno::Inval, 1);
-        request(&mut c, 0, 0, 2, 1 << 20, 1).await;
-        expect_err(reply(&mut c).await, Errno::Inval, 2);
-        request(&mut c, 6, 0, 3, (1 << 20) - 1, 2).await;
-        expect_err(reply(&mut c).await, Errno::NoSpc, 3);
-        request(&mut c, 0, 1 << 12, 4, 0, 1).await;
-        expect_err(reply(&mut c).await, Errno::Inval, 4);
+        c.request(99, 0, 1, 0, 0).await;
+        expect_err(c.reply().await, Errno::Inval, 1);
+        c.request(0, 0, 2, 1 << 20, 1).await;
+        expect_err(c.reply().await, Errno::Inval, 2);
+        c.request(6, 0, 3, (1 << 20) - 1, 2).await;
+        expect_err(c.reply().await, Errno::NoSpc, 3);
+        c.request(0, 1 << 12, 4, 0, 1).await;
+        expect_err(c.reply().await, Errno::Inval, 4);
         // A write past the end: its payload is consumed, then the error.
-        request(&mut c, 1, 0, 5, 1 << 20, 3).await;
-        c.write_all(b"xyz").await.unwrap();
-        expect_err(reply(&mut c).await, Errno::NoSpc, 5);
-        request(&mut c, 6, p::CMD_FLAG_NO_HOLE | p::CMD_FLAG_FAST_ZERO, 6, 0, 4096).await;
-        expect_err(reply(&mut c).await, Errno::NotSup, 6);
+        c.request(1, 0, 5, 1 << 20, 3).await;
+        c.send(b"xyz").await;
+        expect_err(c.reply().await, Errno::NoSpc, 5);
+        c.request(6, p::CMD_FLAG_NO_HOLE | p::CMD_FLAG_FAST_ZERO, 6, 0, 4096).await;
+        expect_err(c.reply().await, Errno::NotSup, 6);
         // Still serving.
-        request(&mut c, 3, 0, 7, 0, 0).await;
-        assert!(matches!(reply(&mut c).await, Msg::Simple { error: 0, cookie: 7 }));
+        c.request(3, 0, 7, 0, 0).await;
+        assert!(matches!(c.reply().await, Msg::Simple { error: 0, cookie: 7 }));
         // Garbage magic ends the connection.
-        c.write_all(&[0x55; p::REQUEST_LEN]).await.unwrap();
+        c.send(&[0x55; p::REQUEST_LEN]).await;
         let err = task.await.unwrap().unwrap_err();
         assert!(matches!(err, ConnectionError::Violation(p::Violation::RequestMagic(_))));
     }
@@ -1412,30 +1327,29 @@ mod tests {
     #[tokio::test]
     async fn unknown_options_are_unsupported_and_unknown_client_flags_close() {
         let (mut c, _stop, task) = start(ServerConfig::default());
-        let mut g = [0u8; p::GREETING_LEN];
-        c.read_exact(&mut g).await.unwrap();
-        c.write_all(&1u32.to_be_bytes()).await.unwrap();
-        option(&mut c, 1234, b"whatever").await;
-        assert_eq!(option_reply(&mut c).await, (1234, p::REP_ERR_UNSUP, b"option 1234 is not supported".to_vec()));
-        option(&mut c, p::OPT_EXTENDED_HEADERS, &[]).await;
-        assert_eq!(option_reply(&mut c).await.1, p::REP_ERR_UNSUP);
-        option(&mut c, p::OPT_STARTTLS, &[]).await;
-        assert_eq!(option_reply(&mut c).await.1, p::REP_ERR_UNSUP, "no TLS configured");
-        option(&mut c, p::OPT_GO, &name_data("nope", &0u16.to_be_bytes())).await;
-        assert_eq!(option_reply(&mut c).await.1, p::REP_ERR_UNKNOWN);
-        option(&mut c, p::OPT_GO, &[0, 0, 0, 9]).await;
-        assert_eq!(option_reply(&mut c).await.1, p::REP_ERR_INVALID);
-        option(&mut c, p::OPT_LIST, &[]).await;
-        let (_, kind, data) = option_reply(&mut c).await;
-        assert_eq!((kind, data), (p::REP_SERVER, name_data("mem", &[])));
-        assert_eq!(option_reply(&mut c).await.1, p::REP_ACK);
-        option(&mut c, p::OPT_ABORT, &[]).await;
-        assert_eq!(option_reply(&mut c).await.1, p::REP_ACK);
+        c.greeting().await;
+        c.client_flags(1).await;
+        c.option(1234, b"whatever").await;
+        assert_eq!(c.option_reply().await, (1234, p::REP_ERR_UNSUP, b"option 1234 is not supported".to_vec()));
+        c.option(p::OPT_EXTENDED_HEADERS, &[]).await;
+        assert_eq!(c.option_reply().await.1, p::REP_ERR_UNSUP);
+        c.option(p::OPT_STARTTLS, &[]).await;
+        assert_eq!(c.option_reply().await.1, p::REP_ERR_UNSUP, "no TLS configured");
+        c.option(p::OPT_GO, &nbd::go_data("nope")).await;
+        assert_eq!(c.option_reply().await.1, p::REP_ERR_UNKNOWN);
+        c.option(p::OPT_GO, &[0, 0, 0, 9]).await;
+        assert_eq!(c.option_reply().await.1, p::REP_ERR_INVALID);
+        c.option(p::OPT_LIST, &[]).await;
+        let (_, kind, data) = c.option_reply().await;
+        assert_eq!((kind, data), (p::REP_SERVER, nbd::string("mem")));
+        assert_eq!(c.option_reply().await.1, p::REP_ACK);
+        c.option(p::OPT_ABORT, &[]).await;
+        assert_eq!(c.option_reply().await.1, p::REP_ACK);
         task.await.unwrap().unwrap();
 
         let (mut c, _stop, task) = start(ServerConfig::default());
-        c.read_exact(&mut g).await.unwrap();
-        c.write_all(&0x8000_0001u32.to_be_bytes()).await.unwrap();
+        c.greeting().await;
+        c.client_flags(0x8000_0001).await;
         let err = task.await.unwrap().unwrap_err();
         assert!(matches!(err, ConnectionError::Violation(p::Violation::UnknownClientFlags(_))));
     }
@@ -1447,7 +1361,7 @@ mod tests {
         use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
         let dir = tempfile::tempdir().unwrap();
-        let pki = crate::test_pki::TestPki::generate();
+        let pki = cairn_test_support::pki::TestPki::generate();
         pki.write_to(dir.path());
         let files = crate::tls::TlsFiles {
             cert: dir.path().join("server-cert.pem"),
@@ -1481,27 +1395,27 @@ mod tests {
         let (mut c, _stop, task) = start_tls(ServerConfig::default(), 1 << 20, policy);
         greet_server(&mut c).await;
         for opt in [p::OPT_LIST, p::OPT_STRUCTURED_REPLY, 1234] {
-            option(&mut c, opt, &[]).await;
-            assert_eq!(option_reply(&mut c).await.1, p::REP_ERR_TLS_REQD, "option {opt}");
+            c.option(opt, &[]).await;
+            assert_eq!(c.option_reply().await.1, p::REP_ERR_TLS_REQD, "option {opt}");
         }
-        option(&mut c, p::OPT_GO, &name_data("mem", &0u16.to_be_bytes())).await;
-        assert_eq!(option_reply(&mut c).await.1, p::REP_ERR_TLS_REQD);
-        option(&mut c, p::OPT_STARTTLS, b"x").await;
-        assert_eq!(option_reply(&mut c).await.1, p::REP_ERR_INVALID, "STARTTLS takes no data");
-        option(&mut c, p::OPT_STARTTLS, &[]).await;
-        assert_eq!(option_reply(&mut c).await, (p::OPT_STARTTLS, p::REP_ACK, Vec::new()));
+        c.option(p::OPT_GO, &nbd::go_data("mem")).await;
+        assert_eq!(c.option_reply().await.1, p::REP_ERR_TLS_REQD);
+        c.option(p::OPT_STARTTLS, b"x").await;
+        assert_eq!(c.option_reply().await.1, p::REP_ERR_INVALID, "STARTTLS takes no data");
+        c.option(p::OPT_STARTTLS, &[]).await;
+        assert_eq!(c.option_reply().await, (p::OPT_STARTTLS, p::REP_ACK, Vec::new()));
 
-        let mut tls = connector.connect(server_name(), c).await.unwrap();
-        option(&mut tls, p::OPT_STARTTLS, &[]).await;
-        assert_eq!(option_reply(&mut tls).await.1, p::REP_ERR_INVALID, "a second STARTTLS");
+        let mut tls = Client::new(connector.connect(server_name(), c.into_inner()).await.unwrap());
+        tls.option(p::OPT_STARTTLS, &[]).await;
+        assert_eq!(tls.option_reply().await.1, p::REP_ERR_INVALID, "a second STARTTLS");
         haggle(&mut tls).await;
-        request(&mut tls, 1, 0, 7, 0, 4096).await;
-        tls.write_all(&[0x5a; 4096]).await.unwrap();
-        assert!(matches!(reply(&mut tls).await, Msg::Simple { error: 0, cookie: 7 }));
-        request(&mut tls, 0, 0, 8, 0, 4096).await;
-        let Msg::Chunk { cookie: 8, payload, .. } = reply(&mut tls).await else { panic!("no data chunk") };
+        tls.request(1, 0, 7, 0, 4096).await;
+        tls.send(&[0x5a; 4096]).await;
+        assert!(matches!(tls.reply().await, Msg::Simple { error: 0, cookie: 7 }));
+        tls.request(0, 0, 8, 0, 4096).await;
+        let Msg::Chunk { cookie: 8, payload, .. } = tls.reply().await else { panic!("no data chunk") };
         assert_eq!(&payload[8..], &[0x5a; 4096][..]);
-        request(&mut tls, 2, 0, 9, 0, 0).await;
+        tls.request(2, 0, 9, 0, 0).await;
         task.await.unwrap().unwrap();
     }
 
@@ -1510,17 +1424,17 @@ mod tests {
         let (policy, _) = tls_pair(true);
         let (mut c, _stop, task) = start_tls(ServerConfig::default(), 1 << 20, policy);
         greet_server(&mut c).await;
-        option(&mut c, p::OPT_EXPORT_NAME, b"mem").await;
+        c.option(p::OPT_EXPORT_NAME, b"mem").await;
         assert!(matches!(task.await.unwrap(), Err(ConnectionError::TlsRequired)));
 
         // Without the client certificate the server ends the handshake.
         let (policy, connector) = tls_pair(false);
         let (mut c, _stop, task) = start_tls(ServerConfig::default(), 1 << 20, policy);
         greet_server(&mut c).await;
-        option(&mut c, p::OPT_STARTTLS, &[]).await;
-        assert_eq!(option_reply(&mut c).await.1, p::REP_ACK);
+        c.option(p::OPT_STARTTLS, &[]).await;
+        assert_eq!(c.option_reply().await.1, p::REP_ACK);
         // TLS 1.3 reports the refusal only after the client's first flight.
-        if let Ok(mut tls) = connector.connect(server_name(), c).await {
+        if let Ok(mut tls) = connector.connect(server_name(), c.into_inner()).await {
             let _ = tls.write_all(&[0; 16]).await;
             let _ = tls.flush().await;
             let mut b = [0u8; 1];
@@ -1533,8 +1447,8 @@ mod tests {
     async fn a_plain_listener_of_a_tls_server_refuses_starttls_by_policy() {
         let (mut c, _stop, _task) = start_tls(ServerConfig::default(), 1 << 20, TlsPolicy::NotOffered);
         greet_server(&mut c).await;
-        option(&mut c, p::OPT_STARTTLS, &[]).await;
-        assert_eq!(option_reply(&mut c).await.1, p::REP_ERR_POLICY);
+        c.option(p::OPT_STARTTLS, &[]).await;
+        assert_eq!(c.option_reply().await.1, p::REP_ERR_POLICY);
         haggle(&mut c).await;
     }
 
@@ -1544,15 +1458,11 @@ mod tests {
         let config = ServerConfig { max_inflight_requests: 2, ..ServerConfig::default() };
         let (mut c, _stop, task) = start_with(config, 1024);
         negotiate(&mut c).await;
-        let (mut rd, mut wr) = tokio::io::split(c);
+        let (rd, wr) = tokio::io::split(c.into_inner());
+        let (mut rd, mut wr) = (Client::new(rd), Client::new(wr));
         let sender = tokio::spawn(async move {
             for cookie in 0..N {
-                let mut r = p::REQUEST_MAGIC.to_be_bytes().to_vec();
-                r.extend_from_slice(&0u16.to_be_bytes());
-                r.extend_from_slice(&3u16.to_be_bytes());
-                r.extend_from_slice(&cookie.to_be_bytes());
-                r.extend_from_slice(&[0u8; 12]);
-                wr.write_all(&r).await.unwrap();
+                wr.request(nbd::CMD_FLUSH, 0, cookie, 0, 0).await;
             }
             wr
         });
@@ -1565,18 +1475,14 @@ mod tests {
         // Reading the replies lets everything through; every request is answered once.
         let mut cookies = Vec::new();
         for _ in 0..N {
-            let mut r = [0u8; p::SIMPLE_REPLY_LEN];
-            rd.read_exact(&mut r).await.unwrap();
-            assert_eq!(&r[4..8], &[0, 0, 0, 0]);
-            cookies.push(u64::from_be_bytes(r[8..].try_into().unwrap()));
+            let (error, cookie) = rd.simple_reply().await;
+            assert_eq!(error, 0);
+            cookies.push(cookie);
         }
         cookies.sort_unstable();
         assert_eq!(cookies, (0..N).collect::<Vec<_>>());
         let mut wr = sender.await.unwrap();
-        let mut r = p::REQUEST_MAGIC.to_be_bytes().to_vec();
-        r.extend_from_slice(&[0, 0, 0, 2]);
-        r.extend_from_slice(&[0u8; 20]);
-        wr.write_all(&r).await.unwrap();
+        wr.request(nbd::CMD_DISC, 0, 0, 0, 0).await;
         task.await.unwrap().unwrap();
     }
 
@@ -1585,13 +1491,13 @@ mod tests {
         let (mut c, _stop, _task) = start(ServerConfig::default());
         negotiate(&mut c).await;
 
-        request(&mut c, 5, 0, 1, 0, 4096).await;
-        request(&mut c, 3, 0, 2, 0, 0).await;
-        request(&mut c, 0, 0, 3, 0, 4096).await;
+        c.request(5, 0, 1, 0, 4096).await;
+        c.request(3, 0, 2, 0, 0).await;
+        c.request(0, 0, 3, 0, 4096).await;
 
         let mut order = Vec::new();
         for _ in 0..3 {
-            order.push(match reply(&mut c).await {
+            order.push(match c.reply().await {
                 Msg::Simple { error: 0, cookie } => cookie,
                 Msg::Chunk { cookie, flags, .. } if flags & p::REPLY_FLAG_DONE != 0 => cookie,
                 other => panic!("unexpected {other:?}"),
@@ -1607,7 +1513,7 @@ mod tests {
         stop.send(true).unwrap();
         task.await.unwrap().unwrap();
         let mut rest = Vec::new();
-        c.read_to_end(&mut rest).await.unwrap();
+        c.into_inner().read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());
     }
 }

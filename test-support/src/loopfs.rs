@@ -4,9 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::run_ok;
+use crate::run_ok;
 
 /// An ext4 file system in an image file, mounted with `mount -o loop`; unmounted on drop.
+#[derive(Debug)]
 pub struct LoopFs {
     /// Holds the image and the mount point; removed after the unmount.
     _dir: tempfile::TempDir,

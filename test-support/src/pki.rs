@@ -1,8 +1,7 @@
 //! Throwaway X.509 certificates for tests: a CA, a server certificate for 127.0.0.1 and
-//! localhost, and a client certificate. Shared by the daemon's unit tests and the
-//! end-to-end tests (included there by path). The key usages are what QEMU's and GnuTLS's
-//! checks demand of real deployments, so the same files serve qemu and libnbd clients.
-#![allow(clippy::unwrap_used, dead_code)]
+//! localhost, and a client certificate, for the daemon's unit tests and the end-to-end
+//! tests. The key usages are what QEMU's and GnuTLS's checks demand of real deployments, so
+//! the same files serve qemu and libnbd clients.
 
 use std::path::Path;
 
