@@ -86,7 +86,7 @@ pub fn daemon_bin(name: &str) -> PathBuf {
     let bins = BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let out = Command::new(cargo)
-            .args(["build", "--locked", "-p", "cairn-daemon", "--bins", "--message-format=json"])
+            .args(["build", "--locked", "-p", "cairn-daemon", "-p", "cairn-cli", "--bins", "--message-format=json"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .output()
             .expect("running cargo build");
