@@ -9,7 +9,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cairn_daemon::grpc::client::{self, AuthChannel, Credentials};
+use cairn_cli::client::{self, AuthChannel, Credentials};
 use cairn_proto::size::parse_size;
 use cairn_proto::v1 as pb;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};

@@ -402,7 +402,7 @@ pub fn grpc_endpoint(data_dir: &Path) -> String {
 
 /// A gRPC channel to a cairnd started on `data_dir`.
 pub async fn grpc(data_dir: &Path) -> tonic::transport::Channel {
-    cairn_daemon::grpc::client::connect(&grpc_endpoint(data_dir)).await.unwrap()
+    cairn_cli::client::connect(&grpc_endpoint(data_dir)).await.unwrap()
 }
 
 /// The `cairn` CLI aimed at a cairnd started on `data_dir`.
