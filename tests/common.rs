@@ -109,5 +109,5 @@ pub async fn read_rp(engine: &Engine, rp: cairn_engine::RestorePointId, disk: ca
 
 /// A gRPC channel to a cairnd started on `data_dir`.
 pub async fn grpc(data_dir: &Path) -> tonic::transport::Channel {
-    cairn_daemon::grpc::client::connect(&grpc_endpoint(data_dir)).await.unwrap()
+    cairn_cli::client::connect(&grpc_endpoint(data_dir)).await.unwrap()
 }

@@ -19,7 +19,7 @@ async fn grpc_listens_on_a_private_socket_or_loopback_tcp() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
     let daemon = start_cairnd(dir.path(), &["--grpc", &addr, "--region", "west"]);
-    let ch = cairn_daemon::grpc::client::connect(&addr).await.unwrap();
+    let ch = cairn_cli::client::connect(&addr).await.unwrap();
     let g = pb::groups_client::GroupsClient::new(ch.clone())
         .create_group(pb::CreateGroupRequest { name: "g".into(), ..Default::default() })
         .await

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use cairn_daemon::grpc::client::{AuthChannel, Credentials, connect_with};
+use cairn_cli::client::{AuthChannel, Credentials, connect_with};
 use cairn_proto::v1 as pb;
 
 use crate::common::{daemon_bin, free_loopback_addr, run_ok, start_cairnd, start_fails, strs, tls_setup};
@@ -42,7 +42,7 @@ async fn tls_grpc_with_a_client_ca_serves_certified_clients_only() {
         Ok(ch) => create_and_list(&ch, "nope").await.map_err(|s| s.code().to_string()),
         Err(e) => Err(e.to_string()),
     };
-    let plain = cairn_daemon::grpc::client::connect(&format!("http://{addr}")).await;
+    let plain = cairn_cli::client::connect(&format!("http://{addr}")).await;
     let cli = run_ok(
         Command::new(daemon_bin("cairn"))
             .args(["--endpoint", &url, "--output", "json", "--tls-ca"])

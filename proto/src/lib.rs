@@ -1,6 +1,11 @@
 //! Cairn's gRPC API, package `cairn.v1`, generated from `proto/cairn/v1/*.proto` (generated
-//! code only: the daemon converts these types to engine types in one module).
+//! code: the daemon converts these types to engine types in one module), plus the two
+//! conventions both ends of the API share by hand: the bearer token ([`token`]) and size
+//! strings ([`size`]), so that cairnd and the `cairn` CLI need nothing else in common.
 #![forbid(unsafe_code)]
+
+pub mod size;
+pub mod token;
 
 /// Package `cairn.v1`.
 pub mod v1 {

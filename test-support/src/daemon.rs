@@ -41,14 +41,16 @@ pub fn free_loopback_addr() -> String {
     format!("127.0.0.1:{port}")
 }
 
-/// Path of a freshly built binary of the daemon crate: builds it (a no-op when up to date)
-/// so the tests never run a stale binary.
+/// Path of a freshly built binary of the workspace (`cairnd`, `cairn`): builds it (a no-op
+/// when up to date) so the tests never run a stale binary.
 pub fn daemon_bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<Vec<(String, PathBuf)>> = OnceLock::new();
     let bins = BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        // `--examples` (there are none) makes cargo resolve features as for the tests, with
+        // dev-dependencies: cairnd gets failpoints and shares every crate the tests built.
         let out = Command::new(cargo)
-            .args(["build", "--locked", "-p", "cairn-daemon", "--bins", "--message-format=json"])
+            .args(["build", "--locked", "--workspace", "--bins", "--examples", "--message-format=json"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .output()
             .expect("running cargo build");

@@ -9,7 +9,6 @@
 
 pub mod access;
 pub mod auth;
-pub mod client;
 pub mod collections;
 pub mod convert;
 pub mod disk_data;

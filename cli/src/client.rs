@@ -5,10 +5,12 @@
 
 use std::path::{Path, PathBuf};
 
+use cairn_proto::token::{AUTHORIZATION, BEARER_PREFIX, read_token};
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-
-use super::auth::{SendToken, read_token};
+use tonic::{Request, Status};
 
 /// Why a connection could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,26 @@ impl Credentials {
     pub fn with_token_file(self, path: &Path) -> Result<Self, ConnectError> {
         let token = read_token(path).map_err(|e| ConnectError::Credentials(e.to_string()))?;
         Ok(Self { token: Some(token), ..self })
+    }
+}
+
+/// The interceptor that sends the token, when one is given, on every call.
+#[derive(Debug, Clone, Default)]
+pub struct SendToken(Option<AsciiMetadataValue>);
+
+impl SendToken {
+    /// A token to send; `None` when it cannot be a header value.
+    pub fn new(token: &str) -> Option<Self> {
+        AsciiMetadataValue::try_from(format!("{BEARER_PREFIX}{token}")).ok().map(|v| Self(Some(v)))
+    }
+}
+
+impl Interceptor for SendToken {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert(AUTHORIZATION, v.clone());
+        }
+        Ok(req)
     }
 }
 
@@ -112,4 +134,21 @@ pub async fn connect_with(s: &str, creds: &Credentials) -> Result<AuthChannel, C
         None => SendToken::default(),
     };
     Ok(InterceptedService::new(open(s, ep).await?, token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent(mut token: SendToken) -> Option<String> {
+        let req = token.call(Request::new(())).unwrap();
+        req.metadata().get(AUTHORIZATION).map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    #[test]
+    fn the_token_goes_out_as_a_bearer_header() {
+        assert_eq!(sent(SendToken::new("s3cret-token").unwrap()), Some("Bearer s3cret-token".into()));
+        assert_eq!(sent(SendToken::default()), None);
+        assert!(SendToken::new("two\nlines").is_none(), "a header value is one line");
+    }
 }

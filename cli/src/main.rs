@@ -4,13 +4,14 @@
 //! `gc` and `verify`. Output is a table, or with `--output json` one JSON document (stable,
 //! for scripts). Exit codes: 0 ok, 1 the call or the operation failed (or a verify found
 //! corrupt records), 2 usage. Failures print one line on stderr.
+#![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cairn_daemon::config::parse_size;
-use cairn_daemon::grpc::client::{self, AuthChannel, Credentials};
+use cairn_cli::client::{self, AuthChannel, Credentials};
+use cairn_proto::size::parse_size;
 use cairn_proto::v1 as pb;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
@@ -544,10 +545,20 @@ fn cell(v: &Value) -> String {
 
 /// `2026-11-25 23:58:23Z`: milliseconds since the epoch, in UTC.
 fn timestamp(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (y, mo, d) = cairn_engine::retention::civil_from_days(secs / 86_400);
-    let s = secs % 86_400;
-    format!("{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02}Z", s / 3600, s / 60 % 60, s % 60)
+    let t = i64::try_from(ms / 1000).ok().and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok());
+    match t {
+        Some(t) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        // Past the year 9999: no daemon's clock says so, print what it sent.
+        None => format!("{ms}ms"),
+    }
 }
 
 /// `850µs`, `12.3ms`, `4.20s`, `3m20s`, `2h05m`: a duration for people.
@@ -1120,6 +1131,7 @@ mod tests {
     fn times_read_as_timestamps_and_durations() {
         assert_eq!(timestamp(0), "1970-01-01 00:00:00Z");
         assert_eq!(timestamp(951_782_400_000 + 3_723_000), "2000-02-29 01:02:03Z");
+        assert_eq!(timestamp(1_764_115_103_000), "2025-11-25 23:58:23Z");
         let d = std::time::Duration::from_micros;
         assert_eq!(
             [d(850), d(12_345), d(4_200_000), d(200_000_000), d(7_500_000_000)].map(duration),
