@@ -4,17 +4,17 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use crate::base::error::{Error, Result};
+use crate::base::format::DEFAULT_CHUNK_SIZE;
+use crate::base::ids::{DiskId, GroupId, LineageId, Name};
+use crate::base::stats::{FreezeStats, Throughput};
 use crate::catalog::Catalog;
-use crate::chunk_store::ChunkStore;
 use crate::disk::{self, CreateDisk, Disk, DiskRecord, now_ms};
-use crate::error::{Error, Result};
-use crate::format::DEFAULT_CHUNK_SIZE;
-use crate::group::{CreateGroup, Freeze, GroupRecord, check_configuration};
-use crate::ids::{DiskId, GroupId, LineageId, Name};
 use crate::io::{Io, IoBackendKind};
-use crate::restore_points::DiskRestorePointReader;
-use crate::stats::{FreezeStats, Throughput};
-use crate::store::LocalPackStore;
+use crate::rp::group::{CreateGroup, Freeze, GroupRecord, check_configuration};
+use crate::rp::restore_points::DiskRestorePointReader;
+use crate::store::chunk_store::ChunkStore;
+use crate::store::pack::LocalPackStore;
 
 /// Engine settings; everything has an embedded default except the data dir.
 #[derive(Debug, Clone)]
@@ -60,7 +60,7 @@ impl EngineConfig {
             data_dir: data_dir.into(),
             io_backend: IoBackendKind::Auto,
             region: "local".into(),
-            zstd_level: crate::format::DEFAULT_ZSTD_LEVEL,
+            zstd_level: crate::base::format::DEFAULT_ZSTD_LEVEL,
             preserve_mem_bytes: 256 << 20,
             free_space_watermark_bytes: 1 << 30,
             background_priority: BackgroundPriority::default(),
@@ -132,8 +132,8 @@ pub(crate) struct Inner {
     /// pack for an orphan.
     pub(crate) gc_single: Arc<tokio::sync::Mutex<()>>,
     /// Low-priority threads for the CPU work of captures.
-    pub(crate) background: crate::background::BackgroundPool,
-    pub(crate) hooks: RwLock<std::collections::HashMap<GroupId, Vec<Arc<dyn crate::hooks::QuiesceHook>>>>,
+    pub(crate) background: crate::jobs::background::BackgroundPool,
+    pub(crate) hooks: RwLock<std::collections::HashMap<GroupId, Vec<Arc<dyn crate::rp::hooks::QuiesceHook>>>>,
     /// What was wrong with disks when the engine opened (a restored disk whose base is gone).
     pub(crate) disk_problems: Vec<(DiskId, String)>,
 }
@@ -164,7 +164,7 @@ impl Engine {
         create_dir(data_dir)?;
         let disks_dir = data_dir.join("disks");
         create_dir(&disks_dir)?;
-        crate::failpoint::arm_from_env();
+        crate::base::failpoint::arm_from_env();
         let catalog = Arc::new(Catalog::open(&data_dir.join("catalog"))?);
         crate::chunk_map::build_seq_index(&catalog)?;
         let io = Io::open(config.io_backend)?;
@@ -201,7 +201,7 @@ impl Engine {
         tracing::info!(data_dir = %data_dir.display(), disks = state.disks.len(), groups = state.groups.len(), io = io.name(), "engine open");
 
         let watermark = config.free_space_watermark_bytes;
-        let background = crate::background::BackgroundPool::start(config.background_priority)
+        let background = crate::jobs::background::BackgroundPool::start(config.background_priority)
             .map_err(|e| Error::io("start background threads", data_dir, e))?;
         let engine = Self {
             inner: Arc::new(Inner {

@@ -118,62 +118,44 @@
 //! | GC rewrite (phase 2)      | captures, reads (old packs retired, not deleted) | index lock per switch        |
 //! | verify                    | everything                                | read-only but for corrupt marks     |
 
-mod background;
-mod capture;
+mod base;
 mod catalog;
-mod chunk;
 mod chunk_map;
-mod chunk_store;
-mod collection;
-mod delta;
 mod disk;
 mod engine;
-mod error;
-#[doc(hidden)]
-pub mod failpoint;
-pub mod format;
-mod gate;
-mod gc;
-mod group;
-mod hooks;
-mod ids;
 pub mod io;
 mod jobs;
-mod local_map;
-mod operation;
-mod readahead;
-mod restore;
-mod restore_point;
-mod restore_points;
-mod restored;
-pub mod retention;
-mod stats;
+mod rp;
 pub mod store;
-mod store_counters;
 mod sys;
-mod tracking;
-mod verify;
 
-pub use capture::PendingCapture;
-pub use chunk::{ChunkId, ChunkRef};
-pub use chunk_store::StoreStats;
-pub use collection::{CollectionRecord, CreateCollection, DEFAULT_MAX_RESTORE_POINTS, ScriptHook, UpdateCollection};
+#[doc(hidden)]
+pub use base::failpoint;
+pub use base::format;
+pub use rp::retention;
+
+pub use base::error::{Error, ErrorKind, Result};
+pub use base::ids::{CollectionId, DiskId, GroupId, LineageId, Name, OperationId, PackId, RestorePointId};
+pub use base::stats::{FreezeStats, FreezeSummary, JobThroughput, Throughput};
+pub use disk::capture::PendingCapture;
+pub use disk::tracking::ChangeTracker;
 pub use disk::{CreateDisk, Disk, DiskCounters, DiskRecord, Extent, RestoreSource};
 pub use engine::{BackgroundPriority, Engine, EngineConfig};
-pub use error::{Error, ErrorKind, Result};
-pub use gc::{DEFAULT_GC_LIVE_SHARE_PERCENT, GcReport};
-pub use group::{CreateGroup, Freeze, GroupRecord, MAX_CONFIGURATION_BYTES};
-pub use hooks::{HookContext, QuiesceHook};
-pub use ids::{CollectionId, DiskId, GroupId, LineageId, Name, OperationId, PackId, RestorePointId};
 pub use io::IoBackendKind;
-pub use operation::{OperationKind, OperationRecord, OperationState};
-pub use restore::RestoreDisk;
-pub use restore_point::{
+pub use jobs::operation::{OperationKind, OperationRecord, OperationState};
+pub use rp::collection::{
+    CollectionRecord, CreateCollection, DEFAULT_MAX_RESTORE_POINTS, ScriptHook, UpdateCollection,
+};
+pub use rp::group::{CreateGroup, Freeze, GroupRecord, MAX_CONFIGURATION_BYTES};
+pub use rp::hooks::{HookContext, QuiesceHook};
+pub use rp::restore::RestoreDisk;
+pub use rp::restore_point::{
     ConsistencyMode, CreateRestorePoint, DiskRestorePoint, LineageBase, ProvisioningState, RestorePointRecord,
 };
-pub use restore_points::{DiskRestorePointReader, MAX_RESTORE_POINTS_LIMIT};
-pub use retention::{RetentionDecision, RetentionPolicy};
-pub use stats::{FreezeStats, FreezeSummary, JobThroughput, Throughput};
+pub use rp::restore_points::{DiskRestorePointReader, MAX_RESTORE_POINTS_LIMIT};
+pub use rp::retention::{RetentionDecision, RetentionPolicy};
+pub use store::chunk::{ChunkId, ChunkRef};
+pub use store::chunk_store::StoreStats;
+pub use store::gc::{DEFAULT_GC_LIVE_SHARE_PERCENT, GcReport};
+pub use store::verify::{Affected, CorruptRecord, VerifyReport, VerifyTarget};
 pub use sys::IoBuf;
-pub use tracking::ChangeTracker;
-pub use verify::{Affected, CorruptRecord, VerifyReport, VerifyTarget};

@@ -2,9 +2,9 @@
 
 use std::fmt;
 
-use crate::error::{Error, Result};
-use crate::format::{CHUNK_ENTRY_LEN, REF_DELTA, REF_FULL, REF_ZERO};
-use crate::ids::PackId;
+use crate::base::error::{Error, Result};
+use crate::base::format::{CHUNK_ENTRY_LEN, REF_DELTA, REF_FULL, REF_ZERO};
+use crate::base::ids::PackId;
 
 /// Whether `data` is all zeros: compared a page at a time with memcmp, several times faster
 /// than a byte loop, which the early exit keeps the compiler from vectorising.

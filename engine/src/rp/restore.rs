@@ -4,13 +4,13 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::base::error::{Error, Result};
+use crate::base::ids::{DiskId, LineageId, Name, RestorePointId};
 use crate::disk::{Disk, DiskRecord, RestoreSource, now_ms};
 use crate::engine::{DiskEntry, Engine};
-use crate::error::{Error, Result};
-use crate::group::{CreateGroup, GroupRecord};
-use crate::ids::{DiskId, LineageId, Name, RestorePointId};
-use crate::operation::{OperationKind, OperationRecord, OperationState};
-use crate::restore_points::DiskRestorePointReader;
+use crate::jobs::operation::{OperationKind, OperationRecord, OperationState};
+use crate::rp::group::{CreateGroup, GroupRecord};
+use crate::rp::restore_points::DiskRestorePointReader;
 
 /// Chunks hydrated between two syncs of the disk file.
 const HYDRATE_BATCH: usize = 64;
@@ -222,10 +222,10 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collection::CreateCollection;
     use crate::disk::CreateDisk;
     use crate::engine::EngineConfig;
-    use crate::restore_point::{CreateRestorePoint, RestorePointRecord};
+    use crate::rp::collection::CreateCollection;
+    use crate::rp::restore_point::{CreateRestorePoint, RestorePointRecord};
 
     fn config(dir: &std::path::Path) -> EngineConfig {
         EngineConfig { io_backend: crate::io::IoBackendKind::Blocking, ..EngineConfig::new(dir) }

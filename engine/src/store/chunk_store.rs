@@ -13,13 +13,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::base::error::{Error, Result};
+use crate::base::format::{Codec, PACK_HEADER_LEN, RECORD_HEADER_LEN, RecordHeader, RecordKind, encode_pack_header};
+use crate::base::ids::PackId;
 use crate::catalog::{Batch, Catalog};
-use crate::chunk::{ChunkId, ChunkLocation, ChunkRef};
-use crate::error::{Error, Result};
-use crate::format::{Codec, PACK_HEADER_LEN, RECORD_HEADER_LEN, RecordHeader, RecordKind, encode_pack_header};
-use crate::ids::PackId;
-use crate::store::PackStore;
-use crate::store_counters::{StoreChange, StoreCounters};
+use crate::store::chunk::{ChunkId, ChunkLocation, ChunkRef};
+use crate::store::counters::{StoreChange, StoreCounters};
+use crate::store::pack::PackStore;
 
 /// A record ready to append: header plus stored bytes. Built off the I/O path (CPU work).
 #[derive(Debug)]
@@ -387,7 +387,7 @@ impl ChunkStore {
                     None => self.read(base).await?,
                 };
                 let payload = self.read_delta(delta).await?;
-                let data = crate::delta::apply(&base_data, &payload, len)?;
+                let data = crate::store::delta::apply(&base_data, &payload, len)?;
                 if ChunkId::of(&data) != content {
                     return Err(Error::corrupt(
                         "delta",
@@ -477,7 +477,7 @@ impl ChunkStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::LocalPackStore;
+    use crate::store::pack::LocalPackStore;
 
     /// A store over a fresh catalog holding one record with one reference.
     async fn store_with_one_record(dir: &Path) -> (ChunkStore, ChunkId) {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-use crate::error::{Error, Result};
-use crate::ids::PackId;
+use crate::base::error::{Error, Result};
+use crate::base::ids::PackId;
 use crate::sys::sync_dir;
 
 /// Where sealed packs live.

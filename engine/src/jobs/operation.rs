@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::base::ids::OperationId;
 use crate::catalog::Record;
-use crate::ids::OperationId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OperationKind {
@@ -132,7 +132,7 @@ impl crate::engine::Engine {
         }
     }
 
-    fn prune_operations(&self, ended_before_ms: u64, keep: usize) -> crate::error::Result<()> {
+    fn prune_operations(&self, ended_before_ms: u64, keep: usize) -> crate::base::error::Result<()> {
         let mut ended: Vec<OperationRecord> =
             self.inner.catalog.list::<OperationRecord>()?.into_iter().filter(|o| o.state.is_terminal()).collect();
         ended.sort_by_key(|o| std::cmp::Reverse(o.updated_at_ms));

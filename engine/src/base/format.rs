@@ -2,7 +2,7 @@
 //!
 //! Headers are checked when written and when read; sizes are checked at compile time.
 
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 use std::path::Path;
 
 /// Version of the catalog's layout (column families, keys, record encodings).

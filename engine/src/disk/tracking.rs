@@ -1,7 +1,7 @@
 //! Change tracking: which 4 KiB blocks of a disk were written since the last restore point.
 //!
 //! Two bitmap slots live in a memory-mapped file beside the disk (layout in
-//! [`crate::format::TrackingHeader`]). Writes set bits in the active slot with atomic ORs
+//! [`crate::base::format::TrackingHeader`]). Writes set bits in the active slot with atomic ORs
 //! straight into the page cache. Inside a group freeze, [`ChangeTracker::switch_epoch`]
 //! swaps the slots in memory only (no sync in the freeze window); the header recording the
 //! switch is persisted after the thaw. A capture then reads the closed slot and, when it
@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use crate::error::{Error, Result};
-use crate::format::{
+use crate::base::error::{Error, Result};
+use crate::base::format::{
     BLOCK_SIZE, TRACKING_FLAG_CLOSED_PENDING, TRACKING_FLAG_OPEN, TRACKING_FLAG_UNTRUSTED, TrackingHeader,
 };
 use crate::sys::{self, MappedWords, sync_dir};
@@ -73,7 +73,7 @@ impl ChangeTracker {
         let io_err = |context, e| Error::io(context, path, e);
         let file =
             OpenOptions::new().read(true).write(true).open(path).map_err(|e| io_err("open change-tracking file", e))?;
-        let mut head = [0u8; crate::format::TRACKING_HEADER_LEN];
+        let mut head = [0u8; crate::base::format::TRACKING_HEADER_LEN];
         file.read_exact_at(&mut head, 0).map_err(|e| io_err("read change-tracking header", e))?;
         let header = TrackingHeader::decode(&head, path)?;
         let want_len = TrackingHeader::file_len(header.block_count);

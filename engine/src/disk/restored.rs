@@ -11,10 +11,10 @@
 
 use std::sync::Arc;
 
-use crate::chunk::ChunkRef;
-use crate::error::Result;
-use crate::local_map::LocalMap;
-use crate::restore_points::DiskRestorePointReader;
+use crate::base::error::Result;
+use crate::disk::local_map::LocalMap;
+use crate::rp::restore_points::DiskRestorePointReader;
+use crate::store::chunk::ChunkRef;
 
 const STRIPES: usize = 64;
 

@@ -5,10 +5,10 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
+use crate::base::error::{Error, Result};
+use crate::base::ids::{CollectionId, RestorePointId};
 use crate::engine::Engine;
-use crate::error::{Error, Result};
-use crate::ids::{CollectionId, RestorePointId};
-use crate::restore_point::{ProvisioningState, RestorePointRecord};
+use crate::rp::restore_point::{ProvisioningState, RestorePointRecord};
 
 /// How many restore points to keep, by rule. A restore point kept by any rule stays.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,7 +129,7 @@ impl Engine {
                         tracing::info!(restore_point = %d.name, reasons = ?d.reasons, "retention deleted restore point")
                     }
                     // Another client may have deleted it meanwhile: that is what we wanted.
-                    Err(e) if e.kind() == crate::error::ErrorKind::NotFound => {}
+                    Err(e) if e.kind() == crate::base::error::ErrorKind::NotFound => {}
                     Err(e) => return Err(e),
                 }
             }
@@ -141,8 +141,8 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{CollectionId, Name, OperationId};
-    use crate::restore_point::ConsistencyMode;
+    use crate::base::ids::{CollectionId, Name, OperationId};
+    use crate::rp::restore_point::ConsistencyMode;
 
     fn rp(seq: u64, at_ms: u64) -> RestorePointRecord {
         RestorePointRecord {

@@ -11,12 +11,12 @@
 
 use std::collections::BTreeMap;
 
+use crate::base::error::{Error, Result};
+use crate::base::format::{chunk_map_key, decode_chunk_map_key};
+use crate::base::ids::LineageId;
 use crate::catalog::{Batch, Catalog};
-use crate::chunk::{ChunkId, ChunkRef};
-use crate::error::{Error, Result};
-use crate::format::{chunk_map_key, decode_chunk_map_key};
-use crate::ids::LineageId;
-use crate::restore_point::LineageBase;
+use crate::rp::restore_point::LineageBase;
+use crate::store::chunk::{ChunkId, ChunkRef};
 
 pub(crate) const CF: &str = "chunk_map";
 /// The index of [`CF`] by seq.

@@ -1,5 +1,12 @@
 //! Live disks: sparse files served read-write, with a write gate and change tracking.
 
+pub(crate) mod capture;
+pub(crate) mod gate;
+pub(crate) mod local_map;
+pub(crate) mod readahead;
+pub(crate) mod restored;
+pub(crate) mod tracking;
+
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -10,19 +17,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::{Deserialize, Serialize};
 
-use crate::capture::PendingCapture;
+use crate::base::error::{Error, Result};
+use crate::base::format::{DISK_ALIGN, MAX_CHUNK_SIZE, MAX_DISK_SIZE, MAX_IO_BYTES, MIN_CHUNK_SIZE};
+use crate::base::ids::{DiskId, GroupId, LineageId, Name};
 use crate::catalog::Record;
-use crate::error::{Error, Result};
-use crate::format::{DISK_ALIGN, MAX_CHUNK_SIZE, MAX_DISK_SIZE, MAX_IO_BYTES, MIN_CHUNK_SIZE};
-use crate::gate::{GateClosed, WriteGate};
-use crate::ids::{DiskId, GroupId, LineageId, Name};
+use crate::disk::capture::PendingCapture;
+use crate::disk::gate::{GateClosed, WriteGate};
+use crate::disk::local_map::LocalMap;
+use crate::disk::readahead::Readahead;
+use crate::disk::restored::Restored;
+use crate::disk::tracking::ChangeTracker;
 use crate::io::Io;
-use crate::local_map::LocalMap;
-use crate::readahead::Readahead;
-use crate::restore_points::DiskRestorePointReader;
-use crate::restored::Restored;
+use crate::rp::restore_points::DiskRestorePointReader;
 use crate::sys::{self, IoBuf};
-use crate::tracking::ChangeTracker;
 
 /// A disk as the catalog stores it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,7 +54,7 @@ pub struct DiskRecord {
 /// Where a restored disk came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreSource {
-    pub restore_point: crate::ids::RestorePointId,
+    pub restore_point: crate::base::ids::RestorePointId,
     pub disk: DiskId,
 }
 
@@ -225,7 +232,7 @@ impl Disk {
             return Err(Error::corrupt(&path, format!("disk file is {len} bytes, catalog says {}", record.size_bytes)));
         }
         let tracker = ChangeTracker::open(&tracking_path(dir, record.id))?;
-        if tracker.block_count() < crate::tracking::block_count(record.size_bytes) {
+        if tracker.block_count() < crate::disk::tracking::block_count(record.size_bytes) {
             return Err(Error::corrupt(&path, "change tracking covers less than the disk"));
         }
         let restored = match base {
@@ -523,7 +530,7 @@ impl Disk {
                 continue;
             }
             let data = r.base.read_chunk(c).await?;
-            if !crate::chunk::is_zero(&data) {
+            if !crate::store::chunk::is_zero(&data) {
                 let (res, _) = self.write_file(IoBuf::from_slice(&data), c * self.chunk_size_bytes).await;
                 res.map_err(|e| Error::io("fill chunk from its restore point", &self.path, e))?;
                 self.sync_file().await?;
@@ -631,9 +638,9 @@ impl Disk {
             // One read for the blocks this write covers, taken before the write is issued;
             // `preserve` keeps only those nobody preserved meanwhile (see capture.rs).
             let Some((first, last)) = cap.unpreserved_span(c, offset, len) else { continue };
-            let n = usize::try_from((last - first) * crate::format::BLOCK_SIZE)
+            let n = usize::try_from((last - first) * crate::base::format::BLOCK_SIZE)
                 .map_err(|_| Error::invalid("length", "too large"))?;
-            let at = first * crate::format::BLOCK_SIZE;
+            let at = first * crate::base::format::BLOCK_SIZE;
             let (got, mut buf) = self.read_file(IoBuf::for_overwrite(n), at, "read blocks to preserve").await?;
             buf[got..].fill(0);
             cap.preserve(c, first, &buf)?;

@@ -38,12 +38,12 @@ fn arm(spec: &str) {
 
 /// What an armed `return` failpoint does.
 #[cfg(feature = "failpoints")]
-pub(crate) fn fire(name: &'static str, arg: Option<String>) -> crate::error::Error {
+pub(crate) fn fire(name: &'static str, arg: Option<String>) -> crate::base::error::Error {
     if arg.as_deref() == Some("exit") {
         tracing::error!(failpoint = name, "failpoint: aborting the process");
         std::process::abort();
     }
-    crate::error::Error::Injected(name)
+    crate::base::error::Error::Injected(name)
 }
 
 /// Declares a failpoint in a function returning `crate::Result<_>`.
@@ -52,7 +52,7 @@ pub(crate) fn fire(name: &'static str, arg: Option<String>) -> crate::error::Err
 #[doc(hidden)]
 macro_rules! failpoint {
     ($name:literal) => {
-        fail::fail_point!($name, |arg| Err($crate::failpoint::fire($name, arg)))
+        fail::fail_point!($name, |arg| Err($crate::base::failpoint::fire($name, arg)))
     };
 }
 
@@ -66,7 +66,7 @@ macro_rules! failpoint {
 
 #[cfg(all(test, feature = "failpoints"))]
 mod tests {
-    use crate::error::{Error, ErrorKind};
+    use crate::base::error::{Error, ErrorKind};
 
     fn guarded() -> crate::Result<()> {
         crate::failpoint!("failpoint::test");

@@ -13,8 +13,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use crate::error::{Error, Result};
-use crate::format::{
+use crate::base::error::{Error, Result};
+use crate::base::format::{
     LOCAL_FLAG_HYDRATED, LOCAL_HEADER_LEN, LOCAL_HEADER_PAGE, decode_local_header, encode_local_header,
 };
 use crate::sys::{MappedWords, allocate, allocate_if_sparse, sync_dir};

@@ -11,8 +11,8 @@ use rocksdb::{ColumnFamily, DB, Options, WriteBatch, WriteOptions};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{Error, Result};
-use crate::format::{CATALOG_FORMAT_VERSION, META_FORMAT_VERSION_KEY};
+use crate::base::error::{Error, Result};
+use crate::base::format::{CATALOG_FORMAT_VERSION, META_FORMAT_VERSION_KEY};
 
 /// Column families, as in DESIGN.md, plus `chunk_seq` (see chunk_map.rs).
 pub(crate) const COLUMN_FAMILIES: [&str; 11] = [

@@ -2,12 +2,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::base::error::{Error, Result};
+use crate::base::ids::{CollectionId, GroupId, Name};
 use crate::catalog::Record;
 use crate::engine::Engine;
-use crate::error::{Error, Result};
-use crate::ids::{CollectionId, GroupId, Name};
-use crate::restore_point::RestorePointRecord;
-use crate::restore_points::MAX_RESTORE_POINTS_LIMIT;
+use crate::rp::restore_point::RestorePointRecord;
+use crate::rp::restore_points::MAX_RESTORE_POINTS_LIMIT;
 
 /// Default limit of restore points per collection (Azure's).
 pub const DEFAULT_MAX_RESTORE_POINTS: u32 = 200;

@@ -6,11 +6,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::base::error::Result;
+use crate::base::format::RECORD_HEADER_LEN;
 use crate::catalog::Catalog;
-use crate::chunk::ChunkLocation;
-use crate::chunk_store::StoreStats;
-use crate::error::Result;
-use crate::format::RECORD_HEADER_LEN;
+use crate::store::chunk::ChunkLocation;
+use crate::store::chunk_store::StoreStats;
 
 /// Stored bytes of a record, header included.
 pub(crate) fn record_bytes(loc: &ChunkLocation) -> u64 {
@@ -136,7 +136,7 @@ impl StoreCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::PackId;
+    use crate::base::ids::PackId;
 
     fn loc(stored_len: u32, refs: u64) -> ChunkLocation {
         ChunkLocation { pack: PackId::new(), offset: 0, stored_len, raw_len: stored_len, refs }

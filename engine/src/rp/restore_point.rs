@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::base::ids::{CollectionId, DiskId, LineageId, Name, RestorePointId};
 use crate::catalog::Record;
-use crate::ids::{CollectionId, DiskId, LineageId, Name, RestorePointId};
 
 /// Consistency levels, as Azure names them; ordered from weakest to strongest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
@@ -107,7 +107,7 @@ pub struct RestorePointRecord {
     pub excluded_disks: Vec<DiskId>,
     pub completed_at_ms: Option<u64>,
     /// The capture operation.
-    pub operation: crate::ids::OperationId,
+    pub operation: crate::base::ids::OperationId,
 }
 
 impl Record for RestorePointRecord {

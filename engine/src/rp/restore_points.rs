@@ -7,20 +7,20 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use crate::capture::PendingCapture;
-use crate::chunk::{ChunkId, ChunkRef};
+use crate::base::error::{Error, Result};
+use crate::base::format::{META_NEXT_SEQ_KEY, PACK_TARGET_BYTES, RECORD_HEADER_LEN};
+use crate::base::ids::{CollectionId, DiskId, LineageId, Name, OperationId, PackId, RestorePointId};
 use crate::chunk_map;
-use crate::chunk_store::{IndexDelta, PackWriter, PreparedRecord, prepare_full};
-use crate::collection::{CollectionRecord, CreateCollection, DEFAULT_MAX_RESTORE_POINTS};
+use crate::disk::capture::PendingCapture;
 use crate::disk::{Disk, now_ms};
 use crate::engine::Engine;
-use crate::error::{Error, Result};
-use crate::format::{META_NEXT_SEQ_KEY, PACK_TARGET_BYTES, RECORD_HEADER_LEN};
-use crate::hooks::{HookContext, QuiesceHook, quiesce_all, thaw_all};
-use crate::ids::{CollectionId, DiskId, LineageId, Name, OperationId, PackId, RestorePointId};
 use crate::jobs::CreationSlot;
-use crate::operation::{OperationKind, OperationRecord, OperationState};
-use crate::restore_point::{CreateRestorePoint, DiskRestorePoint, ProvisioningState, RestorePointRecord};
+use crate::jobs::operation::{OperationKind, OperationRecord, OperationState};
+use crate::rp::collection::{CollectionRecord, CreateCollection, DEFAULT_MAX_RESTORE_POINTS};
+use crate::rp::hooks::{HookContext, QuiesceHook, quiesce_all, thaw_all};
+use crate::rp::restore_point::{CreateRestorePoint, DiskRestorePoint, ProvisioningState, RestorePointRecord};
+use crate::store::chunk::{ChunkId, ChunkRef};
+use crate::store::chunk_store::{IndexDelta, PackWriter, PreparedRecord, prepare_full};
 
 /// Largest `max_restore_points` a collection may set.
 pub const MAX_RESTORE_POINTS_LIMIT: u32 = 10_000;
@@ -53,7 +53,7 @@ fn analyse(
     store_index: &dyn Fn(ChunkId) -> Result<bool>,
     level: i32,
 ) -> Result<Analysis> {
-    if crate::chunk::is_zero(data) {
+    if crate::store::chunk::is_zero(data) {
         return Ok(Analysis::Zero);
     }
     let id = ChunkId::of(data);
@@ -61,13 +61,13 @@ fn analyse(
         return Ok(Analysis::Known(id));
     }
     if let Some((base, changed)) = plan
-        && let Some(payload) = crate::delta::make(data, &changed)
+        && let Some(payload) = crate::store::delta::make(data, &changed)
     {
         let delta = ChunkId::of(&payload);
         let record = if store_index(delta)? {
             None
         } else {
-            Some(crate::chunk_store::prepare(crate::format::RecordKind::Delta, delta, &payload, level)?)
+            Some(crate::store::chunk_store::prepare(crate::base::format::RecordKind::Delta, delta, &payload, level)?)
         };
         return Ok(Analysis::Delta { content: id, base, delta, record });
     }
@@ -225,7 +225,7 @@ impl Drop for Armed {
     fn drop(&mut self) {
         for (d, _) in &self.caps {
             if !self.settled
-                && let Err(e) = crate::background::critical(|| d.tracker().merge_closed())
+                && let Err(e) = crate::jobs::background::critical(|| d.tracker().merge_closed())
             {
                 tracing::error!(disk = %d.name(), error = %e, "could not merge change tracking back");
             }
@@ -246,8 +246,8 @@ impl Engine {
     pub async fn create_collection(&self, req: CreateCollection) -> Result<CollectionRecord> {
         let name = Name::new(req.name)?;
         let max = req.max_restore_points.unwrap_or(DEFAULT_MAX_RESTORE_POINTS);
-        crate::collection::check_max_restore_points(max)?;
-        crate::collection::check_hook(req.hook.as_ref())?;
+        crate::rp::collection::check_max_restore_points(max)?;
+        crate::rp::collection::check_hook(req.hook.as_ref())?;
         let region = match req.region {
             Some(r) => Name::new(r).map_err(|_| Error::invalid("region", "must be a valid name"))?.to_string(),
             None => self.region().to_owned(),
@@ -340,7 +340,7 @@ impl Engine {
         let mut bases = Vec::new();
         self.inner.catalog.scan("meta", b"lineage:", b"lineage:", |k, v| {
             let id: [u8; 16] = k[8..].try_into().map_err(|_| Error::corrupt("catalog/meta", "bad lineage key"))?;
-            let base: crate::restore_point::LineageBase =
+            let base: crate::rp::restore_point::LineageBase =
                 serde_json::from_slice(v).map_err(|e| Error::corrupt("catalog/meta", format!("lineage base: {e}")))?;
             bases.push((LineageId::from(uuid::Uuid::from_bytes(id)), base));
             Ok(true)
@@ -473,7 +473,7 @@ impl Engine {
     }
 
     /// What the chunk store holds.
-    pub fn store_stats(&self) -> Result<crate::chunk_store::StoreStats> {
+    pub fn store_stats(&self) -> Result<crate::store::chunk_store::StoreStats> {
         self.inner.chunks.stats()
     }
 
@@ -503,11 +503,11 @@ impl Engine {
 
     /// Registers a quiesce hook for a group (a hypervisor subscribed over gRPC). Returns a
     /// handle; dropping it does nothing — call [`Self::unregister_quiesce_hook`].
-    pub fn register_quiesce_hook(&self, group: crate::ids::GroupId, hook: Arc<dyn QuiesceHook>) {
+    pub fn register_quiesce_hook(&self, group: crate::base::ids::GroupId, hook: Arc<dyn QuiesceHook>) {
         self.inner.hooks.write().unwrap_or_else(|p| p.into_inner()).entry(group).or_default().push(hook);
     }
 
-    pub fn unregister_quiesce_hook(&self, group: crate::ids::GroupId, hook: &Arc<dyn QuiesceHook>) {
+    pub fn unregister_quiesce_hook(&self, group: crate::base::ids::GroupId, hook: &Arc<dyn QuiesceHook>) {
         if let Some(v) = self.inner.hooks.write().unwrap_or_else(|p| p.into_inner()).get_mut(&group) {
             v.retain(|h| !Arc::ptr_eq(h, hook));
         }
@@ -669,7 +669,7 @@ impl Engine {
         req: CreateRestorePoint,
         coll: &CollectionRecord,
         configuration: String,
-        (achieved, note): (crate::restore_point::ConsistencyMode, Option<String>),
+        (achieved, note): (crate::rp::restore_point::ConsistencyMode, Option<String>),
         window: Duration,
         armed: &Armed,
         op: OperationRecord,
@@ -758,7 +758,7 @@ impl Engine {
         let mut caps: Vec<(Arc<Disk>, Arc<PendingCapture>)> =
             disks.iter().zip(first).map(|(d, &first)| (d.clone(), build(d, first))).collect();
         crate::failpoint!("create::before_freeze");
-        let mut freeze = crate::group::Freeze::begin(disks.to_vec(), self.inner.freeze_stats.clone()).await;
+        let mut freeze = crate::rp::group::Freeze::begin(disks.to_vec(), self.inner.freeze_stats.clone()).await;
         for ((d, cap), &first) in caps.iter_mut().zip(first) {
             let tracker = d.tracker();
             if !cap.fits(&tracker, d.size_bytes(), first || tracker.untrusted()) {
@@ -863,7 +863,7 @@ impl Engine {
         self.inner.catalog.commit(batch)?;
         crate::failpoint!("capture::after_commit");
         for (d, cap) in caps {
-            if let Err(e) = crate::background::critical(|| d.tracker().consume_closed(cap.full_scan())) {
+            if let Err(e) = crate::jobs::background::critical(|| d.tracker().consume_closed(cap.full_scan())) {
                 // The restore point stands; the disk's tracking cannot be trusted to be exact.
                 tracing::error!(disk = %d.name(), error = %e, "could not consume the captured epoch");
             }
@@ -1076,7 +1076,7 @@ impl Engine {
             ChunkRef::Delta { base, delta, .. } => {
                 let (start, end) = cap.chunk_range(c);
                 let len = usize::try_from(end - start).ok()?;
-                match self.inner.chunks.read_delta(delta).await.and_then(|p| crate::delta::blocks(&p, len)) {
+                match self.inner.chunks.read_delta(delta).await.and_then(|p| crate::store::delta::blocks(&p, len)) {
                     Ok(prev_blocks) => changed.extend(prev_blocks),
                     Err(e) => {
                         tracing::warn!(delta = %delta, error = %e, "previous delta unreadable; storing the chunk whole");
@@ -1237,7 +1237,7 @@ fn free_bytes(dir: &std::path::Path) -> Result<u64> {
 #[derive(Debug, Clone)]
 pub struct DiskRestorePointReader {
     catalog: Arc<crate::catalog::Catalog>,
-    chunks: Arc<crate::chunk_store::ChunkStore>,
+    chunks: Arc<crate::store::chunk_store::ChunkStore>,
     rp: RestorePointId,
     lineage: LineageId,
     seq: u64,
@@ -1249,7 +1249,7 @@ impl DiskRestorePointReader {
     /// A reader of disk `disk` of restore point `rp`, which must have succeeded.
     pub(crate) fn open(
         catalog: &Arc<crate::catalog::Catalog>,
-        chunks: &Arc<crate::chunk_store::ChunkStore>,
+        chunks: &Arc<crate::store::chunk_store::ChunkStore>,
         rp: RestorePointId,
         disk: DiskId,
     ) -> Result<Self> {
@@ -1285,13 +1285,13 @@ impl DiskRestorePointReader {
     /// NotFound (see the type's doc), and the second value says what is wrong.
     pub(crate) fn open_base(
         catalog: &Arc<crate::catalog::Catalog>,
-        chunks: &Arc<crate::chunk_store::ChunkStore>,
+        chunks: &Arc<crate::store::chunk_store::ChunkStore>,
         record: &crate::disk::DiskRecord,
         source: crate::disk::RestoreSource,
     ) -> Result<(Self, Option<String>)> {
         match Self::open(catalog, chunks, source.restore_point, source.disk) {
             Ok(reader) => Ok((reader, None)),
-            Err(e) if e.kind() == crate::error::ErrorKind::NotFound => {
+            Err(e) if e.kind() == crate::base::error::ErrorKind::NotFound => {
                 let problem = format!(
                     "disk {} was restored from restore point {}, which is gone: its chunks not yet local cannot be \
                      read",
@@ -1324,8 +1324,8 @@ impl DiskRestorePointReader {
     }
 
     /// The lineage and sequence this reader reads (a restored lineage's base).
-    pub fn base(&self) -> crate::restore_point::LineageBase {
-        crate::restore_point::LineageBase { lineage: self.lineage, seq: self.seq }
+    pub fn base(&self) -> crate::rp::restore_point::LineageBase {
+        crate::rp::restore_point::LineageBase { lineage: self.lineage, seq: self.seq }
     }
     pub fn size_bytes(&self) -> u64 {
         self.size_bytes
@@ -1398,10 +1398,10 @@ impl DiskRestorePointReader {
         let end = offset.checked_add(len).filter(|&e| e <= self.size_bytes).ok_or_else(|| {
             Error::invalid("offset", format!("range {offset}+{len} ends past the disk size {}", self.size_bytes))
         })?;
-        if len > crate::format::MAX_IO_BYTES {
+        if len > crate::base::format::MAX_IO_BYTES {
             return Err(Error::invalid(
                 "length",
-                format!("{len} is larger than the maximum I/O of {}", crate::format::MAX_IO_BYTES),
+                format!("{len} is larger than the maximum I/O of {}", crate::base::format::MAX_IO_BYTES),
             ));
         }
         let capacity = usize::try_from(len).map_err(|_| Error::invalid("length", format!("{len} bytes")))?;

@@ -5,12 +5,12 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::base::error::{Error, Result};
+use crate::base::ids::{DiskId, GroupId, Name};
+use crate::base::stats::FreezeStats;
 use crate::catalog::Record;
 use crate::disk::Disk;
-use crate::error::{Error, Result};
-use crate::gate::GateClosed;
-use crate::ids::{DiskId, GroupId, Name};
-use crate::stats::FreezeStats;
+use crate::disk::gate::GateClosed;
 
 /// A group as the catalog stores it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::chunk::{ChunkId, ChunkLocation, ChunkRef};
+use crate::base::error::{Error, Result};
+use crate::base::format::decode_chunk_map_key;
+use crate::base::ids::{LineageId, PackId, RestorePointId};
 use crate::chunk_map;
 use crate::engine::Engine;
-use crate::error::{Error, Result};
-use crate::format::decode_chunk_map_key;
-use crate::ids::{LineageId, PackId, RestorePointId};
-use crate::operation::{OperationKind, OperationRecord};
-use crate::restore_point::{ProvisioningState, RestorePointRecord};
+use crate::jobs::operation::{OperationKind, OperationRecord};
+use crate::rp::restore_point::{ProvisioningState, RestorePointRecord};
+use crate::store::chunk::{ChunkId, ChunkLocation, ChunkRef};
 
 /// What checking one record found.
 enum Checked {
@@ -212,7 +212,7 @@ impl Engine {
                 }
                 match reader.read_chunk(index).await {
                     Ok(data) => report.bytes_checked += data.len() as u64,
-                    Err(e) if e.kind() == crate::error::ErrorKind::Corrupt => {
+                    Err(e) if e.kind() == crate::base::error::ErrorKind::Corrupt => {
                         // Name the record at fault: the delta, its base, or the chunk itself.
                         let mut culprit = None;
                         for id in r.stored() {
@@ -271,7 +271,7 @@ impl Engine {
         for _ in 0..8 {
             let failure = match chunks.check_record(id, &loc).await {
                 Ok(bytes) => return Ok(Checked::Good(bytes)),
-                Err(e) if e.kind() == crate::error::ErrorKind::Corrupt => e,
+                Err(e) if e.kind() == crate::base::error::ErrorKind::Corrupt => e,
                 Err(e) => return Err(e),
             };
             match chunks.lookup(id)? {

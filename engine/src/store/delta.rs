@@ -6,8 +6,8 @@
 //! differ from the base grows past [`MAX_DELTA_SHARE_PERCENT`], the capture stores a full
 //! chunk instead (consolidation).
 
-use crate::error::{Error, Result};
-use crate::format::BLOCK_BYTES;
+use crate::base::error::{Error, Result};
+use crate::base::format::BLOCK_BYTES;
 
 /// Above this share of changed blocks a full chunk is stored instead of a delta.
 pub const MAX_DELTA_SHARE_PERCENT: usize = 25;

@@ -23,9 +23,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::error::{Error, Result};
-use crate::format::{BLOCK_BYTES, BLOCK_SIZE};
-use crate::tracking::ChangeTracker;
+use crate::base::error::{Error, Result};
+use crate::base::format::{BLOCK_BYTES, BLOCK_SIZE};
+use crate::disk::tracking::ChangeTracker;
 
 /// Preserved old block contents, bounded in memory, spilling to a file.
 struct Preserved {
@@ -265,7 +265,7 @@ impl PendingCapture {
     pub(crate) fn few_dirty_blocks(&self, c: u64) -> bool {
         let bpc = self.blocks_per_chunk();
         let dirty = self.tracker.closed_count(c * bpc, bpc);
-        dirty * 100 <= bpc * crate::delta::MAX_DELTA_SHARE_PERCENT as u64
+        dirty * 100 <= bpc * crate::store::delta::MAX_DELTA_SHARE_PERCENT as u64
     }
 
     /// Blocks of chunk `c` (indices within the chunk) dirty in the closed epoch.
@@ -314,7 +314,7 @@ impl PendingCapture {
     /// and lays its preserved blocks over `data`, which then holds the chunk at the freeze.
     pub(crate) fn finish_read(&self, c: u64, data: &mut [u8]) -> Result<()> {
         // Writers wait on this lock: never hold it at background priority.
-        crate::background::critical(|| self.finish_read_locked(c, data))
+        crate::jobs::background::critical(|| self.finish_read_locked(c, data))
     }
 
     fn finish_read_locked(&self, c: u64, data: &mut [u8]) -> Result<()> {

@@ -1,6 +1,9 @@
 //! Background jobs: the tasks behind running operations, their cancel flags, and the
 //! per-group "one creation (or deletion) of restore points at a time" rule.
 
+pub(crate) mod background;
+pub(crate) mod operation;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,8 +11,8 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use crate::error::{Error, Result};
-use crate::ids::{GroupId, OperationId};
+use crate::base::error::{Error, Result};
+use crate::base::ids::{GroupId, OperationId};
 
 struct Job {
     cancel: Arc<AtomicBool>,
@@ -148,7 +151,7 @@ pub(crate) fn report<T: serde::Serialize>(result: Result<T>) -> JobOutcome {
     result.and_then(|r| serde_json::to_value(r).map_err(|e| Error::invalid("report", e.to_string())))
 }
 
-impl crate::operation::OperationRecord {
+impl crate::jobs::operation::OperationRecord {
     /// What a resumable operation saved to go on with after a restart.
     pub(crate) fn saved<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
         self.resume.clone().and_then(|v| serde_json::from_value(v).ok()).ok_or_else(|| {
@@ -160,8 +163,8 @@ impl crate::operation::OperationRecord {
 impl crate::engine::Engine {
     /// Records the end of a resumable job. Stopped by a shutdown, it stays `Running` with
     /// its saved progress, and resumes at the next start.
-    pub(crate) fn settle_resumable(&self, op: &mut crate::operation::OperationRecord, outcome: JobOutcome) {
-        use crate::operation::OperationState;
+    pub(crate) fn settle_resumable(&self, op: &mut crate::jobs::operation::OperationRecord, outcome: JobOutcome) {
+        use crate::jobs::operation::OperationState;
         op.state = match outcome {
             Ok(report) => {
                 op.result = Some(report);
@@ -185,19 +188,19 @@ impl crate::engine::Engine {
 
     /// At open: takes up every GC and verify a stop cut short, as the same operations.
     pub(crate) fn resume_operations(&self) -> Result<()> {
-        let ops = self.inner.catalog.list::<crate::operation::OperationRecord>()?;
+        let ops = self.inner.catalog.list::<crate::jobs::operation::OperationRecord>()?;
         for mut op in ops.into_iter().filter(|o| !o.state.is_terminal() && o.kind.resumes()) {
             op.note = Some("resumed after the engine restarted".into());
             op.paused = None;
             self.put_operation(&mut op)?;
             tracing::info!(op = %op.id, kind = ?op.kind, "resuming an operation the last stop cut short");
             let resumed = match op.kind {
-                crate::operation::OperationKind::Gc => self.resume_gc(op.clone()),
+                crate::jobs::operation::OperationKind::Gc => self.resume_gc(op.clone()),
                 _ => self.resume_verify(op.clone()),
             };
             if let Err(e) = resumed {
                 tracing::error!(op = %op.id, error = %e, "could not resume the operation");
-                op.state = crate::operation::OperationState::Failed { error: format!("could not resume: {e}") };
+                op.state = crate::jobs::operation::OperationState::Failed { error: format!("could not resume: {e}") };
                 op.resume = None;
                 self.put_operation(&mut op)?;
             }

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use crate::collection::ScriptHook;
-use crate::ids::{GroupId, Name};
-use crate::restore_point::ConsistencyMode;
+use crate::base::ids::{GroupId, Name};
+use crate::rp::collection::ScriptHook;
+use crate::rp::restore_point::ConsistencyMode;
 
 /// What a hook is told about the restore point being made.
 #[derive(Debug, Clone)]
