@@ -4,15 +4,17 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use crate::base::clock::now_ms;
 use crate::base::error::{Error, Result};
 use crate::base::format::DEFAULT_CHUNK_SIZE;
 use crate::base::ids::{DiskId, GroupId, LineageId, Name};
 use crate::base::stats::{FreezeStats, Throughput};
 use crate::catalog::Catalog;
-use crate::disk::{self, CreateDisk, Disk, DiskRecord, now_ms};
+use crate::chunk_map::reader::{DiskRestorePointReader, RestoredDisk};
+use crate::disk::{self, CreateDisk, Disk, DiskRecord};
 use crate::io::{Io, IoBackendKind};
+use crate::jobs::background::BackgroundPriority;
 use crate::rp::group::{CreateGroup, Freeze, GroupRecord, check_configuration};
-use crate::rp::restore_points::DiskRestorePointReader;
 use crate::store::chunk_store::ChunkStore;
 use crate::store::pack::LocalPackStore;
 
@@ -39,19 +41,6 @@ pub struct EngineConfig {
     pub operation_retention: std::time::Duration,
     /// ...except the newest this many of them, whatever their age.
     pub operations_kept: usize,
-}
-
-/// Scheduling of the threads that hash and compress captured chunks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum BackgroundPriority {
-    /// `SCHED_IDLE`: CPU time nothing else wants; a woken guest I/O thread preempts it at
-    /// once. Guest latency is unaffected by captures, but on a host whose CPUs are saturated
-    /// a capture only gets a trickle of CPU time and takes that much longer.
-    #[default]
-    Idle,
-    /// Nice 10: captures get a fair low-priority share even on a saturated host, and a woken
-    /// guest thread may wait up to a scheduler slice (about a millisecond) for a core.
-    Low,
 }
 
 impl EngineConfig {
@@ -185,7 +174,15 @@ impl Engine {
         for record in catalog.list::<DiskRecord>()? {
             let base = match record.source.filter(|_| !record.hydrated) {
                 Some(src) => {
-                    let (base, problem) = DiskRestorePointReader::open_base(&catalog, &chunks, &record, src)?;
+                    let restored = RestoredDisk {
+                        name: &record.name,
+                        lineage: record.lineage,
+                        size_bytes: record.size_bytes,
+                        chunk_size_bytes: record.chunk_size_bytes,
+                        restore_point: src.restore_point,
+                        source_disk: src.disk,
+                    };
+                    let (base, problem) = DiskRestorePointReader::open_base(&catalog, &chunks, &restored)?;
                     disk_problems.extend(problem.map(|p| (record.id, p)));
                     Some(base)
                 }

@@ -3,6 +3,25 @@
 //! The engine keeps a host's live disks and their restore points. It has no network code:
 //! the daemon adapts gRPC, NBD and HTTP onto these calls.
 //!
+//! ## Layers
+//!
+//! Each folder uses only the ones above it in this list (`scripts/check-layers`, run by the
+//! test command, fails on a cycle; the one left is named there, with what breaks it):
+//!
+//! | module         | owns                                                                  |
+//! |----------------|-----------------------------------------------------------------------|
+//! | `base/`        | errors, ids, clock, every on-disk format and catalog key, failpoints   |
+//! | `sys/`         | the unsafe system calls: aligned buffers, mapped words, fs, scheduling |
+//! | `io/`          | the I/O backend (io_uring, or blocking threads) behind one interface   |
+//! | `catalog/`     | RocksDB (it stops here), batches, and the restore point records        |
+//! | `store/`       | chunks, deltas, packs and pack stores, the chunk index, its counters   |
+//! | `chunk_map/`   | chunk maps of lineages, their bases, the restore point reader          |
+//! | `disk/`        | live disks: gate, tracking, readahead, copy-before-write, local maps   |
+//! | `jobs/`        | job slots and cancel flags, operation records, the background pool    |
+//! | `maintenance/` | GC, verify, and the upkeep of operation records                       |
+//! | `rp/`          | collections, groups and freezes, hooks, creation, capture, deletion, restore, retention |
+//! | `engine.rs`    | the facade: `Engine`, its config, open and close, disks and groups    |
+//!
 //! ## Data dir
 //!
 //! ```text
@@ -36,7 +55,7 @@
 //! are opened with the kernel's readahead off; the engine reads ahead of sequential streams
 //! itself (`POSIX_FADV_WILLNEED`). Both keep the page cache's folios small: large folios
 //! cost compaction to allocate and, on ext4 since Linux 6.16, a walk over every block of the
-//! folio on each small write into it (see `io::BUFFERED_WRITE_PIECE` and `readahead.rs`).
+//! folio on each small write into it (see `io::BUFFERED_WRITE_PIECE` and `disk/readahead.rs`).
 //!
 //! Acknowledged means: a completed write survives a process kill (it is in the page cache),
 //! and a power loss once a FLUSH or its own FUA has returned.
@@ -107,7 +126,7 @@
 //!
 //! | operation                 | may run with                              | protected by                        |
 //! |---------------------------|-------------------------------------------|-------------------------------------|
-//! | write / trim / zeroes     | reads, flushes, other writes, captures    | write gate (shared); preserve-before-write with the capture (capture.rs); restored disks' chunk stripes |
+//! | write / trim / zeroes     | reads, flushes, other writes, captures    | write gate (shared); preserve-before-write with the capture (disk/capture.rs); restored disks' chunk stripes |
 //! | freeze + epoch switch     | reads, flushes                            | write gate (exclusive)              |
 //! | resize                    | reads, flushes; not a pending capture     | write gate (exclusive) + admin      |
 //! | create/delete disk, group | I/O on other disks                        | admin mutex, one catalog batch      |
@@ -125,6 +144,7 @@ mod disk;
 mod engine;
 pub mod io;
 mod jobs;
+mod maintenance;
 mod rp;
 pub mod store;
 mod sys;
@@ -137,25 +157,27 @@ pub use rp::retention;
 pub use base::error::{Error, ErrorKind, Result};
 pub use base::ids::{CollectionId, DiskId, GroupId, LineageId, Name, OperationId, PackId, RestorePointId};
 pub use base::stats::{FreezeStats, FreezeSummary, JobThroughput, Throughput};
+pub use catalog::restore_point::{
+    ConsistencyMode, CreateRestorePoint, DiskRestorePoint, LineageBase, ProvisioningState, RestorePointRecord,
+};
+pub use chunk_map::reader::DiskRestorePointReader;
 pub use disk::capture::PendingCapture;
 pub use disk::tracking::ChangeTracker;
 pub use disk::{CreateDisk, Disk, DiskCounters, DiskRecord, Extent, RestoreSource};
-pub use engine::{BackgroundPriority, Engine, EngineConfig};
+pub use engine::{Engine, EngineConfig};
 pub use io::IoBackendKind;
+pub use jobs::background::BackgroundPriority;
 pub use jobs::operation::{OperationKind, OperationRecord, OperationState};
+pub use maintenance::gc::{DEFAULT_GC_LIVE_SHARE_PERCENT, GcReport};
+pub use maintenance::verify::{Affected, CorruptRecord, VerifyReport, VerifyTarget};
 pub use rp::collection::{
     CollectionRecord, CreateCollection, DEFAULT_MAX_RESTORE_POINTS, ScriptHook, UpdateCollection,
 };
 pub use rp::group::{CreateGroup, Freeze, GroupRecord, MAX_CONFIGURATION_BYTES};
 pub use rp::hooks::{HookContext, QuiesceHook};
 pub use rp::restore::RestoreDisk;
-pub use rp::restore_point::{
-    ConsistencyMode, CreateRestorePoint, DiskRestorePoint, LineageBase, ProvisioningState, RestorePointRecord,
-};
-pub use rp::restore_points::{DiskRestorePointReader, MAX_RESTORE_POINTS_LIMIT};
+pub use rp::restore_points::MAX_RESTORE_POINTS_LIMIT;
 pub use rp::retention::{RetentionDecision, RetentionPolicy};
 pub use store::chunk::{ChunkId, ChunkRef};
 pub use store::chunk_store::StoreStats;
-pub use store::gc::{DEFAULT_GC_LIVE_SHARE_PERCENT, GcReport};
-pub use store::verify::{Affected, CorruptRecord, VerifyReport, VerifyTarget};
 pub use sys::IoBuf;

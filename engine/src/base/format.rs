@@ -312,6 +312,21 @@ pub const CHUNK_ENTRY_LEN: usize = 40;
 /// `meta` key of the next restore point sequence number (u64 BE).
 pub const META_NEXT_SEQ_KEY: &[u8] = b"next_seq";
 
+/// `meta` key set once the `chunk_seq` family indexes every chunk map entry: by a new
+/// catalog when it is created, by the index build for a catalog from before the index.
+pub const META_SEQ_INDEX_BUILT_KEY: &[u8] = b"chunk_seq_index_built";
+
+/// `meta` key prefix of a lineage's base: `lineage: | lineage id [16]` -> JSON `LineageBase`.
+pub const META_LINEAGE_PREFIX: &[u8] = b"lineage:";
+
+/// The `meta` key of `lineage`'s base.
+pub fn meta_lineage_key(lineage: [u8; 16]) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..8].copy_from_slice(META_LINEAGE_PREFIX);
+    k[8..].copy_from_slice(&lineage);
+    k
+}
+
 // ---- local map of a restored disk ---------------------------------------------------------------
 
 /// Local map (`disks/<id>.local`) of a disk restored from a disk restore point: one bit per

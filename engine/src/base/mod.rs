@@ -1,6 +1,7 @@
-//! The base layer: errors, ids, the on-disk formats and failpoints. Uses nothing else of
-//! the engine.
+//! The base layer: errors, ids, the clock, every on-disk format and catalog key, failpoints.
+//! Uses nothing else of the engine.
 
+pub(crate) mod clock;
 pub mod error;
 #[doc(hidden)]
 pub mod failpoint;

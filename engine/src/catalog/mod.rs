@@ -1,8 +1,13 @@
+//! The catalog layer: RocksDB (it stops here), batches, and the restore point records.
+//! Uses base only.
+//!
 //! The metadata catalog: one RocksDB instance per data dir. RocksDB stops at this module.
 //!
 //! Column families are those of DESIGN.md. Records of resources (disks, groups, ...) are
 //! JSON values under their 16-byte id; every multi-key change is one [`Batch`], written
 //! synchronously. The `meta` family holds the format version, checked at open.
+
+pub(crate) mod restore_point;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -84,7 +89,7 @@ impl Catalog {
                 // A new catalog: its chunk map is indexed by seq from the first entry.
                 let mut batch = WriteBatch::default();
                 batch.put_cf(meta, META_FORMAT_VERSION_KEY, CATALOG_FORMAT_VERSION.to_be_bytes());
-                batch.put_cf(meta, crate::chunk_map::SEQ_INDEX_BUILT_KEY, [1]);
+                batch.put_cf(meta, crate::base::format::META_SEQ_INDEX_BUILT_KEY, [1]);
                 let mut opts = WriteOptions::default();
                 opts.set_sync(true);
                 self.db.write_opt(batch, &opts).map_err(db_err("write format version"))

@@ -1,3 +1,6 @@
+//! The chunk map layer: which chunk every lineage holds at every seq, lineage bases, the reader.
+//! Uses base, catalog and store.
+//!
 //! Chunk maps in the catalog: `lineage | chunk index | !seq -> chunk ref`.
 //!
 //! A restore point stores only the chunks of its increment. Disk restore point S of a
@@ -9,21 +12,21 @@
 //! restore points, and what deleting one drops, then cost the increments involved rather
 //! than a scan of the whole lineage (a 1 TiB disk has 4 Mi chunks per full restore point).
 
+pub(crate) mod reader;
+
 use std::collections::BTreeMap;
 
 use crate::base::error::{Error, Result};
 use crate::base::format::{chunk_map_key, decode_chunk_map_key};
 use crate::base::ids::LineageId;
 use crate::catalog::{Batch, Catalog};
-use crate::rp::restore_point::LineageBase;
 use crate::store::chunk::{ChunkId, ChunkRef};
 
 pub(crate) const CF: &str = "chunk_map";
 /// The index of [`CF`] by seq.
 pub(crate) const SEQ_CF: &str = "chunk_seq";
-/// Set in `meta` once [`SEQ_CF`] indexes every entry: by a new catalog when it is created,
-/// by [`build_seq_index`] for a catalog from before the index.
-pub(crate) const SEQ_INDEX_BUILT_KEY: &[u8] = b"chunk_seq_index_built";
+use crate::base::format::META_SEQ_INDEX_BUILT_KEY as SEQ_INDEX_BUILT_KEY;
+use crate::catalog::restore_point::LineageBase;
 
 fn seq_key(lineage: [u8; 16], seq: u64, index: u64) -> [u8; 32] {
     let mut k = [0u8; 32];
@@ -134,8 +137,7 @@ fn index_prefix(lineage: LineageId, index: u64) -> [u8; 24] {
 
 /// The base a lineage starts from, if it was restored from a disk restore point.
 pub(crate) fn lineage_base(catalog: &Catalog, lineage: LineageId) -> Result<Option<LineageBase>> {
-    let key = [b"lineage:".as_slice(), &lineage.to_bytes()].concat();
-    match catalog.get_raw("meta", &key)? {
+    match catalog.get_raw("meta", &crate::base::format::meta_lineage_key(lineage.to_bytes()))? {
         None => Ok(None),
         Some(v) => serde_json::from_slice(&v)
             .map(Some)

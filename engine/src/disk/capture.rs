@@ -314,7 +314,7 @@ impl PendingCapture {
     /// and lays its preserved blocks over `data`, which then holds the chunk at the freeze.
     pub(crate) fn finish_read(&self, c: u64, data: &mut [u8]) -> Result<()> {
         // Writers wait on this lock: never hold it at background priority.
-        crate::jobs::background::critical(|| self.finish_read_locked(c, data))
+        crate::sys::critical(|| self.finish_read_locked(c, data))
     }
 
     fn finish_read_locked(&self, c: u64, data: &mut [u8]) -> Result<()> {

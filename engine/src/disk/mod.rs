@@ -1,3 +1,6 @@
+//! The disk layer: live disks, their gate, tracking, readahead, copy-before-write and local maps.
+//! Uses base, sys, io, catalog, store and chunk_map (a restored disk reads its base).
+//!
 //! Live disks: sparse files served read-write, with a write gate and change tracking.
 
 pub(crate) mod capture;
@@ -12,7 +15,6 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::{Deserialize, Serialize};
@@ -21,6 +23,7 @@ use crate::base::error::{Error, Result};
 use crate::base::format::{DISK_ALIGN, MAX_CHUNK_SIZE, MAX_DISK_SIZE, MAX_IO_BYTES, MIN_CHUNK_SIZE};
 use crate::base::ids::{DiskId, GroupId, LineageId, Name};
 use crate::catalog::Record;
+use crate::chunk_map::reader::DiskRestorePointReader;
 use crate::disk::capture::PendingCapture;
 use crate::disk::gate::{GateClosed, WriteGate};
 use crate::disk::local_map::LocalMap;
@@ -28,7 +31,6 @@ use crate::disk::readahead::Readahead;
 use crate::disk::restored::Restored;
 use crate::disk::tracking::ChangeTracker;
 use crate::io::Io;
-use crate::rp::restore_points::DiskRestorePointReader;
 use crate::sys::{self, IoBuf};
 
 /// A disk as the catalog stores it.
@@ -73,10 +75,6 @@ pub struct CreateDisk {
     /// Power of two from 4 KiB to 4 MiB; `None` picks the default (256 KiB).
     pub chunk_size_bytes: Option<u64>,
     pub direct_io: bool,
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Checks a disk size: non-zero, 4 KiB aligned, not absurd.

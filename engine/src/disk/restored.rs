@@ -12,8 +12,8 @@
 use std::sync::Arc;
 
 use crate::base::error::Result;
+use crate::chunk_map::reader::DiskRestorePointReader;
 use crate::disk::local_map::LocalMap;
-use crate::rp::restore_points::DiskRestorePointReader;
 use crate::store::chunk::ChunkRef;
 
 const STRIPES: usize = 64;

@@ -1,3 +1,6 @@
+//! The I/O layer: the backend of live disks, io_uring or blocking threads, one interface.
+//! Uses sys only.
+//!
 //! The I/O backend of live disks.
 //!
 //! [`Io::open`] picks the backend once per engine: io_uring when the kernel lets us set up a

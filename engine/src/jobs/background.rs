@@ -8,7 +8,18 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use crate::engine::BackgroundPriority;
+/// Scheduling of the threads that hash and compress captured chunks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BackgroundPriority {
+    /// `SCHED_IDLE`: CPU time nothing else wants; a woken guest I/O thread preempts it at
+    /// once. Guest latency is unaffected by captures, but on a host whose CPUs are saturated
+    /// a capture only gets a trickle of CPU time and takes that much longer.
+    #[default]
+    Idle,
+    /// Nice 10: captures get a fair low-priority share even on a saturated host, and a woken
+    /// guest thread may wait up to a scheduler slice (about a millisecond) for a core.
+    Low,
+}
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -21,16 +32,11 @@ pub(crate) struct BackgroundPool {
     priority: BackgroundPriority,
 }
 
-std::thread_local! {
-    /// Whether this thread runs under `SCHED_IDLE` (see [`critical`]).
-    static IDLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
 /// Lowers the calling thread to `priority`. Linux scheduling is per thread: this lowers only
 /// this one. Failing to lower it costs latency, not correctness.
 fn lower_current_thread(priority: BackgroundPriority) {
     let lowered = match priority {
-        BackgroundPriority::Idle => crate::sys::set_current_thread_idle().map(|()| IDLE.set(true)),
+        BackgroundPriority::Idle => crate::sys::enter_idle(),
         BackgroundPriority::Low => {
             rustix::process::setpriority_process(None, BACKGROUND_NICE).map_err(std::io::Error::from)
         }
@@ -38,21 +44,6 @@ fn lower_current_thread(priority: BackgroundPriority) {
     if let Err(e) = lowered {
         tracing::warn!(?priority, error = %e, "could not lower background thread priority");
     }
-}
-
-/// Runs `f`, which holds a lock that guest I/O may wait for, at normal priority: a
-/// `SCHED_IDLE` thread preempted inside it would stall the guest for as long as the host's
-/// CPUs stay busy (priority inversion). A no-op on other threads.
-pub(crate) fn critical<T>(f: impl FnOnce() -> T) -> T {
-    if !IDLE.get() {
-        return f();
-    }
-    let raised = crate::sys::set_current_thread_normal().is_ok();
-    let out = f();
-    if raised && crate::sys::set_current_thread_idle().is_err() {
-        IDLE.set(false); // left at normal priority: slower to yield, never wrong
-    }
-    out
 }
 
 impl std::fmt::Debug for BackgroundPool {

@@ -1,3 +1,6 @@
+//! The jobs layer: job slots and cancel flags, operation records, the background pool.
+//! Uses base, sys and catalog.
+//!
 //! Background jobs: the tasks behind running operations, their cancel flags, and the
 //! per-group "one creation (or deletion) of restore points at a time" rule.
 
@@ -157,54 +160,5 @@ impl crate::jobs::operation::OperationRecord {
         self.resume.clone().and_then(|v| serde_json::from_value(v).ok()).ok_or_else(|| {
             Error::corrupt("catalog/operations", format!("operation {} saved nothing to resume from", self.id))
         })
-    }
-}
-
-impl crate::engine::Engine {
-    /// Records the end of a resumable job. Stopped by a shutdown, it stays `Running` with
-    /// its saved progress, and resumes at the next start.
-    pub(crate) fn settle_resumable(&self, op: &mut crate::jobs::operation::OperationRecord, outcome: JobOutcome) {
-        use crate::jobs::operation::OperationState;
-        op.state = match outcome {
-            Ok(report) => {
-                op.result = Some(report);
-                OperationState::Succeeded
-            }
-            Err(Error::Canceled) if self.inner.jobs.closing() => {
-                tracing::info!(op = %op.id, kind = ?op.kind, "parked by the shutdown; resumes at the next start");
-                return;
-            }
-            Err(Error::Canceled) => OperationState::Canceled,
-            Err(e) => {
-                tracing::warn!(op = %op.id, kind = ?op.kind, error = %e, "operation failed");
-                OperationState::Failed { error: e.to_string() }
-            }
-        };
-        op.resume = None;
-        if let Err(e) = self.put_operation(op) {
-            tracing::error!(op = %op.id, error = %e, "could not record the end of an operation");
-        }
-    }
-
-    /// At open: takes up every GC and verify a stop cut short, as the same operations.
-    pub(crate) fn resume_operations(&self) -> Result<()> {
-        let ops = self.inner.catalog.list::<crate::jobs::operation::OperationRecord>()?;
-        for mut op in ops.into_iter().filter(|o| !o.state.is_terminal() && o.kind.resumes()) {
-            op.note = Some("resumed after the engine restarted".into());
-            op.paused = None;
-            self.put_operation(&mut op)?;
-            tracing::info!(op = %op.id, kind = ?op.kind, "resuming an operation the last stop cut short");
-            let resumed = match op.kind {
-                crate::jobs::operation::OperationKind::Gc => self.resume_gc(op.clone()),
-                _ => self.resume_verify(op.clone()),
-            };
-            if let Err(e) = resumed {
-                tracing::error!(op = %op.id, error = %e, "could not resume the operation");
-                op.state = crate::jobs::operation::OperationState::Failed { error: format!("could not resume: {e}") };
-                op.resume = None;
-                self.put_operation(&mut op)?;
-            }
-        }
-        Ok(())
     }
 }

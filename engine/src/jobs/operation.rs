@@ -69,7 +69,7 @@ pub struct OperationRecord {
 impl OperationRecord {
     /// A new running operation.
     pub(crate) fn start(kind: OperationKind, target: String, bytes_total: u64) -> Self {
-        let now = crate::disk::now_ms();
+        let now = crate::base::clock::now_ms();
         Self {
             id: OperationId::new(),
             kind,
@@ -101,51 +101,5 @@ impl Record for OperationRecord {
     const CF: &'static str = "operations";
     fn key(&self) -> [u8; 16] {
         self.id.to_bytes()
-    }
-}
-
-/// Longest time between two prunings of ended operations.
-const PRUNE_EVERY_MS: u64 = 3600 * 1000;
-
-impl crate::engine::Engine {
-    /// Forgets ended operations past the retention (`EngineConfig::operation_retention`),
-    /// keeping the newest `operations_kept` of them whatever their age, at most once per
-    /// retention period or hour: the operations table would otherwise grow with every
-    /// capture, and listings and metrics with it. A failure is logged and retried later.
-    pub(crate) fn prune_operations_now_and_then(&self) {
-        use std::sync::atomic::Ordering;
-        let config = &self.inner.config;
-        let retention_ms = u64::try_from(config.operation_retention.as_millis()).unwrap_or(u64::MAX);
-        let now = crate::disk::now_ms();
-        let last = self.inner.operations_pruned_at_ms.load(Ordering::Acquire);
-        if now.saturating_sub(last) < retention_ms.min(PRUNE_EVERY_MS)
-            || self
-                .inner
-                .operations_pruned_at_ms
-                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-        {
-            return;
-        }
-        if let Err(e) = self.prune_operations(now.saturating_sub(retention_ms), config.operations_kept) {
-            tracing::warn!(error = %e, "could not prune ended operations; retried later");
-        }
-    }
-
-    fn prune_operations(&self, ended_before_ms: u64, keep: usize) -> crate::base::error::Result<()> {
-        let mut ended: Vec<OperationRecord> =
-            self.inner.catalog.list::<OperationRecord>()?.into_iter().filter(|o| o.state.is_terminal()).collect();
-        ended.sort_by_key(|o| std::cmp::Reverse(o.updated_at_ms));
-        let mut batch = self.inner.catalog.batch();
-        let mut pruned = 0usize;
-        for op in ended.iter().skip(keep).filter(|o| o.updated_at_ms < ended_before_ms) {
-            batch.delete::<OperationRecord>(op.id.to_bytes())?;
-            pruned += 1;
-        }
-        if pruned > 0 {
-            self.inner.catalog.commit(batch)?;
-            tracing::info!(pruned, "forgot ended operations past their retention");
-        }
-        Ok(())
     }
 }

@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use crate::base::error::{Error, Result};
 use crate::base::ids::{CollectionId, GroupId, Name};
 use crate::catalog::Record;
+use crate::catalog::restore_point::RestorePointRecord;
 use crate::engine::Engine;
-use crate::rp::restore_point::RestorePointRecord;
 use crate::rp::restore_points::MAX_RESTORE_POINTS_LIMIT;
 
 /// Default limit of restore points per collection (Azure's).

@@ -10,8 +10,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use crate::base::ids::{GroupId, Name};
+use crate::catalog::restore_point::ConsistencyMode;
 use crate::rp::collection::ScriptHook;
-use crate::rp::restore_point::ConsistencyMode;
 
 /// What a hook is told about the restore point being made.
 #[derive(Debug, Clone)]

@@ -1,10 +1,9 @@
-//! Restore points: collections, groups and their freeze, quiesce hooks, creation, capture,
-//! deletion, recovery, retention and restore as new disks.
+//! The restore point layer: collections, groups and freezes, hooks, creation, capture, deletion,
+//! recovery, retention and restore as new disks. Uses every layer above it and the engine's state.
 
 pub(crate) mod collection;
 pub(crate) mod group;
 pub(crate) mod hooks;
 pub(crate) mod restore;
-pub(crate) mod restore_point;
 pub(crate) mod restore_points;
 pub mod retention;

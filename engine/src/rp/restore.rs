@@ -4,13 +4,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::base::clock::now_ms;
 use crate::base::error::{Error, Result};
 use crate::base::ids::{DiskId, LineageId, Name, RestorePointId};
-use crate::disk::{Disk, DiskRecord, RestoreSource, now_ms};
+use crate::chunk_map::reader::DiskRestorePointReader;
+use crate::disk::{Disk, DiskRecord, RestoreSource};
 use crate::engine::{DiskEntry, Engine};
 use crate::jobs::operation::{OperationKind, OperationRecord, OperationState};
 use crate::rp::group::{CreateGroup, GroupRecord};
-use crate::rp::restore_points::DiskRestorePointReader;
 
 /// Chunks hydrated between two syncs of the disk file.
 const HYDRATE_BATCH: usize = 64;
@@ -59,7 +60,7 @@ impl Engine {
         let mut batch = self.inner.catalog.batch();
         batch.put(&record)?;
         batch.put(&op)?;
-        let lineage_key = [b"lineage:".as_slice(), &record.lineage.to_bytes()].concat();
+        let lineage_key = crate::base::format::meta_lineage_key(record.lineage.to_bytes());
         let base_json = serde_json::to_vec(&base.base()).map_err(|e| Error::invalid("base", e.to_string()))?;
         batch.put_raw("meta", &lineage_key, &base_json)?;
         if let Err(e) = self.inner.catalog.commit(batch) {
@@ -222,10 +223,10 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::restore_point::{CreateRestorePoint, RestorePointRecord};
     use crate::disk::CreateDisk;
     use crate::engine::EngineConfig;
     use crate::rp::collection::CreateCollection;
-    use crate::rp::restore_point::{CreateRestorePoint, RestorePointRecord};
 
     fn config(dir: &std::path::Path) -> EngineConfig {
         EngineConfig { io_backend: crate::io::IoBackendKind::Blocking, ..EngineConfig::new(dir) }

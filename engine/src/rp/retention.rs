@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::base::error::{Error, Result};
 use crate::base::ids::{CollectionId, RestorePointId};
+use crate::catalog::restore_point::{ProvisioningState, RestorePointRecord};
 use crate::engine::Engine;
-use crate::rp::restore_point::{ProvisioningState, RestorePointRecord};
 
 /// How many restore points to keep, by rule. A restore point kept by any rule stays.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,7 +142,7 @@ impl Engine {
 mod tests {
     use super::*;
     use crate::base::ids::{CollectionId, Name, OperationId};
-    use crate::rp::restore_point::ConsistencyMode;
+    use crate::catalog::restore_point::ConsistencyMode;
 
     fn rp(seq: u64, at_ms: u64) -> RestorePointRecord {
         RestorePointRecord {

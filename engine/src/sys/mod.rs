@@ -1,3 +1,6 @@
+//! The system layer: the unsafe system calls the engine needs beyond `std` (see below).
+//! Uses nothing else of the engine.
+//!
 //! Thin, safe wrappers over the few system facilities the engine needs beyond `std`:
 //! aligned I/O buffers, atomic words over a shared file mapping, hole punching,
 //! preallocation and SEEK_DATA/SEEK_HOLE, early writeback, the idle scheduling policy. The only `unsafe` outside `io/uring.rs` lives here.
@@ -14,5 +17,5 @@ pub(crate) use fs::{
     sync_dir, will_need,
 };
 pub(crate) use mapped_words::MappedWords;
-pub(crate) use sched::{set_current_thread_idle, set_current_thread_normal};
+pub(crate) use sched::{critical, enter_idle};
 pub(crate) use writeback::start_writeback;

@@ -10,6 +10,31 @@ pub(crate) fn set_current_thread_idle() -> io::Result<()> {
     set_current_thread_policy(libc::SCHED_IDLE)
 }
 
+std::thread_local! {
+    /// Whether this thread runs under `SCHED_IDLE` (see [`critical`]).
+    static IDLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Moves the calling thread to `SCHED_IDLE` for good, remembering it for [`critical`].
+pub(crate) fn enter_idle() -> io::Result<()> {
+    set_current_thread_idle().map(|()| IDLE.set(true))
+}
+
+/// Runs `f`, which holds a lock that guest I/O may wait for, at normal priority: a
+/// `SCHED_IDLE` thread preempted inside it would stall the guest for as long as the host's
+/// CPUs stay busy (priority inversion). A no-op on other threads.
+pub(crate) fn critical<T>(f: impl FnOnce() -> T) -> T {
+    if !IDLE.get() {
+        return f();
+    }
+    let raised = set_current_thread_normal().is_ok();
+    let out = f();
+    if raised && set_current_thread_idle().is_err() {
+        IDLE.set(false); // left at normal priority: slower to yield, never wrong
+    }
+    out
+}
+
 /// Moves the calling thread back to `SCHED_OTHER`, at its nice value.
 pub(crate) fn set_current_thread_normal() -> io::Result<()> {
     set_current_thread_policy(libc::SCHED_OTHER)

@@ -13,10 +13,10 @@ use serde::{Deserialize, Serialize};
 use crate::base::error::{Error, Result};
 use crate::base::format::decode_chunk_map_key;
 use crate::base::ids::{LineageId, PackId, RestorePointId};
+use crate::catalog::restore_point::{ProvisioningState, RestorePointRecord};
 use crate::chunk_map;
 use crate::engine::Engine;
 use crate::jobs::operation::{OperationKind, OperationRecord};
-use crate::rp::restore_point::{ProvisioningState, RestorePointRecord};
 use crate::store::chunk::{ChunkId, ChunkLocation, ChunkRef};
 
 /// What checking one record found.
