@@ -152,7 +152,6 @@ mod sys;
 #[doc(hidden)]
 pub use base::failpoint;
 pub use base::format;
-pub use rp::retention;
 
 pub use base::error::{Error, ErrorKind, Result};
 pub use base::ids::{CollectionId, DiskId, GroupId, LineageId, Name, OperationId, PackId, RestorePointId};

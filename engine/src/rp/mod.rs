@@ -6,4 +6,4 @@ pub(crate) mod group;
 pub(crate) mod hooks;
 pub(crate) mod restore;
 pub(crate) mod restore_points;
-pub mod retention;
+pub(crate) mod retention;

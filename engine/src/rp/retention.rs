@@ -34,7 +34,7 @@ const DAY_MS: u64 = 86_400_000;
 
 /// (year, month, day) of a day counted from 1970-01-01 (proleptic Gregorian; Howard
 /// Hinnant's civil-from-days).
-pub fn civil_from_days(days: u64) -> (u64, u64, u64) {
+pub(crate) fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
     let era = z / 146_097;
     let doe = z - era * 146_097;
@@ -54,7 +54,7 @@ fn year_month(days: u64) -> (u64, u64) {
 }
 
 /// Applies `policy` to a collection's restore points (any order).
-pub fn plan(rps: &[RestorePointRecord], policy: RetentionPolicy) -> Vec<RetentionDecision> {
+pub(crate) fn plan(rps: &[RestorePointRecord], policy: RetentionPolicy) -> Vec<RetentionDecision> {
     let mut sorted: Vec<&RestorePointRecord> = rps.iter().collect();
     sorted.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms).then(b.seq.cmp(&a.seq)));
     let (mut days, mut weeks, mut months) = (HashSet::new(), HashSet::new(), HashSet::new());
