@@ -178,5 +178,5 @@ pub use rp::restore::RestoreDisk;
 pub use rp::restore_points::MAX_RESTORE_POINTS_LIMIT;
 pub use rp::retention::{RetentionDecision, RetentionPolicy};
 pub use store::chunk::{ChunkId, ChunkRef};
-pub use store::chunk_store::StoreStats;
+pub use store::counters::StoreStats;
 pub use sys::IoBuf;

@@ -477,7 +477,7 @@ impl Engine {
     }
 
     /// What the chunk store holds.
-    pub fn store_stats(&self) -> Result<crate::store::chunk_store::StoreStats> {
+    pub fn store_stats(&self) -> Result<crate::store::counters::StoreStats> {
         self.inner.chunks.stats()
     }
 

@@ -18,7 +18,7 @@ use crate::base::format::{Codec, PACK_HEADER_LEN, RECORD_HEADER_LEN, RecordHeade
 use crate::base::ids::PackId;
 use crate::catalog::{Batch, Catalog};
 use crate::store::chunk::{ChunkId, ChunkLocation, ChunkRef};
-use crate::store::counters::{StoreChange, StoreCounters};
+use crate::store::counters::{StoreChange, StoreCounters, StoreStats};
 use crate::store::pack::PackStore;
 
 /// A record ready to append: header plus stored bytes. Built off the I/O path (CPU work).
@@ -183,22 +183,6 @@ impl PackWriter {
 /// Pack record as the `packs` family keeps it: its size, for GC accounting.
 pub(crate) fn pack_entry(bytes: u64) -> [u8; 8] {
     bytes.to_le_bytes()
-}
-
-/// What the chunk store holds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StoreStats {
-    /// Records in the index (full chunks and deltas).
-    pub records: u64,
-    /// Their stored bytes (headers included).
-    pub record_bytes: u64,
-    /// Records some chunk map entry references.
-    pub referenced_records: u64,
-    pub referenced_bytes: u64,
-    /// Sum of reference counts.
-    pub references: u64,
-    pub packs: u64,
-    pub pack_bytes: u64,
 }
 
 /// The engine's chunk store.

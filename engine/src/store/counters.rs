@@ -10,7 +10,22 @@ use crate::base::error::Result;
 use crate::base::format::RECORD_HEADER_LEN;
 use crate::catalog::Catalog;
 use crate::store::chunk::ChunkLocation;
-use crate::store::chunk_store::StoreStats;
+
+/// What the chunk store holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Records in the index (full chunks and deltas).
+    pub records: u64,
+    /// Their stored bytes (headers included).
+    pub record_bytes: u64,
+    /// Records some chunk map entry references.
+    pub referenced_records: u64,
+    pub referenced_bytes: u64,
+    /// Sum of reference counts.
+    pub references: u64,
+    pub packs: u64,
+    pub pack_bytes: u64,
+}
 
 /// Stored bytes of a record, header included.
 pub(crate) fn record_bytes(loc: &ChunkLocation) -> u64 {
