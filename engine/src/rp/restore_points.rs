@@ -538,7 +538,7 @@ impl Engine {
     /// Everything after the checks runs as an engine job of its own, from the first hook to
     /// the last commit: a caller that goes away (an RPC deadline, a killed client) changes
     /// nothing, thaw hooks always run after quiesce hooks, and a failure anywhere after the
-    /// freeze unwinds it (see [`Armed`]).
+    /// freeze unwinds it (see `Armed`).
     pub async fn create_restore_point(
         &self,
         collection: CollectionId,
