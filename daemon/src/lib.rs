@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod errors;
 pub mod grpc;
 pub mod http;
 pub mod listen;

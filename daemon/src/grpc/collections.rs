@@ -11,8 +11,8 @@ use pb::collections_server::Collections;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, page};
-use super::status::{invalid, status};
 use super::{Context, guard};
+use crate::errors::{invalid, status};
 
 #[derive(Debug)]
 pub struct CollectionsService(pub Context);

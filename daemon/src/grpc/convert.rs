@@ -9,7 +9,7 @@ use cairn_engine::{
 use cairn_proto::v1 as pb;
 use tonic::Status;
 
-use super::status::{invalid, status};
+use crate::errors::{invalid, status};
 
 // ---- records to messages -----------------------------------------------------------------
 

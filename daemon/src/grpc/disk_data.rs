@@ -14,8 +14,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{self, page};
-use super::status::{invalid, status};
 use super::{Context, guard};
+use crate::errors::{invalid, status};
 
 /// Largest data payload of one ReadDisk message (well under gRPC's 4 MiB default).
 pub const PIECE_BYTES: u64 = 1 << 20;

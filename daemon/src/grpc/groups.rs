@@ -6,8 +6,8 @@ use pb::groups_server::Groups;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, page};
-use super::status::status;
 use super::{Context, guard};
+use crate::errors::status;
 
 #[derive(Debug)]
 pub struct GroupsService(pub Context);

@@ -1,5 +1,5 @@
 //! Cairn's gRPC API (package `cairn.v1`): one module per service, one conversion module
-//! ([`convert`]) where proto types meet engine types, one place ([`status`]) mapping engine
+//! ([`convert`]) where proto types meet engine types, one place ([`crate::errors`]) mapping engine
 //! errors to gRPC codes, plus the standard health service and server reflection. With a
 //! bearer token configured ([`auth`]), every service but health demands it.
 //!
@@ -19,7 +19,6 @@ pub mod operations;
 pub mod quiesce;
 pub mod restore_points;
 pub mod restores;
-pub mod status;
 pub mod store;
 
 use std::future::Future;

@@ -9,8 +9,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, page};
-use super::status::status;
 use super::{Context, guard};
+use crate::errors::status;
 
 /// How often a watch looks at its operation.
 const WATCH_POLL: Duration = Duration::from_millis(100);

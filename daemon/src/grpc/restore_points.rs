@@ -7,8 +7,8 @@ use pb::restore_points_server::RestorePoints;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, page};
-use super::status::status;
 use super::{Context, guard};
+use crate::errors::status;
 
 #[derive(Debug)]
 pub struct RestorePointsService(pub Context);

@@ -7,8 +7,8 @@ use pb::restores_server::Restores;
 use tonic::{Request, Response, Status};
 
 use super::convert;
-use super::status::status;
 use super::{Context, guard};
+use crate::errors::status;
 
 #[derive(Debug)]
 pub struct RestoresService(pub Context);

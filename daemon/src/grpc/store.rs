@@ -8,8 +8,8 @@ use pb::store_server::Store;
 use tonic::{Request, Response, Status};
 
 use super::convert;
-use super::status::status;
 use super::{Context, guard};
+use crate::errors::status;
 
 #[derive(Debug)]
 pub struct StoreService(pub Context);
@@ -33,7 +33,7 @@ impl Store for StoreService {
             let r = req.get_ref();
             let target = if r.restore_point.trim().is_empty() {
                 if !r.collection.trim().is_empty() {
-                    return Err(super::status::invalid(
+                    return Err(crate::errors::invalid(
                         "restore_point",
                         "must name a restore point of the collection (or leave both empty to verify the store)",
                     ));
