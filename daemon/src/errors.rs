@@ -1,59 +1,163 @@
-//! The one place engine errors become gRPC statuses.
+//! The one table of how an engine error reaches a client: each [`ErrorKind`] has one gRPC
+//! code, one NBD errno and one HTTP status, in [`mapping`], and the three protocols read
+//! only that. The `match` there has no wildcard arm, so a new kind does not compile until it
+//! has a row.
+//!
+//! Some rows need a reason, because the protocols' vocabularies are not the engine's:
+//! - NBD allows only eight errnos (EPERM, EIO, ENOMEM, EINVAL, ENOSPC, EOVERFLOW, ENOTSUP,
+//!   ESHUTDOWN). Where the table says EIO, an operating system error of ENOSPC, EDQUOT or
+//!   EFBIG under the engine error answers ENOSPC instead, as the spec asks.
+//! - Work is canceled when the daemon shuts down; NBD's answer for that is ESHUTDOWN.
 
-use cairn_engine::ErrorKind;
+use axum::http::StatusCode;
+use cairn_engine::{Error, ErrorKind};
 use tonic::{Code, Status};
 
-/// The gRPC code of an engine error kind.
-pub fn code(kind: ErrorKind) -> Code {
-    match kind {
-        ErrorKind::NotFound => Code::NotFound,
-        ErrorKind::AlreadyExists => Code::AlreadyExists,
-        ErrorKind::InvalidArgument => Code::InvalidArgument,
-        ErrorKind::FailedPrecondition => Code::FailedPrecondition,
-        ErrorKind::Busy => Code::Unavailable,
-        ErrorKind::LimitReached => Code::ResourceExhausted,
-        ErrorKind::Corrupt => Code::DataLoss,
-        ErrorKind::Canceled => Code::Cancelled,
-        ErrorKind::Io => Code::Internal,
-        ErrorKind::Poisoned => Code::Unavailable,
-    }
+use crate::nbd::proto::Errno;
+
+/// How one kind of engine error appears on each protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mapping {
+    pub grpc: Code,
+    pub nbd: Errno,
+    pub http: StatusCode,
 }
 
-/// An engine error as a status; the message is the engine's (it names the field of an
-/// invalid argument).
-pub fn status(e: cairn_engine::Error) -> Status {
-    let code = code(e.kind());
+/// The table: one row per engine error kind.
+pub fn mapping(kind: ErrorKind) -> Mapping {
+    let (grpc, nbd, http) = match kind {
+        ErrorKind::NotFound => (Code::NotFound, Errno::Inval, StatusCode::NOT_FOUND),
+        ErrorKind::AlreadyExists => (Code::AlreadyExists, Errno::Inval, StatusCode::CONFLICT),
+        ErrorKind::InvalidArgument => (Code::InvalidArgument, Errno::Inval, StatusCode::BAD_REQUEST),
+        ErrorKind::FailedPrecondition => (Code::FailedPrecondition, Errno::Perm, StatusCode::PRECONDITION_FAILED),
+        ErrorKind::Busy => (Code::Unavailable, Errno::Io, StatusCode::SERVICE_UNAVAILABLE),
+        ErrorKind::LimitReached => (Code::ResourceExhausted, Errno::NoSpc, StatusCode::TOO_MANY_REQUESTS),
+        ErrorKind::Corrupt => (Code::DataLoss, Errno::Io, StatusCode::INTERNAL_SERVER_ERROR),
+        ErrorKind::Canceled => (Code::Cancelled, Errno::Shutdown, StatusCode::GONE),
+        ErrorKind::Io => (Code::Internal, Errno::Io, StatusCode::INTERNAL_SERVER_ERROR),
+        ErrorKind::Poisoned => (Code::Unavailable, Errno::Io, StatusCode::SERVICE_UNAVAILABLE),
+    };
+    Mapping { grpc, nbd, http }
+}
+
+/// An engine error as a gRPC status; the message is the engine's (it names the field of an
+/// invalid argument). Internal errors are logged, since the client is told little.
+pub fn grpc_status(e: Error) -> Status {
+    let code = mapping(e.kind()).grpc;
     if code == Code::Internal {
         tracing::error!(error = %e, "request failed with an internal error");
     }
     Status::new(code, e.to_string())
 }
 
-/// INVALID_ARGUMENT naming the request field.
+/// INVALID_ARGUMENT naming the request field (the daemon's own checks of a request).
 pub fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("invalid {field}: {reason}"))
+}
+
+/// An engine error as an NBD errno. Corrupt data and I/O failures are logged with their
+/// reason, since the errno alone tells the client nothing.
+pub fn nbd_errno(e: &Error) -> Errno {
+    let errno = mapping(e.kind()).nbd;
+    if errno != Errno::Io {
+        return errno;
+    }
+    if os_error(e).is_some_and(is_space_errno) {
+        return Errno::NoSpc;
+    }
+    match e.kind() {
+        ErrorKind::Corrupt => tracing::error!(error = %e, "corrupt data; answering EIO"),
+        _ => tracing::warn!(error = %e, "I/O failure; answering EIO"),
+    }
+    errno
+}
+
+fn os_error(err: &Error) -> Option<i32> {
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return io.raw_os_error();
+        }
+        source = s.source();
+    }
+    None
+}
+
+/// ENOSPC, EDQUOT and EFBIG all mean "no room" to an NBD client, as the spec asks.
+fn is_space_errno(code: i32) -> bool {
+    use rustix::io::Errno as E;
+    [E::NOSPC, E::DQUOT, E::FBIG].iter().any(|e| e.raw_os_error() == code)
+}
+
+/// An engine error as an HTTP status and a one-line body. Internal server errors are logged.
+pub fn http_error(e: &Error) -> (StatusCode, String) {
+    let code = mapping(e.kind()).http;
+    if code == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::error!(error = %e, "HTTP request failed with an internal error");
+    }
+    (code, format!("{e}\n"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Every row, written out: a change to the table shows up here.
+    const TABLE: [(ErrorKind, Code, Errno, u16); 10] = [
+        (ErrorKind::NotFound, Code::NotFound, Errno::Inval, 404),
+        (ErrorKind::AlreadyExists, Code::AlreadyExists, Errno::Inval, 409),
+        (ErrorKind::InvalidArgument, Code::InvalidArgument, Errno::Inval, 400),
+        (ErrorKind::FailedPrecondition, Code::FailedPrecondition, Errno::Perm, 412),
+        (ErrorKind::Busy, Code::Unavailable, Errno::Io, 503),
+        (ErrorKind::LimitReached, Code::ResourceExhausted, Errno::NoSpc, 429),
+        (ErrorKind::Corrupt, Code::DataLoss, Errno::Io, 500),
+        (ErrorKind::Canceled, Code::Cancelled, Errno::Shutdown, 410),
+        (ErrorKind::Io, Code::Internal, Errno::Io, 500),
+        (ErrorKind::Poisoned, Code::Unavailable, Errno::Io, 503),
+    ];
+
     #[test]
-    fn every_kind_maps_to_its_documented_code() {
-        let table = [
-            (ErrorKind::NotFound, Code::NotFound),
-            (ErrorKind::AlreadyExists, Code::AlreadyExists),
-            (ErrorKind::InvalidArgument, Code::InvalidArgument),
-            (ErrorKind::FailedPrecondition, Code::FailedPrecondition),
-            (ErrorKind::Busy, Code::Unavailable),
-            (ErrorKind::LimitReached, Code::ResourceExhausted),
-            (ErrorKind::Corrupt, Code::DataLoss),
-            (ErrorKind::Canceled, Code::Cancelled),
-            (ErrorKind::Io, Code::Internal),
-            (ErrorKind::Poisoned, Code::Unavailable),
-        ];
-        for (kind, want) in table {
-            assert_eq!(code(kind), want, "{kind:?}");
+    fn every_kind_maps_to_its_documented_code_errno_and_status() {
+        for (kind, grpc, nbd, http) in TABLE {
+            let m = mapping(kind);
+            assert_eq!((m.grpc, m.nbd, m.http.as_u16()), (grpc, nbd, http), "{kind:?}");
         }
+    }
+
+    fn io_error(code: rustix::io::Errno) -> Error {
+        Error::Io {
+            context: "write disk",
+            path: "/x".into(),
+            source: std::io::Error::from_raw_os_error(code.raw_os_error()),
+        }
+    }
+
+    #[test]
+    fn engine_errors_map_to_the_nbd_specs_errnos() {
+        assert_eq!(nbd_errno(&io_error(rustix::io::Errno::NOSPC)), Errno::NoSpc);
+        assert_eq!(nbd_errno(&io_error(rustix::io::Errno::FBIG)), Errno::NoSpc);
+        assert_eq!(nbd_errno(&io_error(rustix::io::Errno::IO)), Errno::Io);
+        let corrupt = Error::Corrupt { path: "/x".into(), reason: "bad crc".into() };
+        assert_eq!(nbd_errno(&corrupt), Errno::Io);
+        let invalid = Error::InvalidArgument { field: "offset", reason: "past the end".into() };
+        assert_eq!(nbd_errno(&invalid), Errno::Inval);
+        let poisoned = Error::Poisoned { disk: "d".into() };
+        assert_eq!(nbd_errno(&poisoned), Errno::Io);
+    }
+
+    #[test]
+    fn space_errors_map_to_enospc() {
+        assert!(is_space_errno(rustix::io::Errno::NOSPC.raw_os_error()));
+        assert!(is_space_errno(rustix::io::Errno::DQUOT.raw_os_error()));
+        assert!(!is_space_errno(rustix::io::Errno::IO.raw_os_error()));
+    }
+
+    #[test]
+    fn statuses_carry_the_engine_message() {
+        let s = grpc_status(Error::NotFound { what: "disk d".into() });
+        assert_eq!((s.code(), s.message()), (Code::NotFound, "disk d not found"));
+        assert_eq!(invalid("name", "too long").message(), "invalid name: too long");
+        let (code, body) = http_error(&Error::NotFound { what: "disk d".into() });
+        assert_eq!((code.as_u16(), body.as_str()), (404, "disk d not found\n"));
     }
 }

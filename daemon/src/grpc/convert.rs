@@ -9,7 +9,7 @@ use cairn_engine::{
 use cairn_proto::v1 as pb;
 use tonic::Status;
 
-use crate::errors::{invalid, status};
+use crate::errors::{grpc_status, invalid};
 
 // ---- records to messages -----------------------------------------------------------------
 
@@ -233,7 +233,7 @@ pub fn disk_id(engine: &Engine, field: &str, s: &str) -> Result<DiskId, Status> 
     let s = required(field, "disk", s)?;
     match uuid(s) {
         Some(u) => Ok(DiskId::from(u)),
-        None => engine.disk_by_name(s).map(|d| d.id()).map_err(status),
+        None => engine.disk_by_name(s).map(|d| d.id()).map_err(grpc_status),
     }
 }
 
@@ -241,15 +241,15 @@ pub fn group_id(engine: &Engine, field: &str, s: &str) -> Result<GroupId, Status
     let s = required(field, "group", s)?;
     match uuid(s) {
         Some(u) => Ok(GroupId::from(u)),
-        None => engine.group_by_name(s).map(|g| g.id).map_err(status),
+        None => engine.group_by_name(s).map(|g| g.id).map_err(grpc_status),
     }
 }
 
 pub fn collection_record(engine: &Engine, field: &str, s: &str) -> Result<CollectionRecord, Status> {
     let s = required(field, "collection", s)?;
     match uuid(s) {
-        Some(u) => engine.collection(CollectionId::from(u)).map_err(status),
-        None => engine.collection_by_name(s).map_err(status),
+        Some(u) => engine.collection(CollectionId::from(u)).map_err(grpc_status),
+        None => engine.collection_by_name(s).map_err(grpc_status),
     }
 }
 
@@ -272,7 +272,7 @@ pub fn restore_point_in(
 ) -> Result<RestorePointRecord, Status> {
     let rp = required(field, "restore point", restore_point)?;
     if let Some(u) = uuid(rp) {
-        let record = engine.restore_point(RestorePointId::from(u)).map_err(status)?;
+        let record = engine.restore_point(RestorePointId::from(u)).map_err(grpc_status)?;
         if !collection.trim().is_empty() {
             let coll = collection_record(engine, collection_field, collection)?;
             if coll.id != record.collection {
@@ -282,7 +282,7 @@ pub fn restore_point_in(
         return Ok(record);
     }
     let coll = collection_record(engine, collection_field, collection)?;
-    engine.restore_point_by_name(coll.id, rp).map_err(status)
+    engine.restore_point_by_name(coll.id, rp).map_err(grpc_status)
 }
 
 /// A disk of a restore point, by its id or its name at capture time.

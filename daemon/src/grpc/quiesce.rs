@@ -140,7 +140,7 @@ impl Quiesce for QuiesceService {
                 return Err(invalid("subscribe", "the first message must be a subscribe"));
             };
             let group = convert::group_id(&engine, "subscribe.group", &sub.group)?;
-            engine.group(group).map_err(crate::errors::status)?;
+            engine.group(group).map_err(crate::errors::grpc_status)?;
             let timeout = match sub.timeout_ms {
                 0 => DEFAULT_TIMEOUT,
                 t if t > MAX_TIMEOUT_MS => {

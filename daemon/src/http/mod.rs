@@ -3,7 +3,7 @@
 //! reasons: shutting down, a disk poisoned by a failed sync, a failing catalog. With TLS
 //! configured it serves HTTPS only (no client certificates: nothing here needs them); the
 //! binding rules are the other listeners' ([`crate::listen`]). Engine errors become HTTP
-//! statuses in [`http_status`], the one place.
+//! statuses in [`crate::errors`].
 
 pub mod metrics;
 
@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use cairn_engine::{Engine, ErrorKind};
+use cairn_engine::Engine;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -27,28 +27,6 @@ use crate::tls::{HANDSHAKE_TIMEOUT, ServerTls};
 
 /// Where cairnd serves HTTP when `--http` is not given.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:9633";
-
-/// The HTTP status of an engine error kind.
-pub fn http_status(kind: ErrorKind) -> StatusCode {
-    match kind {
-        ErrorKind::NotFound => StatusCode::NOT_FOUND,
-        ErrorKind::AlreadyExists => StatusCode::CONFLICT,
-        ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
-        ErrorKind::FailedPrecondition => StatusCode::PRECONDITION_FAILED,
-        ErrorKind::Busy | ErrorKind::Poisoned => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorKind::LimitReached => StatusCode::TOO_MANY_REQUESTS,
-        ErrorKind::Corrupt | ErrorKind::Io => StatusCode::INTERNAL_SERVER_ERROR,
-        ErrorKind::Canceled => StatusCode::GONE,
-    }
-}
-
-fn error_response(e: &cairn_engine::Error) -> Response {
-    let code = http_status(e.kind());
-    if code == StatusCode::INTERNAL_SERVER_ERROR {
-        tracing::error!(error = %e, "HTTP request failed with an internal error");
-    }
-    (code, format!("{e}\n")).into_response()
-}
 
 #[derive(Debug, Clone)]
 struct Ctx {
@@ -204,7 +182,7 @@ async fn metrics_page(State(ctx): State<Ctx>) -> Response {
     let engine = ctx.engine.clone();
     match tokio::task::spawn_blocking(move || metrics::render(&engine)).await {
         Ok(Ok(text)) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
-        Ok(Err(e)) => error_response(&e),
+        Ok(Err(e)) => crate::errors::http_error(&e).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "rendering metrics panicked");
             (StatusCode::INTERNAL_SERVER_ERROR, "rendering metrics failed; the daemon log has the details\n")
@@ -216,25 +194,6 @@ async fn metrics_page(State(ctx): State<Ctx>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_kind_maps_to_an_http_status() {
-        let table = [
-            (ErrorKind::NotFound, 404),
-            (ErrorKind::AlreadyExists, 409),
-            (ErrorKind::InvalidArgument, 400),
-            (ErrorKind::FailedPrecondition, 412),
-            (ErrorKind::Busy, 503),
-            (ErrorKind::LimitReached, 429),
-            (ErrorKind::Corrupt, 500),
-            (ErrorKind::Canceled, 410),
-            (ErrorKind::Io, 500),
-            (ErrorKind::Poisoned, 503),
-        ];
-        for (kind, want) in table {
-            assert_eq!(http_status(kind).as_u16(), want, "{kind:?}");
-        }
-    }
 
     #[tokio::test]
     async fn public_addresses_are_refused_without_plaintext_and_unix_is_bad() {

@@ -1,6 +1,6 @@
-//! What the NBD server serves: the [`Export`] trait, its live-disk implementation, the
-//! [`ExportSource`] that finds exports by name, and the one mapping from engine errors to
-//! NBD errnos.
+//! What the NBD server serves: the [`Export`] trait, its live-disk implementation and the
+//! [`ExportSource`] that finds exports by name. Engine errors become NBD errnos in
+//! [`crate::errors`].
 //!
 //! The server knows nothing about disks: a read-only disk restore point export
 //! ([`super::restore_point`]) implements the same trait (with `read_only() == true` and no
@@ -10,9 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use cairn_engine::{Disk, Engine, Error, ErrorKind, Extent, IoBuf, Result};
-
-use super::proto::Errno;
+use cairn_engine::{Disk, Engine, Error, Extent, IoBuf, Result};
 
 /// A boxed future returned by [`Export`] calls (the trait is used as `dyn Export`).
 pub type ExportFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
@@ -154,80 +152,5 @@ impl ExportSource for LiveDisks {
         let mut names: Vec<String> = self.engine.list_disks().into_iter().map(|r| r.name.to_string()).collect();
         names.extend(super::restore_point::list(&self.engine));
         names
-    }
-}
-
-/// The NBD errno for an engine error: the one place the daemon makes this choice for NBD.
-///
-/// Corrupt data and I/O failures are logged here with their reason, since the errno alone
-/// tells the client nothing.
-pub fn errno(err: &Error) -> Errno {
-    match err.kind() {
-        ErrorKind::InvalidArgument | ErrorKind::NotFound | ErrorKind::AlreadyExists => Errno::Inval,
-        ErrorKind::FailedPrecondition => Errno::Perm,
-        ErrorKind::LimitReached => Errno::NoSpc,
-        // Work is canceled when the daemon shuts down; the spec's answer for that is ESHUTDOWN.
-        ErrorKind::Canceled => Errno::Shutdown,
-        ErrorKind::Corrupt => {
-            tracing::error!(error = %err, "corrupt data; answering EIO");
-            Errno::Io
-        }
-        ErrorKind::Busy | ErrorKind::Io | ErrorKind::Poisoned => {
-            if os_error(err).is_some_and(is_space_errno) {
-                return Errno::NoSpc;
-            }
-            tracing::warn!(error = %err, "I/O failure; answering EIO");
-            Errno::Io
-        }
-    }
-}
-
-fn os_error(err: &Error) -> Option<i32> {
-    let mut source = std::error::Error::source(err);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return io.raw_os_error();
-        }
-        source = s.source();
-    }
-    None
-}
-
-/// ENOSPC, EDQUOT and EFBIG all mean "no room" to an NBD client, as the spec asks.
-fn is_space_errno(code: i32) -> bool {
-    use rustix::io::Errno as E;
-    [E::NOSPC, E::DQUOT, E::FBIG].iter().any(|e| e.raw_os_error() == code)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn io_error(code: rustix::io::Errno) -> Error {
-        Error::Io {
-            context: "write disk",
-            path: "/x".into(),
-            source: std::io::Error::from_raw_os_error(code.raw_os_error()),
-        }
-    }
-
-    #[test]
-    fn engine_errors_map_to_the_specs_errnos() {
-        assert_eq!(errno(&io_error(rustix::io::Errno::NOSPC)), Errno::NoSpc);
-        assert_eq!(errno(&io_error(rustix::io::Errno::FBIG)), Errno::NoSpc);
-        assert_eq!(errno(&io_error(rustix::io::Errno::IO)), Errno::Io);
-        let corrupt = Error::Corrupt { path: "/x".into(), reason: "bad crc".into() };
-        assert_eq!(errno(&corrupt), Errno::Io);
-        let invalid = Error::InvalidArgument { field: "offset", reason: "past the end".into() };
-        assert_eq!(errno(&invalid), Errno::Inval);
-        let poisoned = Error::Poisoned { disk: "d".into() };
-        assert_eq!(errno(&poisoned), Errno::Io);
-    }
-
-    #[test]
-    fn space_errors_map_to_enospc() {
-        assert!(is_space_errno(rustix::io::Errno::NOSPC.raw_os_error()));
-        assert!(is_space_errno(rustix::io::Errno::DQUOT.raw_os_error()));
-        assert!(!is_space_errno(rustix::io::Errno::IO.raw_os_error()));
     }
 }

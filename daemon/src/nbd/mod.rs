@@ -3,7 +3,7 @@
 //!
 //! - [`proto`]: the wire format, pure encode/decode with no I/O (fuzzable).
 //! - [`export`]: the [`Export`] trait the server serves, its live-disk implementation, the
-//!   [`ExportSource`] that finds exports by name, and the engine-error-to-errno mapping.
+//!   [`ExportSource`] that finds exports by name.
 //! - [`restore_point`]: read-only exports of disk restore points
 //!   (`COLLECTION/RESTORE_POINT/DISK`) with their `qemu:dirty-bitmap:` contexts.
 //! - [`server`]: handshake and transmission over any async byte stream.

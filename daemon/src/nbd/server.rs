@@ -28,8 +28,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use super::export::{Export, ExportSource, errno};
+use super::export::{Export, ExportSource};
 use super::proto::{self as p, ClientOption, Command, Errno, Request, TlsMode, TlsVerdict};
+use crate::errors::nbd_errno;
 
 /// Tunables of the server; the defaults suit a hypervisor host.
 #[derive(Debug, Clone)]
@@ -771,7 +772,7 @@ impl Reply {
     }
 
     fn engine_error(self, e: &cairn_engine::Error) {
-        let code = errno(e);
+        let code = nbd_errno(e);
         self.error(code, &e.to_string());
     }
 
