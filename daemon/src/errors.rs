@@ -8,6 +8,15 @@
 //!   ESHUTDOWN). Where the table says EIO, an operating system error of ENOSPC, EDQUOT or
 //!   EFBIG under the engine error answers ENOSPC instead, as the spec asks.
 //! - Work is canceled when the daemon shuts down; NBD's answer for that is ESHUTDOWN.
+//! - Poisoned (an earlier fsync failed, so the disk refuses all I/O) is permanent until an
+//!   operator fixes the storage and restarts the daemon. gRPC's status code guide says: use
+//!   UNAVAILABLE if the client can retry just the failing call, FAILED_PRECONDITION if it
+//!   should not retry until the system state has been explicitly fixed; so it is
+//!   FAILED_PRECONDITION. Not INTERNAL, which is reserved for broken invariants (a failed
+//!   fsync is the storage's failure, not the daemon's), and not DATA_LOSS, which is for
+//!   Corrupt (stored data failed a check): a poisoned disk lost nothing it had
+//!   acknowledged as durable, since the failed flush was never acknowledged. Over HTTP it is
+//!   500, the server's own failure, not 503, which announces a temporary condition.
 
 use axum::http::StatusCode;
 use cairn_engine::{Error, ErrorKind};
@@ -35,7 +44,7 @@ pub fn mapping(kind: ErrorKind) -> Mapping {
         ErrorKind::Corrupt => (Code::DataLoss, Errno::Io, StatusCode::INTERNAL_SERVER_ERROR),
         ErrorKind::Canceled => (Code::Cancelled, Errno::Shutdown, StatusCode::GONE),
         ErrorKind::Io => (Code::Internal, Errno::Io, StatusCode::INTERNAL_SERVER_ERROR),
-        ErrorKind::Poisoned => (Code::Unavailable, Errno::Io, StatusCode::SERVICE_UNAVAILABLE),
+        ErrorKind::Poisoned => (Code::FailedPrecondition, Errno::Io, StatusCode::INTERNAL_SERVER_ERROR),
     };
     Mapping { grpc, nbd, http }
 }
@@ -113,7 +122,7 @@ mod tests {
         (ErrorKind::Corrupt, Code::DataLoss, Errno::Io, 500),
         (ErrorKind::Canceled, Code::Cancelled, Errno::Shutdown, 410),
         (ErrorKind::Io, Code::Internal, Errno::Io, 500),
-        (ErrorKind::Poisoned, Code::Unavailable, Errno::Io, 503),
+        (ErrorKind::Poisoned, Code::FailedPrecondition, Errno::Io, 500),
     ];
 
     #[test]
