@@ -159,8 +159,8 @@ impl DiskRestorePointExport {
         self.engine.restore_point(self.rp).map(drop).map_err(|e| self.deleted_is_io(e))
     }
 
-    /// The restore point deleted while exported is an I/O error of this export (EIO), not
-    /// an unknown name (EINVAL): the client named it when it still existed.
+    /// The restore point deleted while exported is an I/O error of this export (EIO, as
+    /// any NotFound is on NBD), named as such: the client named it when it still existed.
     fn deleted_is_io(&self, e: Error) -> Error {
         match e.kind() {
             ErrorKind::NotFound => Error::Io {
