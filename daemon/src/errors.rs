@@ -13,7 +13,12 @@
 //!   client got right. Either kind there means the server failed a valid request (the
 //!   restore point behind an export, or behind a dirty bitmap the client selected, was
 //!   deleted since), which is what EIO says.
-//! - Work is canceled when the daemon shuts down; NBD's answer for that is ESHUTDOWN.
+//! - Work is canceled when the daemon shuts down; NBD's answer for that is ESHUTDOWN, and
+//!   HTTP's is 503 (temporary: the daemon comes back), not 410 Gone, which says the
+//!   resource is gone for good.
+//! - FailedPrecondition over HTTP is 409 Conflict ("a conflict with the current state of
+//!   the target resource", RFC 9110), not 412, which is about the request's own
+//!   conditional header fields (If-Match and the like).
 //! - Poisoned (an earlier fsync failed, so the disk refuses all I/O) is permanent until an
 //!   operator fixes the storage and restarts the daemon. gRPC's status code guide says: use
 //!   UNAVAILABLE if the client can retry just the failing call, FAILED_PRECONDITION if it
@@ -44,11 +49,11 @@ pub fn mapping(kind: ErrorKind) -> Mapping {
         ErrorKind::NotFound => (Code::NotFound, Errno::Io, StatusCode::NOT_FOUND),
         ErrorKind::AlreadyExists => (Code::AlreadyExists, Errno::Io, StatusCode::CONFLICT),
         ErrorKind::InvalidArgument => (Code::InvalidArgument, Errno::Inval, StatusCode::BAD_REQUEST),
-        ErrorKind::FailedPrecondition => (Code::FailedPrecondition, Errno::Perm, StatusCode::PRECONDITION_FAILED),
+        ErrorKind::FailedPrecondition => (Code::FailedPrecondition, Errno::Perm, StatusCode::CONFLICT),
         ErrorKind::Busy => (Code::Unavailable, Errno::Io, StatusCode::SERVICE_UNAVAILABLE),
         ErrorKind::LimitReached => (Code::ResourceExhausted, Errno::NoSpc, StatusCode::TOO_MANY_REQUESTS),
         ErrorKind::Corrupt => (Code::DataLoss, Errno::Io, StatusCode::INTERNAL_SERVER_ERROR),
-        ErrorKind::Canceled => (Code::Cancelled, Errno::Shutdown, StatusCode::GONE),
+        ErrorKind::Canceled => (Code::Cancelled, Errno::Shutdown, StatusCode::SERVICE_UNAVAILABLE),
         ErrorKind::Io => (Code::Internal, Errno::Io, StatusCode::INTERNAL_SERVER_ERROR),
         ErrorKind::Poisoned => (Code::FailedPrecondition, Errno::Io, StatusCode::INTERNAL_SERVER_ERROR),
     };
@@ -122,11 +127,11 @@ mod tests {
         (ErrorKind::NotFound, Code::NotFound, Errno::Io, 404),
         (ErrorKind::AlreadyExists, Code::AlreadyExists, Errno::Io, 409),
         (ErrorKind::InvalidArgument, Code::InvalidArgument, Errno::Inval, 400),
-        (ErrorKind::FailedPrecondition, Code::FailedPrecondition, Errno::Perm, 412),
+        (ErrorKind::FailedPrecondition, Code::FailedPrecondition, Errno::Perm, 409),
         (ErrorKind::Busy, Code::Unavailable, Errno::Io, 503),
         (ErrorKind::LimitReached, Code::ResourceExhausted, Errno::NoSpc, 429),
         (ErrorKind::Corrupt, Code::DataLoss, Errno::Io, 500),
-        (ErrorKind::Canceled, Code::Cancelled, Errno::Shutdown, 410),
+        (ErrorKind::Canceled, Code::Cancelled, Errno::Shutdown, 503),
         (ErrorKind::Io, Code::Internal, Errno::Io, 500),
         (ErrorKind::Poisoned, Code::FailedPrecondition, Errno::Io, 500),
     ];
