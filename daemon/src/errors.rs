@@ -33,7 +33,7 @@ use axum::http::StatusCode;
 use cairn_engine::{Error, ErrorKind};
 use tonic::{Code, Status};
 
-use crate::nbd::proto::Errno;
+use crate::nbd::codec::Errno;
 
 /// How one kind of engine error appears on each protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

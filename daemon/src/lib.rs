@@ -6,6 +6,5 @@ pub mod config;
 pub mod errors;
 pub mod grpc;
 pub mod http;
-pub mod listen;
 pub mod nbd;
-pub mod tls;
+pub mod net;

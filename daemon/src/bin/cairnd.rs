@@ -16,12 +16,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use cairn_daemon::config::Config;
-use cairn_daemon::grpc::auth::{BearerToken, RequireToken};
 use cairn_daemon::grpc::{self, GrpcAddr, GrpcListener};
 use cairn_daemon::http::{DEFAULT_HTTP_ADDR, HttpListener};
-use cairn_daemon::listen::Security;
 use cairn_daemon::nbd::{Listener, LiveDisks, NbdAddr, Server, ServerConfig};
-use cairn_daemon::tls::{ServerTls, TlsFiles};
+use cairn_daemon::net::listen::Security;
+use cairn_daemon::net::tls::{ServerTls, TlsFiles};
+use cairn_daemon::net::token::{BearerToken, RequireToken};
 use cairn_engine::{Engine, EngineConfig, IoBackendKind, Name};
 use clap::{Parser, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};

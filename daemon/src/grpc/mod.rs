@@ -7,19 +7,9 @@
 //! Every handler runs under [`guard`], so a panic becomes INTERNAL for that call and never
 //! takes the connection or the daemon down. Streams end when the daemon shuts down.
 
-pub mod access;
-pub mod auth;
-pub mod collections;
 pub mod convert;
-pub mod disk_data;
-pub mod disks;
-pub mod groups;
-pub mod listen;
-pub mod operations;
-pub mod quiesce;
-pub mod restore_points;
-pub mod restores;
-pub mod store;
+pub mod server;
+pub mod services;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -31,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::Status;
 use tonic::service::Routes;
 
-pub use listen::{GrpcAddr, GrpcListener, ListenError};
+pub use server::{GrpcAddr, GrpcListener, ListenError};
 
 /// What every service holds: the engine and the daemon's shutdown signal.
 #[derive(Debug, Clone)]
@@ -76,7 +66,10 @@ pub fn spawn_guarded<M: Send + 'static>(
 
 /// Every Cairn service plus health and reflection, ready to serve; `auth` guards all but
 /// health.
-pub async fn routes(ctx: &Context, auth: auth::RequireToken) -> Result<Routes, tonic_reflection::server::Error> {
+pub async fn routes(
+    ctx: &Context,
+    auth: crate::net::token::RequireToken,
+) -> Result<Routes, tonic_reflection::server::Error> {
     use pb::access_server::AccessServer;
     use pb::collections_server::CollectionsServer;
     use pb::disk_data_server::DiskDataServer;
@@ -90,15 +83,15 @@ pub async fn routes(ctx: &Context, auth: auth::RequireToken) -> Result<Routes, t
     use tonic::service::interceptor::InterceptedService;
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<DisksServer<disks::DisksService>>().await;
-    health.set_serving::<GroupsServer<groups::GroupsService>>().await;
-    health.set_serving::<CollectionsServer<collections::CollectionsService>>().await;
-    health.set_serving::<RestorePointsServer<restore_points::RestorePointsService>>().await;
-    health.set_serving::<RestoresServer<restores::RestoresService>>().await;
-    health.set_serving::<OperationsServer<operations::OperationsService>>().await;
-    health.set_serving::<DiskDataServer<disk_data::DiskDataService>>().await;
-    health.set_serving::<QuiesceServer<quiesce::QuiesceService>>().await;
-    health.set_serving::<StoreServer<store::StoreService>>().await;
+    health.set_serving::<DisksServer<services::disks::DisksService>>().await;
+    health.set_serving::<GroupsServer<services::groups::GroupsService>>().await;
+    health.set_serving::<CollectionsServer<services::collections::CollectionsService>>().await;
+    health.set_serving::<RestorePointsServer<services::restore_points::RestorePointsService>>().await;
+    health.set_serving::<RestoresServer<services::restores::RestoresService>>().await;
+    health.set_serving::<OperationsServer<services::operations::OperationsService>>().await;
+    health.set_serving::<DiskDataServer<services::disk_data::DiskDataService>>().await;
+    health.set_serving::<QuiesceServer<services::quiesce::QuiesceService>>().await;
+    health.set_serving::<StoreServer<services::store::StoreService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(cairn_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
@@ -111,18 +104,24 @@ pub async fn routes(ctx: &Context, auth: auth::RequireToken) -> Result<Routes, t
     b.add_service(health_service)
         .add_service(InterceptedService::new(reflection.build_v1()?, auth.clone()))
         .add_service(InterceptedService::new(reflection_v1alpha, auth.clone()))
-        .add_service(DisksServer::with_interceptor(disks::DisksService(ctx.clone()), auth.clone()))
-        .add_service(GroupsServer::with_interceptor(groups::GroupsService(ctx.clone()), auth.clone()))
-        .add_service(CollectionsServer::with_interceptor(collections::CollectionsService(ctx.clone()), auth.clone()))
-        .add_service(RestorePointsServer::with_interceptor(
-            restore_points::RestorePointsService(ctx.clone()),
+        .add_service(DisksServer::with_interceptor(services::disks::DisksService(ctx.clone()), auth.clone()))
+        .add_service(GroupsServer::with_interceptor(services::groups::GroupsService(ctx.clone()), auth.clone()))
+        .add_service(CollectionsServer::with_interceptor(
+            services::collections::CollectionsService(ctx.clone()),
             auth.clone(),
         ))
-        .add_service(RestoresServer::with_interceptor(restores::RestoresService(ctx.clone()), auth.clone()))
-        .add_service(OperationsServer::with_interceptor(operations::OperationsService(ctx.clone()), auth.clone()))
-        .add_service(DiskDataServer::with_interceptor(disk_data::DiskDataService(ctx.clone()), auth.clone()))
-        .add_service(QuiesceServer::with_interceptor(quiesce::QuiesceService(ctx.clone()), auth.clone()))
-        .add_service(StoreServer::with_interceptor(store::StoreService(ctx.clone()), auth.clone()))
-        .add_service(AccessServer::with_interceptor(access::AccessService, auth));
+        .add_service(RestorePointsServer::with_interceptor(
+            services::restore_points::RestorePointsService(ctx.clone()),
+            auth.clone(),
+        ))
+        .add_service(RestoresServer::with_interceptor(services::restores::RestoresService(ctx.clone()), auth.clone()))
+        .add_service(OperationsServer::with_interceptor(
+            services::operations::OperationsService(ctx.clone()),
+            auth.clone(),
+        ))
+        .add_service(DiskDataServer::with_interceptor(services::disk_data::DiskDataService(ctx.clone()), auth.clone()))
+        .add_service(QuiesceServer::with_interceptor(services::quiesce::QuiesceService(ctx.clone()), auth.clone()))
+        .add_service(StoreServer::with_interceptor(services::store::StoreService(ctx.clone()), auth.clone()))
+        .add_service(AccessServer::with_interceptor(services::access::AccessService, auth));
     Ok(b.routes())
 }

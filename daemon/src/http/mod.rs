@@ -2,7 +2,7 @@
 //! in the Prometheus text format ([`metrics`]). `/healthz` is 200 `ok`, or 503 with the
 //! reasons: shutting down, a disk poisoned by a failed sync, a failing catalog. With TLS
 //! configured it serves HTTPS only (no client certificates: nothing here needs them); the
-//! binding rules are the other listeners' ([`crate::listen`]). Engine errors become HTTP
+//! binding rules are the other listeners' ([`crate::net::listen`]). Engine errors become HTTP
 //! statuses in [`crate::errors`].
 
 pub mod metrics;
@@ -21,9 +21,9 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-pub use crate::listen::ListenError;
-use crate::listen::{self, Bound, ClientAuth, ListenAddr, Protection, Security};
-use crate::tls::{HANDSHAKE_TIMEOUT, ServerTls};
+pub use crate::net::listen::ListenError;
+use crate::net::listen::{self, Bound, ClientAuth, ListenAddr, Protection, Security};
+use crate::net::tls::{HANDSHAKE_TIMEOUT, ServerTls};
 
 /// Where cairnd serves HTTP when `--http` is not given.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:9633";
@@ -43,7 +43,7 @@ pub struct HttpListener {
 }
 
 impl HttpListener {
-    /// Binds `addr` (`HOST:PORT`; port 0 picks one; rules in [`crate::listen`]). A unix
+    /// Binds `addr` (`HOST:PORT`; port 0 picks one; rules in [`crate::net::listen`]). A unix
     /// socket is refused: scrapers and probes speak TCP.
     pub async fn bind(addr: &str, security: &Security) -> Result<Self, ListenError> {
         let parsed = match addr.parse::<ListenAddr>() {

@@ -16,13 +16,12 @@
 //! DISC; STARTTLS (FORCEDTLS on TCP when TLS is configured, X.509 through rustls). Not yet:
 //! EXTENDED_HEADERS (answered ERR_UNSUP).
 
-pub mod export;
+pub mod codec;
+pub mod exports;
 pub mod listener;
-pub mod proto;
-pub mod restore_point;
 pub mod server;
 
-pub use export::{Export, ExportSource, LiveDisk, LiveDisks};
+pub use exports::restore_point::DiskRestorePointExport;
+pub use exports::{Export, ExportSource, LiveDisk, LiveDisks};
 pub use listener::{ListenError, Listener, NbdAddr};
-pub use restore_point::DiskRestorePointExport;
 pub use server::{Connection, Server, ServerConfig, TlsPolicy};

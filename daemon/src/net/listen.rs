@@ -24,8 +24,8 @@ use std::str::FromStr;
 
 use tokio::net::{TcpListener, UnixListener};
 
-use crate::grpc::auth::BearerToken;
-use crate::tls::ServerTls;
+use crate::net::tls::ServerTls;
+use crate::net::token::BearerToken;
 
 /// The daemon's TLS and client authentication settings, under which every listener binds.
 #[derive(Debug, Clone, Default)]

@@ -28,9 +28,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use super::export::{Export, ExportSource};
-use super::proto::{self as p, ClientOption, Command, Errno, Request, TlsMode, TlsVerdict};
 use crate::errors::nbd_errno;
+use crate::nbd::codec::{self as p, ClientOption, Command, Errno, Request, TlsMode, TlsVerdict};
+use crate::nbd::exports::{Export, ExportSource};
 
 /// Tunables of the server; the defaults suit a hypervisor host.
 #[derive(Debug, Clone)]
@@ -991,7 +991,7 @@ mod tests {
     use tokio::io::DuplexStream;
 
     use super::*;
-    use crate::nbd::export::ExportFuture;
+    use crate::nbd::exports::ExportFuture;
 
     const BLOCK: u64 = 4096;
 
@@ -1364,15 +1364,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pki = cairn_test_support::pki::TestPki::generate();
         pki.write_to(dir.path());
-        let files = crate::tls::TlsFiles {
+        let files = crate::net::tls::TlsFiles {
             cert: dir.path().join("server-cert.pem"),
             key: dir.path().join("server-key.pem"),
             client_ca: Some(dir.path().join("ca-cert.pem")),
         };
-        let server = crate::tls::ServerTls::load(&files).unwrap();
+        let server = crate::net::tls::ServerTls::load(&files).unwrap();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from_pem_slice(pki.ca.as_bytes()).unwrap()).unwrap();
-        let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        let builder = rustls::ClientConfig::builder_with_provider(crate::net::tls::provider())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(roots);

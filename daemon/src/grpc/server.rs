@@ -1,4 +1,4 @@
-//! Where the gRPC server listens (binding rules in [`crate::listen`]) and the serve loop.
+//! Where the gRPC server listens (binding rules in [`crate::net::listen`]) and the serve loop.
 //! On TCP with TLS configured, tonic terminates TLS (and checks client certificates when a
 //! client CA is given); a unix socket stays plain.
 
@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-pub use crate::listen::ListenError;
-use crate::listen::{self, Bound, ClientAuth, ListenAddr, Protection, Security};
+pub use crate::net::listen::ListenError;
+use crate::net::listen::{self, Bound, ClientAuth, ListenAddr, Protection, Security};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::service::Routes;
 use tonic::transport::{Server, ServerTlsConfig};
@@ -111,15 +111,15 @@ mod tests {
         assert!(e.to_string().contains("--tls-cert"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         cairn_test_support::pki::TestPki::generate().write_to(dir.path());
-        let files = crate::tls::TlsFiles {
+        let files = crate::net::tls::TlsFiles {
             cert: dir.path().join("server-cert.pem"),
             key: dir.path().join("server-key.pem"),
             client_ca: None,
         };
-        let tls = Some(crate::tls::ServerTls::load(&files).unwrap());
+        let tls = Some(crate::net::tls::ServerTls::load(&files).unwrap());
         let e = GrpcListener::bind(&public, &Security { tls: tls.clone(), ..Security::default() }).await.unwrap_err();
         assert!(e.to_string().contains("--grpc-token-file"), "{e}");
-        let token = Some(crate::grpc::auth::BearerToken::new("t"));
+        let token = Some(crate::net::token::BearerToken::new("t"));
         let l = GrpcListener::bind(&public, &Security { tls, grpc_token: token, ..Security::default() }).await.unwrap();
         assert!(l.local_addr().starts_with("https://"), "{}", l.local_addr());
     }

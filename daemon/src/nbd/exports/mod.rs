@@ -3,8 +3,10 @@
 //! [`crate::errors`].
 //!
 //! The server knows nothing about disks: a read-only disk restore point export
-//! ([`super::restore_point`]) implements the same trait (with `read_only() == true` and no
+//! ([`restore_point`]) implements the same trait (with `read_only() == true` and no
 //! write calls reaching it, because the server refuses them with EPERM first).
+
+pub mod restore_point;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -28,7 +30,7 @@ pub trait Export: Send + Sync + 'static {
     fn min_block_bytes(&self) -> u32;
     /// The I/O size that costs least per byte (a power of two, at least the minimum).
     fn preferred_block_bytes(&self) -> u32 {
-        super::proto::PREFERRED_BLOCK_BYTES.max(self.min_block_bytes())
+        crate::nbd::codec::PREFERRED_BLOCK_BYTES.max(self.min_block_bytes())
     }
     /// Read-only exports refuse writes, trims and zeroes with EPERM.
     fn read_only(&self) -> bool;
@@ -131,7 +133,7 @@ pub trait ExportSource: Send + Sync + 'static {
 pub struct LiveDisks {
     engine: Engine,
     /// Restore point allocations and dirty bitmaps, shared by every connection.
-    runs: Arc<super::restore_point::RunsCache>,
+    runs: Arc<restore_point::RunsCache>,
 }
 
 impl LiveDisks {
@@ -143,14 +145,14 @@ impl LiveDisks {
 impl ExportSource for LiveDisks {
     fn open(&self, name: &str) -> Option<Arc<dyn Export>> {
         if name.contains('/') {
-            return super::restore_point::open(&self.engine, &self.runs, name).map(|e| Arc::new(e) as Arc<dyn Export>);
+            return restore_point::open(&self.engine, &self.runs, name).map(|e| Arc::new(e) as Arc<dyn Export>);
         }
         let disk = self.engine.disk_by_name(name).ok()?;
         Some(Arc::new(LiveDisk(disk)))
     }
     fn list(&self) -> Vec<String> {
         let mut names: Vec<String> = self.engine.list_disks().into_iter().map(|r| r.name.to_string()).collect();
-        names.extend(super::restore_point::list(&self.engine));
+        names.extend(restore_point::list(&self.engine));
         names
     }
 }
