@@ -1,4 +1,4 @@
-//! Where the gRPC server listens (binding rules in [`crate::net::listen`]) and the serve loop.
+//! Where the gRPC server listens (binding rules in [`crate::net::security`]) and the serve loop.
 //! On TCP with TLS configured, tonic terminates TLS (and checks client certificates when a
 //! client CA is given); a unix socket stays plain.
 
@@ -7,7 +7,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub use crate::net::listen::ListenError;
-use crate::net::listen::{self, Bound, ClientAuth, ListenAddr, Protection, Security};
+use crate::net::listen::{self, Bound, ListenAddr};
+use crate::net::security::{Listener, Security};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::service::Routes;
 use tonic::transport::{Server, ServerTlsConfig};
@@ -28,15 +29,7 @@ pub struct GrpcListener {
 impl GrpcListener {
     /// Binds `addr`: clients authenticate with a certificate (client CA) or the token.
     pub async fn bind(addr: &GrpcAddr, security: &Security) -> Result<Self, ListenError> {
-        let client_certs = security.tls.as_ref().is_some_and(|t| t.client_auth());
-        let client_auth = if client_certs || security.grpc_token.is_some() {
-            ClientAuth::Configured
-        } else {
-            ClientAuth::Missing("--tls-client-ca or --grpc-token-file")
-        };
-        let protection =
-            Protection { tls: security.tls.is_some(), client_auth, allow_plaintext: security.allow_plaintext };
-        let bound = listen::bind("gRPC", addr, &protection).await?;
+        let bound = listen::bind("gRPC", addr, &security.protection(Listener::Grpc)).await?;
         let tls = match &bound {
             Bound::Tcp(_) => security.tls.as_ref().map(|t| t.grpc_config()),
             Bound::Unix(..) => None,

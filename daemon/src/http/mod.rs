@@ -2,7 +2,7 @@
 //! in the Prometheus text format ([`metrics`]). `/healthz` is 200 `ok`, or 503 with the
 //! reasons: shutting down, a disk poisoned by a failed sync, a failing catalog. With TLS
 //! configured it serves HTTPS only (no client certificates: nothing here needs them); the
-//! binding rules are the other listeners' ([`crate::net::listen`]). Engine errors become HTTP
+//! binding rules are the other listeners' ([`crate::net::security`]). Engine errors become HTTP
 //! statuses in [`crate::errors`].
 
 pub mod metrics;
@@ -22,7 +22,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 pub use crate::net::listen::ListenError;
-use crate::net::listen::{self, Bound, ClientAuth, ListenAddr, Protection, Security};
+use crate::net::listen::{self, Bound, ListenAddr};
+use crate::net::security::{Listener, Security};
 use crate::net::tls::{HANDSHAKE_TIMEOUT, ServerTls};
 
 /// Where cairnd serves HTTP when `--http` is not given.
@@ -43,7 +44,7 @@ pub struct HttpListener {
 }
 
 impl HttpListener {
-    /// Binds `addr` (`HOST:PORT`; port 0 picks one; rules in [`crate::net::listen`]). A unix
+    /// Binds `addr` (`HOST:PORT`; port 0 picks one; rules in [`crate::net::security`]). A unix
     /// socket is refused: scrapers and probes speak TCP.
     pub async fn bind(addr: &str, security: &Security) -> Result<Self, ListenError> {
         let parsed = match addr.parse::<ListenAddr>() {
@@ -57,12 +58,7 @@ impl HttpListener {
             }
             Err(e) => return Err(ListenError::bad_address("HTTP", e)),
         };
-        let protection = Protection {
-            tls: security.tls.is_some(),
-            client_auth: ClientAuth::NotNeeded,
-            allow_plaintext: security.allow_plaintext,
-        };
-        let Bound::Tcp(listener) = listen::bind("HTTP", &parsed, &protection).await? else {
+        let Bound::Tcp(listener) = listen::bind("HTTP", &parsed, &security.protection(Listener::Http)).await? else {
             return Err(ListenError::BadAddress { protocol: "HTTP", addr: addr.into(), reason: "expected HOST:PORT" });
         };
         let addr = listener.local_addr().map_err(|source| ListenError::Io {

@@ -2,5 +2,6 @@
 //! listener binds under, TLS, and the gRPC bearer token. Uses no other module of the daemon.
 
 pub mod listen;
+pub mod security;
 pub mod tls;
 pub mod token;
