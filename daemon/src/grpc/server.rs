@@ -1,14 +1,18 @@
-//! Where the gRPC server listens (binding rules in [`crate::net::security`]) and the serve loop.
-//! On TCP with TLS configured, tonic terminates TLS (and checks client certificates when a
-//! client CA is given); a unix socket stays plain.
+//! The gRPC server: its routes (every Cairn service, health and reflection, the bearer token
+//! demanded by all but health), where it listens (binding rules in [`crate::net::security`])
+//! and the serve loop. On TCP with TLS configured, tonic terminates TLS (and checks client
+//! certificates when a client CA is given); a unix socket stays plain.
 
 use std::time::Duration;
 
+use cairn_proto::v1 as pb;
 use tokio::sync::watch;
 
+use super::services::{self, Context};
 pub use crate::net::listen::ListenError;
 use crate::net::listen::{self, Bound, ListenAddr};
 use crate::net::security::{Listener, Security};
+use crate::net::token::RequireToken;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::service::Routes;
 use tonic::transport::{Server, ServerTlsConfig};
@@ -89,6 +93,65 @@ impl GrpcListener {
         }
         tracing::info!("gRPC server stopped");
     }
+}
+
+/// Every Cairn service plus health and reflection, ready to serve; `auth` guards all but
+/// health.
+pub async fn routes(ctx: &Context, auth: RequireToken) -> Result<Routes, tonic_reflection::server::Error> {
+    use pb::access_server::AccessServer;
+    use pb::collections_server::CollectionsServer;
+    use pb::disk_data_server::DiskDataServer;
+    use pb::disks_server::DisksServer;
+    use pb::groups_server::GroupsServer;
+    use pb::operations_server::OperationsServer;
+    use pb::quiesce_server::QuiesceServer;
+    use pb::restore_points_server::RestorePointsServer;
+    use pb::restores_server::RestoresServer;
+    use pb::store_server::StoreServer;
+    use tonic::service::interceptor::InterceptedService;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<DisksServer<services::disks::DisksService>>().await;
+    health.set_serving::<GroupsServer<services::groups::GroupsService>>().await;
+    health.set_serving::<CollectionsServer<services::collections::CollectionsService>>().await;
+    health.set_serving::<RestorePointsServer<services::restore_points::RestorePointsService>>().await;
+    health.set_serving::<RestoresServer<services::restores::RestoresService>>().await;
+    health.set_serving::<OperationsServer<services::operations::OperationsService>>().await;
+    health.set_serving::<DiskDataServer<services::disk_data::DiskDataService>>().await;
+    health.set_serving::<QuiesceServer<services::quiesce::QuiesceService>>().await;
+    health.set_serving::<StoreServer<services::store::StoreService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(cairn_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(cairn_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let mut b = Routes::builder();
+    b.add_service(health_service)
+        .add_service(InterceptedService::new(reflection.build_v1()?, auth.clone()))
+        .add_service(InterceptedService::new(reflection_v1alpha, auth.clone()))
+        .add_service(DisksServer::with_interceptor(services::disks::DisksService(ctx.clone()), auth.clone()))
+        .add_service(GroupsServer::with_interceptor(services::groups::GroupsService(ctx.clone()), auth.clone()))
+        .add_service(CollectionsServer::with_interceptor(
+            services::collections::CollectionsService(ctx.clone()),
+            auth.clone(),
+        ))
+        .add_service(RestorePointsServer::with_interceptor(
+            services::restore_points::RestorePointsService(ctx.clone()),
+            auth.clone(),
+        ))
+        .add_service(RestoresServer::with_interceptor(services::restores::RestoresService(ctx.clone()), auth.clone()))
+        .add_service(OperationsServer::with_interceptor(
+            services::operations::OperationsService(ctx.clone()),
+            auth.clone(),
+        ))
+        .add_service(DiskDataServer::with_interceptor(services::disk_data::DiskDataService(ctx.clone()), auth.clone()))
+        .add_service(QuiesceServer::with_interceptor(services::quiesce::QuiesceService(ctx.clone()), auth.clone()))
+        .add_service(StoreServer::with_interceptor(services::store::StoreService(ctx.clone()), auth.clone()))
+        .add_service(AccessServer::with_interceptor(services::access::AccessService, auth));
+    Ok(b.routes())
 }
 
 #[cfg(test)]

@@ -10,9 +10,9 @@ use cairn_proto::v1 as pb;
 use pb::collections_server::Collections;
 use tonic::{Request, Response, Status};
 
+use super::{Context, guard};
 use crate::errors::{grpc_status, invalid};
 use crate::grpc::convert::{self, page};
-use crate::grpc::{Context, guard};
 
 #[derive(Debug)]
 pub struct CollectionsService(pub Context);

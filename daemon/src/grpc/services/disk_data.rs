@@ -13,9 +13,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::{Context, guard};
 use crate::errors::{grpc_status, invalid};
 use crate::grpc::convert::{self, page};
-use crate::grpc::{Context, guard};
 
 /// Largest data payload of one ReadDisk message (well under gRPC's 4 MiB default).
 pub const PIECE_BYTES: u64 = 1 << 20;
@@ -204,7 +204,7 @@ impl DiskData for DiskDataService {
             let len = if r.length == 0 { size.saturating_sub(r.offset) } else { r.length };
             let end = check_range(size, r.offset, len, "length")?;
             let (tx, rx) = mpsc::channel(4);
-            crate::grpc::spawn_guarded("ReadDisk", tx.clone(), send_reads(src, r.offset, end, tx));
+            super::spawn_guarded("ReadDisk", tx.clone(), send_reads(src, r.offset, end, tx));
             Ok(Response::new(ReceiverStream::new(rx)))
         })
         .await

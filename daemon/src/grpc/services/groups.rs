@@ -5,9 +5,9 @@ use cairn_proto::v1 as pb;
 use pb::groups_server::Groups;
 use tonic::{Request, Response, Status};
 
+use super::{Context, guard};
 use crate::errors::grpc_status;
 use crate::grpc::convert::{self, page};
-use crate::grpc::{Context, guard};
 
 #[derive(Debug)]
 pub struct GroupsService(pub Context);

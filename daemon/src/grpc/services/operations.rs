@@ -8,9 +8,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::{Context, guard};
 use crate::errors::grpc_status;
 use crate::grpc::convert::{self, page};
-use crate::grpc::{Context, guard};
 
 /// How often a watch looks at its operation.
 const WATCH_POLL: Duration = Duration::from_millis(100);
@@ -70,7 +70,7 @@ impl Operations for OperationsService {
             let (tx, rx) = mpsc::channel(4);
             let engine = self.0.engine.clone();
             let mut shutdown = self.0.shutdown.clone();
-            crate::grpc::spawn_guarded("WatchOperation", tx.clone(), async move {
+            super::spawn_guarded("WatchOperation", tx.clone(), async move {
                 let mut last = None;
                 let mut op = first;
                 loop {

@@ -16,9 +16,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::{Context, guard};
 use crate::errors::invalid;
 use crate::grpc::convert;
-use crate::grpc::{Context, guard};
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_TIMEOUT_MS: u64 = 600_000;
@@ -162,7 +162,7 @@ impl Quiesce for QuiesceService {
             }
             tracing::info!(%group, "hypervisor subscribed for quiesce");
             let mut shutdown = self.0.shutdown.clone();
-            crate::grpc::spawn_guarded("QuiesceSubscription", tx.clone(), async move {
+            super::spawn_guarded("QuiesceSubscription", tx.clone(), async move {
                 loop {
                     let next = tokio::select! {
                         m = inbound.message() => m,

@@ -7,9 +7,9 @@ use cairn_proto::v1 as pb;
 use pb::store_server::Store;
 use tonic::{Request, Response, Status};
 
+use super::{Context, guard};
 use crate::errors::grpc_status;
 use crate::grpc::convert;
-use crate::grpc::{Context, guard};
 
 #[derive(Debug)]
 pub struct StoreService(pub Context);
