@@ -18,7 +18,7 @@ use anyhow::Context;
 use cairn_daemon::config::Config;
 use cairn_daemon::grpc::{self, GrpcAddr, GrpcListener};
 use cairn_daemon::http::{DEFAULT_HTTP_ADDR, HttpListener};
-use cairn_daemon::nbd::{Listener, LiveDisks, NbdAddr, Server, ServerConfig};
+use cairn_daemon::nbd::{EngineExports, Listener, NbdAddr, Server, ServerConfig};
 use cairn_daemon::net::security::Security;
 use cairn_daemon::net::token::RequireToken;
 use cairn_engine::{Engine, EngineConfig, IoBackendKind, Name};
@@ -165,7 +165,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     // One server (one export cache) behind every NBD listener.
-    let server = Arc::new(Server::new(Arc::new(LiveDisks::new(engine.clone())), ServerConfig::default()));
+    let server = Arc::new(Server::new(Arc::new(EngineExports::new(engine.clone())), ServerConfig::default()));
     let nbd: Vec<_> = listeners
         .into_iter()
         .map(|listener| {

@@ -1,18 +1,27 @@
-//! What the NBD server serves: the [`Export`] trait, its live-disk implementation and the
-//! [`ExportSource`] that finds exports by name. Engine errors become NBD errnos in
-//! [`crate::errors`].
+//! Owns what the NBD server serves: the [`Export`] trait and [`ExportSource`], and their
+//! engine implementations. Uses the engine and [`super::codec`]'s constants, never the server.
 //!
-//! The server knows nothing about disks: a read-only disk restore point export
-//! ([`restore_point`]) implements the same trait (with `read_only() == true` and no
-//! write calls reaching it, because the server refuses them with EPERM first).
+//! - [`live`]: a live disk, read-write.
+//! - [`restore_point`]: a disk restore point, read-only, with its dirty bitmaps.
+//! - [`source`]: every export of an engine by name, for the handshake.
+//!
+//! The server knows nothing about disks: a read-only export implements the same trait (with
+//! `read_only() == true` and no write calls reaching it, because the server refuses them
+//! with EPERM first). Engine errors become NBD errnos in [`crate::errors`].
 
+pub mod live;
 pub mod restore_point;
+pub mod source;
+
+pub use live::LiveDisk;
+pub use restore_point::DiskRestorePointExport;
+pub use source::EngineExports;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use cairn_engine::{Disk, Engine, Error, Extent, IoBuf, Result};
+use cairn_engine::{Error, Extent, IoBuf, Result};
 
 /// A boxed future returned by [`Export`] calls (the trait is used as `dyn Export`).
 pub type ExportFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
@@ -63,96 +72,10 @@ pub trait Export: Send + Sync + 'static {
     }
 }
 
-/// A live disk, served read-write.
-#[derive(Debug, Clone)]
-pub struct LiveDisk(pub Arc<Disk>);
-
-impl Export for LiveDisk {
-    fn name(&self) -> String {
-        self.0.name().to_string()
-    }
-    fn description(&self) -> String {
-        format!("Cairn live disk {} ({} bytes)", self.0.name(), self.0.size_bytes())
-    }
-    fn size_bytes(&self) -> u64 {
-        self.0.size_bytes()
-    }
-    fn min_block_bytes(&self) -> u32 {
-        u32::try_from(self.0.min_io_bytes()).unwrap_or(4096)
-    }
-    fn read_only(&self) -> bool {
-        false
-    }
-    fn can_multi_conn(&self) -> bool {
-        // One file, one page cache; FLUSH is fdatasync of the whole file.
-        true
-    }
-    fn read(&self, offset: u64, len: u64) -> ExportFuture<'_, IoBuf> {
-        Box::pin(self.0.read(offset, len))
-    }
-    fn write(&self, offset: u64, buf: IoBuf, fua: bool) -> ExportFuture<'_, ()> {
-        Box::pin(self.0.write(offset, buf, fua))
-    }
-    fn punch(&self, offset: u64, len: u64, fua: bool) -> ExportFuture<'_, ()> {
-        Box::pin(self.0.punch(offset, len, fua))
-    }
-    fn flush(&self) -> ExportFuture<'_, ()> {
-        Box::pin(self.0.flush())
-    }
-    fn cache(&self, offset: u64, len: u64) -> ExportFuture<'_, ()> {
-        // A hydrating disk fetches the range's chunks from the store now; any disk asks the
-        // kernel to read the range ahead.
-        Box::pin(async move { self.0.prefetch(offset, len).await.map(drop) })
-    }
-    fn extents(&self, offset: u64, len: u64) -> ExportFuture<'_, Vec<Extent>> {
-        // SEEK_DATA/SEEK_HOLE, and for a restored disk chunk lookups in the catalog.
-        let disk = self.0.clone();
-        Box::pin(async move {
-            let path = disk.path().to_path_buf();
-            tokio::task::spawn_blocking(move || disk.extents(offset, len)).await.map_err(|e| Error::Io {
-                context: "find extents",
-                path,
-                source: std::io::Error::other(e),
-            })?
-        })
-    }
-}
-
 /// Finds exports by name for the handshake.
 pub trait ExportSource: Send + Sync + 'static {
     /// The export called `name`, if any.
     fn open(&self, name: &str) -> Option<Arc<dyn Export>>;
     /// Every export name, for `NBD_OPT_LIST`.
     fn list(&self) -> Vec<String>;
-}
-
-/// Every export of an engine: each live disk by its name, read-write, and each disk
-/// restore point of a succeeded restore point as `COLLECTION/RESTORE_POINT/DISK`, read-only.
-/// Names never hold `/`, so the two kinds cannot collide.
-#[derive(Debug, Clone)]
-pub struct LiveDisks {
-    engine: Engine,
-    /// Restore point allocations and dirty bitmaps, shared by every connection.
-    runs: Arc<restore_point::RunsCache>,
-}
-
-impl LiveDisks {
-    pub fn new(engine: Engine) -> Self {
-        Self { engine, runs: Arc::default() }
-    }
-}
-
-impl ExportSource for LiveDisks {
-    fn open(&self, name: &str) -> Option<Arc<dyn Export>> {
-        if name.contains('/') {
-            return restore_point::open(&self.engine, &self.runs, name).map(|e| Arc::new(e) as Arc<dyn Export>);
-        }
-        let disk = self.engine.disk_by_name(name).ok()?;
-        Some(Arc::new(LiveDisk(disk)))
-    }
-    fn list(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.engine.list_disks().into_iter().map(|r| r.name.to_string()).collect();
-        names.extend(restore_point::list(&self.engine));
-        names
-    }
 }

@@ -21,8 +21,8 @@ use cairn_engine::{
     DiskId, DiskRestorePointReader, Engine, Error, ErrorKind, Extent, IoBuf, ProvisioningState, RestorePointId, Result,
 };
 
+use super::{Export, ExportFuture};
 use crate::nbd::codec::{MAX_PAYLOAD_BYTES, PREFERRED_BLOCK_BYTES};
-use crate::nbd::exports::{Export, ExportFuture};
 
 /// Opens the export called `name`, or `None` when no succeeded restore point has that disk.
 /// Catalog failures are logged and also answered `None` (the client sees "unknown export").
