@@ -1,16 +1,12 @@
-//! cairnd's HTTP endpoint (`--http`, default `127.0.0.1:9633`): `/healthz` and `/metrics`
-//! in the Prometheus text format ([`metrics`]). `/healthz` is 200 `ok`, or 503 with the
-//! reasons: shutting down, a disk poisoned by a failed sync, a failing catalog. With TLS
-//! configured it serves HTTPS only (no client certificates: nothing here needs them); the
-//! binding rules are the other listeners' ([`crate::net::security`]). Engine errors become HTTP
-//! statuses in [`crate::errors`].
+//! The HTTP listener (`--http`, default `127.0.0.1:9633`) and its routes: `/healthz`
+//! ([`super::healthz`]) and `/metrics` in the Prometheus text format ([`super::metrics`]).
+//! With TLS configured it serves HTTPS only (no client certificates: nothing here needs
+//! them); the binding rules are the other listeners' ([`crate::net::security`]). Engine
+//! errors become HTTP statuses in [`crate::errors`].
 
 use std::net::SocketAddr;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use cairn_engine::Engine;
 use tokio::net::{TcpListener, TcpStream};
@@ -19,6 +15,8 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use super::{Ctx, healthz, metrics};
+
 pub use crate::net::listen::ListenError;
 use crate::net::listen::{self, Bound, ListenAddr};
 use crate::net::security::{Listener, Security};
@@ -26,12 +24,6 @@ use crate::net::tls::{HANDSHAKE_TIMEOUT, ServerTls};
 
 /// Where cairnd serves HTTP when `--http` is not given.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:9633";
-
-#[derive(Debug, Clone)]
-struct Ctx {
-    engine: Engine,
-    shutdown: watch::Receiver<bool>,
-}
 
 /// A bound HTTP listener, not serving yet.
 #[derive(Debug)]
@@ -80,7 +72,8 @@ impl HttpListener {
     /// Serves until `stop` turns true, then lets requests in flight finish.
     pub async fn run(self, engine: Engine, stop: watch::Receiver<bool>) {
         let ctx = Ctx { engine, shutdown: stop.clone() };
-        let app = Router::new().route("/healthz", get(healthz)).route("/metrics", get(metrics_page)).with_state(ctx);
+        let app =
+            Router::new().route("/healthz", get(healthz::page)).route("/metrics", get(metrics::page)).with_state(ctx);
         let mut stop = stop;
         let shutdown = async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -150,38 +143,6 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         self.tcp.local_addr()
-    }
-}
-
-async fn healthz(State(ctx): State<Ctx>) -> Response {
-    if *ctx.shutdown.borrow() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
-    }
-    // A RocksDB read: off the async workers.
-    let engine = ctx.engine.clone();
-    match tokio::task::spawn_blocking(move || engine.problems()).await {
-        Ok(problems) if problems.is_empty() => (StatusCode::OK, "ok").into_response(),
-        Ok(problems) => {
-            (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {}\n", problems.join("; "))).into_response()
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "health check panicked");
-            (StatusCode::INTERNAL_SERVER_ERROR, "health check failed; the daemon log has the details\n").into_response()
-        }
-    }
-}
-
-async fn metrics_page(State(ctx): State<Ctx>) -> Response {
-    // Operation counts read the catalog: off the async workers.
-    let engine = ctx.engine.clone();
-    match tokio::task::spawn_blocking(move || super::metrics::render(&engine)).await {
-        Ok(Ok(text)) => ([(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)], text).into_response(),
-        Ok(Err(e)) => crate::errors::http_error(&e).into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "rendering metrics panicked");
-            (StatusCode::INTERNAL_SERVER_ERROR, "rendering metrics failed; the daemon log has the details\n")
-                .into_response()
-        }
     }
 }
 
