@@ -9,7 +9,7 @@
 //!
 //! TLS (`--tls-cert`, `--tls-key`) covers every TCP listener; client certificates
 //! (`--tls-client-ca`) or a bearer token (`--grpc-token-file`) authenticate gRPC clients.
-//! The rules for non-loopback addresses are in `cairn_daemon::listen`.
+//! The rules for non-loopback addresses are in `cairn_daemon::net::security`.
 
 use std::path::PathBuf;
 use std::sync::Arc;

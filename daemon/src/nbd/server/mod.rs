@@ -1,4 +1,4 @@
-//! Owns the NBD server: handshake ([`options`]), then transmission ([`transmit`], [`reply`])
+//! Owns the NBD server: handshake (`options`), then transmission (`transmit`, `reply`)
 //! with many requests in flight. Uses [`super::codec`], [`super::exports`] and `errors`.
 //!
 //! Per connection there is one reader (this task: it decodes requests and spawns one task
