@@ -17,6 +17,7 @@ mod disk_reopen;
 mod freeze_concurrent_writers;
 mod grpc_bad_input;
 mod grpc_listen;
+mod grpc_poisoned_disk;
 mod grpc_python_client;
 mod grpc_quiesce_subscription;
 mod grpc_restart;

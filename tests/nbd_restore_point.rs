@@ -2,16 +2,20 @@
 //! real clients: nbdcopy with multi-conn gets exactly what was captured, qemu-img and nbdinfo
 //! maps match the restore point's allocation, `qemu:dirty-bitmap:OLDER` lists exactly the
 //! chunks written in between, and writes, unknown names and failed restore points are refused
-//! without disturbing other connections.
+//! without disturbing other connections. A bitmap whose restore point is deleted after the
+//! client selected it answers EIO, the server's failure, not EINVAL.
 
 use std::path::Path;
 use std::process::Command;
 
 use cairn_engine::{IoBackendKind, IoBuf, OperationState, ProvisioningState};
 
-use crate::common::nbd::{CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES, Client, EPERM, REP_ERR_UNKNOWN};
+use crate::common::nbd::{
+    CMD_BLOCK_STATUS, CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES, Client, EPERM, REP_ACK, REP_ERR_UNKNOWN, REP_META_CONTEXT,
+    Reply, meta_context_data,
+};
 use crate::common::{
-    Cairnd, collection, disk, merge_runs, nbdinfo_map_runs, open, pattern, qemu_img_map_runs, read_all, read_rp,
+    Cairnd, collection, disk, grpc, merge_runs, nbdinfo_map_runs, open, pattern, qemu_img_map_runs, read_all, read_rp,
     restore_point, run_ok, start_cairnd, wait_op,
 };
 
@@ -265,5 +269,36 @@ async fn writes_unknown_names_and_failed_restore_points_are_refused_and_others_k
     // The connection opened first still reads rp1, untouched by all of the above.
     assert_eq!(good.read(5, 0, 65536).await, captured.rp1[..65536]);
     assert_eq!(good.read(6, 40 * MIB, 65536).await, captured.rp1[40 * MIB as usize..][..65536]);
+    daemon.stop();
+}
+
+#[tokio::test]
+async fn a_bitmap_deleted_after_it_was_selected_answers_eio() {
+    const OPT_STRUCTURED_REPLY: u32 = 8;
+    const OPT_SET_META_CONTEXT: u32 = 10;
+    const REPLY_TYPE_ERROR: u16 = (1 << 15) + 1;
+    const EIO: u32 = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    capture(&data).await;
+    let daemon = start_cairnd(&data, &[]);
+    let mut s = Client::connect(&daemon.socket).await;
+    s.hello().await;
+    s.option(OPT_STRUCTURED_REPLY, &[]).await;
+    assert_eq!(s.option_reply().await.1, REP_ACK);
+    s.option(OPT_SET_META_CONTEXT, &meta_context_data("c/rp2/vm1", &["qemu:dirty-bitmap:rp1"])).await;
+    assert_eq!(s.option_reply().await.1, REP_META_CONTEXT);
+    assert_eq!(s.option_reply().await.1, REP_ACK);
+
+    let mut rps = cairn_proto::v1::restore_points_client::RestorePointsClient::new(grpc(&data).await);
+    let delete = cairn_proto::v1::DeleteRestorePointRequest { collection: "c".into(), restore_point: "rp1".into() };
+    rps.delete_restore_point(delete).await.unwrap();
+    s.go("c/rp2/vm1").await.unwrap();
+    s.request(CMD_BLOCK_STATUS, 0, 1, 0, 1 << 20).await;
+    let reply = s.reply().await;
+
+    let Reply::Chunk { kind, cookie, payload, .. } = reply else { panic!("an error chunk, not {reply:?}") };
+    assert_eq!((kind, cookie), (REPLY_TYPE_ERROR, 1));
+    assert_eq!(u32::from_be_bytes(payload[..4].try_into().unwrap()), EIO);
     daemon.stop();
 }

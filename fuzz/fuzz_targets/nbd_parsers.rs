@@ -1,6 +1,6 @@
 //! Fuzz target for the NBD parsers of untrusted bytes: client flags, option headers, every
 //! option's data, the TLS mode's verdict on each option, request headers and the judging of
-//! requests against a session's limits (`daemon/src/nbd/proto.rs`). Properties: nothing panics, and what the parsers accept is
+//! requests against a session's limits (`daemon/src/nbd/codec/`). Properties: nothing panics, and what the parsers accept is
 //! within the protocol's bounds.
 //!
 //! Run a short session (stable toolchain: RUSTC_BOOTSTRAP unlocks the sanitizer flags):
@@ -8,13 +8,13 @@
 //!     cargo install cargo-fuzz
 //!     cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run nbd_parsers -- -max_total_time=60
 //!
-//! `proto.rs` is pure (std and thiserror only), so it is compiled straight into the target:
+//! The codec is pure (std and thiserror only), so it is compiled straight into the target:
 //! no engine, RocksDB or tokio in the fuzzed binary.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../daemon/src/nbd/proto.rs"]
+#[path = "../../daemon/src/nbd/codec/mod.rs"]
 #[allow(dead_code)]
 mod proto;
 

@@ -9,19 +9,18 @@
 //!
 //! TLS (`--tls-cert`, `--tls-key`) covers every TCP listener; client certificates
 //! (`--tls-client-ca`) or a bearer token (`--grpc-token-file`) authenticate gRPC clients.
-//! The rules for non-loopback addresses are in `cairn_daemon::listen`.
+//! The rules for non-loopback addresses are in `cairn_daemon::net::security`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use cairn_daemon::config::Config;
-use cairn_daemon::grpc::auth::{BearerToken, RequireToken};
 use cairn_daemon::grpc::{self, GrpcAddr, GrpcListener};
 use cairn_daemon::http::{DEFAULT_HTTP_ADDR, HttpListener};
-use cairn_daemon::listen::Security;
-use cairn_daemon::nbd::{Listener, LiveDisks, NbdAddr, Server, ServerConfig};
-use cairn_daemon::tls::{ServerTls, TlsFiles};
+use cairn_daemon::nbd::{EngineExports, Listener, NbdAddr, Server, ServerConfig};
+use cairn_daemon::net::security::Security;
+use cairn_daemon::net::token::RequireToken;
 use cairn_engine::{Engine, EngineConfig, IoBackendKind, Name};
 use clap::{Parser, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
@@ -108,24 +107,6 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// TLS and client authentication from flags and config, every file read and checked now.
-fn security(
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
-    client_ca: Option<PathBuf>,
-    token_file: Option<&Path>,
-    allow_plaintext: bool,
-) -> anyhow::Result<Security> {
-    let tls = match (cert, key) {
-        (Some(cert), Some(key)) => Some(ServerTls::load(&TlsFiles { cert, key, client_ca })?),
-        (None, None) if client_ca.is_none() => None,
-        (None, None) => anyhow::bail!("--tls-client-ca needs --tls-cert and --tls-key"),
-        _ => anyhow::bail!("--tls-cert and --tls-key go together"),
-    };
-    let grpc_token = token_file.map(BearerToken::load).transpose()?;
-    Ok(Security { tls, grpc_token, allow_plaintext })
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -155,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
     Name::new(region.as_str()).with_context(|| format!("region {region:?}"))?;
     let allow_plaintext = args.allow_plaintext || file.allow_plaintext.unwrap_or(false);
     let token_file = args.grpc_token_file.or(file.grpc_token_file);
-    let security = security(
+    let security = Security::load(
         args.tls_cert.or(file.tls_cert),
         args.tls_key.or(file.tls_key),
         args.tls_client_ca.or(file.tls_client_ca),
@@ -184,7 +165,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     // One server (one export cache) behind every NBD listener.
-    let server = Arc::new(Server::new(Arc::new(LiveDisks::new(engine.clone())), ServerConfig::default()));
+    let server = Arc::new(Server::new(Arc::new(EngineExports::new(engine.clone())), ServerConfig::default()));
     let nbd: Vec<_> = listeners
         .into_iter()
         .map(|listener| {

@@ -9,7 +9,12 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use cairn_engine::{Engine, OperationKind, OperationState, Result, StoreStats, Throughput};
+
+use super::Ctx;
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -153,6 +158,21 @@ fn operations(out: &mut String, engine: &Engine) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The page, rendered off the async workers.
+pub(super) async fn page(State(ctx): State<Ctx>) -> Response {
+    // Operation counts read the catalog: off the async workers.
+    let engine = ctx.engine.clone();
+    match tokio::task::spawn_blocking(move || render(&engine)).await {
+        Ok(Ok(text)) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
+        Ok(Err(e)) => crate::errors::http_error(&e).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "rendering metrics panicked");
+            (StatusCode::INTERNAL_SERVER_ERROR, "rendering metrics failed; the daemon log has the details\n")
+                .into_response()
+        }
+    }
 }
 
 #[cfg(test)]

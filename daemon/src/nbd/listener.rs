@@ -1,4 +1,4 @@
-//! Where the NBD server listens (binding rules in [`crate::listen`]) and the accept loop.
+//! Where the NBD server listens (binding rules in [`crate::net::security`]) and the accept loop.
 //! With TLS configured a TCP connection must upgrade with STARTTLS before anything else
 //! (FORCEDTLS); a unix socket stays plain and refuses STARTTLS by policy.
 
@@ -8,8 +8,9 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::server::{Server, TlsPolicy};
-pub use crate::listen::ListenError;
-use crate::listen::{self, Bound, ClientAuth, ListenAddr, Protection, Security};
+pub use crate::net::listen::ListenError;
+use crate::net::listen::{self, Bound, ListenAddr};
+use crate::net::security::{self, Security};
 
 /// How long shutdown waits for connections to finish their requests in flight.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -25,15 +26,9 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Binds `addr` (rules in [`crate::listen`]): clients authenticate with certificates.
+    /// Binds `addr` (rules in [`crate::net::security`]): clients authenticate with certificates.
     pub async fn bind(addr: &NbdAddr, security: &Security) -> Result<Self, ListenError> {
-        let client_auth = match &security.tls {
-            Some(t) if t.client_auth() => ClientAuth::Configured,
-            _ => ClientAuth::Missing("--tls-client-ca"),
-        };
-        let protection =
-            Protection { tls: security.tls.is_some(), client_auth, allow_plaintext: security.allow_plaintext };
-        let bound = listen::bind("NBD", addr, &protection).await?;
+        let bound = listen::bind("NBD", addr, &security.protection(security::Listener::Nbd)).await?;
         let tls = match (&security.tls, &bound) {
             (None, _) => TlsPolicy::Unconfigured,
             (Some(_), Bound::Unix(..)) => TlsPolicy::NotOffered,

@@ -1,11 +1,10 @@
-//! Cairn's NBD server: hypervisors and standard tools (qemu, libnbd's nbdinfo/nbdcopy)
-//! attach exports over the Network Block Device protocol.
+//! Owns Cairn's NBD server: hypervisors and standard tools (qemu, libnbd's nbdinfo/nbdcopy)
+//! attach exports over the Network Block Device protocol. Uses the engine, `net` and `errors`.
 //!
-//! - [`proto`]: the wire format, pure encode/decode with no I/O (fuzzable).
-//! - [`export`]: the [`Export`] trait the server serves, its live-disk implementation, the
-//!   [`ExportSource`] that finds exports by name, and the engine-error-to-errno mapping.
-//! - [`restore_point`]: read-only exports of disk restore points
-//!   (`COLLECTION/RESTORE_POINT/DISK`) with their `qemu:dirty-bitmap:` contexts.
+//! - [`codec`]: the wire format, pure encode/decode with no I/O (fuzzable).
+//! - [`exports`]: the [`Export`] trait the server serves, with its live-disk and disk restore
+//!   point (`COLLECTION/RESTORE_POINT/DISK`, with `qemu:dirty-bitmap:` contexts)
+//!   implementations, and the [`ExportSource`] that finds exports by name.
 //! - [`server`]: handshake and transmission over any async byte stream.
 //! - [`listener`]: unix/TCP listening, the accept loop and clean shutdown.
 //!
@@ -16,13 +15,11 @@
 //! DISC; STARTTLS (FORCEDTLS on TCP when TLS is configured, X.509 through rustls). Not yet:
 //! EXTENDED_HEADERS (answered ERR_UNSUP).
 
-pub mod export;
+pub mod codec;
+pub mod exports;
 pub mod listener;
-pub mod proto;
-pub mod restore_point;
 pub mod server;
 
-pub use export::{Export, ExportSource, LiveDisk, LiveDisks};
+pub use exports::{DiskRestorePointExport, EngineExports, Export, ExportSource, LiveDisk};
 pub use listener::{ListenError, Listener, NbdAddr};
-pub use restore_point::DiskRestorePointExport;
 pub use server::{Connection, Server, ServerConfig, TlsPolicy};

@@ -21,8 +21,8 @@ use cairn_engine::{
     DiskId, DiskRestorePointReader, Engine, Error, ErrorKind, Extent, IoBuf, ProvisioningState, RestorePointId, Result,
 };
 
-use super::export::{Export, ExportFuture};
-use super::proto::{MAX_PAYLOAD_BYTES, PREFERRED_BLOCK_BYTES};
+use super::{Export, ExportFuture};
+use crate::nbd::codec::{MAX_PAYLOAD_BYTES, PREFERRED_BLOCK_BYTES};
 
 /// Opens the export called `name`, or `None` when no succeeded restore point has that disk.
 /// Catalog failures are logged and also answered `None` (the client sees "unknown export").
@@ -159,8 +159,8 @@ impl DiskRestorePointExport {
         self.engine.restore_point(self.rp).map(drop).map_err(|e| self.deleted_is_io(e))
     }
 
-    /// The restore point deleted while exported is an I/O error of this export (EIO), not
-    /// an unknown name (EINVAL): the client named it when it still existed.
+    /// The restore point deleted while exported is an I/O error of this export (EIO, as
+    /// any NotFound is on NBD), named as such: the client named it when it still existed.
     fn deleted_is_io(&self, e: Error) -> Error {
         match e.kind() {
             ErrorKind::NotFound => Error::Io {
@@ -458,7 +458,7 @@ mod tests {
         assert!(data[..4096].iter().all(|&b| b == 0x22) && data[4096..].iter().all(|&b| b == 0x33));
         assert!(e.read(0, 4096).await.unwrap().iter().all(|&b| b == 0x11), "the old content, not the live disk's");
         let err = e.write(0, IoBuf::from_slice(&[1; 512]), false).await.unwrap_err();
-        assert_eq!(crate::nbd::export::errno(&err), super::super::proto::Errno::Perm);
+        assert_eq!(crate::errors::nbd_errno(&err), crate::nbd::codec::Errno::Perm);
         assert!(e.punch(0, 4096, false).await.is_err());
 
         assert_eq!(
@@ -500,7 +500,7 @@ mod tests {
         let rp1_id = engine.collection_by_name("c").and_then(|c| engine.restore_point_by_name(c.id, "rp1")).unwrap().id;
         engine.delete_restore_point(rp1_id).await.unwrap();
         let err = rp1.read(0, 4096).await.unwrap_err();
-        assert_eq!(crate::nbd::export::errno(&err), super::super::proto::Errno::Io);
+        assert_eq!(crate::errors::nbd_errno(&err), crate::nbd::codec::Errno::Io);
         assert!(rp1.extents(0, 4096).await.is_err());
         drop((e, rp1));
         engine.close().await.unwrap();

@@ -6,9 +6,9 @@ use cairn_proto::v1 as pb;
 use pb::restores_server::Restores;
 use tonic::{Request, Response, Status};
 
-use super::convert;
-use super::status::status;
 use super::{Context, guard};
+use crate::errors::grpc_status;
+use crate::grpc::convert;
 
 #[derive(Debug)]
 pub struct RestoresService(pub Context);
@@ -27,7 +27,7 @@ impl Restores for RestoresService {
             let (record, op) = engine
                 .restore_disk(RestoreDisk { restore_point: rp.id, disk, name: r.name, direct_io: r.direct_io })
                 .await
-                .map_err(status)?;
+                .map_err(grpc_status)?;
             Ok(Response::new(pb::RestoreDiskResponse {
                 disk: Some(convert::disk(engine, &record)),
                 operation: Some(convert::operation(&op)),
@@ -44,7 +44,7 @@ impl Restores for RestoresService {
             let r = req.into_inner();
             let engine = &self.0.engine;
             let rp = convert::restore_point_record(engine, &r.collection, &r.restore_point)?;
-            let (group, restored) = engine.restore_group(rp.id, &r.group_name).await.map_err(status)?;
+            let (group, restored) = engine.restore_group(rp.id, &r.group_name).await.map_err(grpc_status)?;
             Ok(Response::new(pb::RestoreGroupResponse {
                 group: Some(convert::group(&group)),
                 disks: restored.iter().map(|(d, _)| convert::disk(engine, d)).collect(),

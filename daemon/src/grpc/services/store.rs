@@ -7,9 +7,9 @@ use cairn_proto::v1 as pb;
 use pb::store_server::Store;
 use tonic::{Request, Response, Status};
 
-use super::convert;
-use super::status::status;
 use super::{Context, guard};
+use crate::errors::grpc_status;
+use crate::grpc::convert;
 
 #[derive(Debug)]
 pub struct StoreService(pub Context);
@@ -22,7 +22,7 @@ impl Store for StoreService {
     ) -> Result<Response<pb::Operation>, Status> {
         guard("CollectGarbage", async {
             let live_share = req.get_ref().live_share_percent.unwrap_or(DEFAULT_GC_LIVE_SHARE_PERCENT);
-            let op = self.0.engine.collect_garbage(live_share).await.map_err(status)?;
+            let op = self.0.engine.collect_garbage(live_share).await.map_err(grpc_status)?;
             Ok(Response::new(convert::operation(&op)))
         })
         .await
@@ -33,7 +33,7 @@ impl Store for StoreService {
             let r = req.get_ref();
             let target = if r.restore_point.trim().is_empty() {
                 if !r.collection.trim().is_empty() {
-                    return Err(super::status::invalid(
+                    return Err(crate::errors::invalid(
                         "restore_point",
                         "must name a restore point of the collection (or leave both empty to verify the store)",
                     ));
@@ -43,7 +43,7 @@ impl Store for StoreService {
                 let engine = &self.0.engine;
                 VerifyTarget::RestorePoint(convert::restore_point_record(engine, &r.collection, &r.restore_point)?.id)
             };
-            let op = self.0.engine.verify(target).await.map_err(status)?;
+            let op = self.0.engine.verify(target).await.map_err(grpc_status)?;
             Ok(Response::new(convert::operation(&op)))
         })
         .await
@@ -55,7 +55,7 @@ impl Store for StoreService {
     ) -> Result<Response<pb::StoreStats>, Status> {
         guard("GetStoreStats", async {
             // Running totals: no scan, nothing to move off the async workers.
-            let stats = self.0.engine.store_stats().map_err(status)?;
+            let stats = self.0.engine.store_stats().map_err(grpc_status)?;
             Ok(Response::new(convert::store_stats(&stats)))
         })
         .await
@@ -69,7 +69,7 @@ impl Store for StoreService {
             let r = req.get_ref();
             let coll = convert::collection_record(&self.0.engine, "collection", &r.collection)?;
             let policy = convert::retention_policy(r.policy.as_ref());
-            let decisions = self.0.engine.apply_retention(coll.id, policy, r.dry_run).await.map_err(status)?;
+            let decisions = self.0.engine.apply_retention(coll.id, policy, r.dry_run).await.map_err(grpc_status)?;
             Ok(Response::new(pb::ApplyRetentionResponse {
                 decisions: decisions.iter().map(convert::retention_decision).collect(),
             }))

@@ -8,9 +8,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::convert::{self, page};
-use super::status::status;
 use super::{Context, guard};
+use crate::errors::grpc_status;
+use crate::grpc::convert::{self, page};
 
 /// How often a watch looks at its operation.
 const WATCH_POLL: Duration = Duration::from_millis(100);
@@ -25,7 +25,7 @@ impl Operations for OperationsService {
     async fn get_operation(&self, req: Request<pb::GetOperationRequest>) -> Result<Response<pb::Operation>, Status> {
         guard("GetOperation", async {
             let id = convert::operation_id("id", &req.get_ref().id)?;
-            Ok(Response::new(convert::operation(&self.0.engine.operation(id).map_err(status)?)))
+            Ok(Response::new(convert::operation(&self.0.engine.operation(id).map_err(grpc_status)?)))
         })
         .await
     }
@@ -36,7 +36,7 @@ impl Operations for OperationsService {
     ) -> Result<Response<pb::ListOperationsResponse>, Status> {
         guard("ListOperations", async {
             let r = req.into_inner();
-            let mut all = self.0.engine.list_operations().map_err(status)?;
+            let mut all = self.0.engine.list_operations().map_err(grpc_status)?;
             if r.running_only {
                 all.retain(|o| !o.state.is_terminal());
             }
@@ -55,7 +55,7 @@ impl Operations for OperationsService {
     ) -> Result<Response<pb::Operation>, Status> {
         guard("CancelOperation", async {
             let id = convert::operation_id("id", &req.get_ref().id)?;
-            Ok(Response::new(convert::operation(&self.0.engine.cancel_operation(id).map_err(status)?)))
+            Ok(Response::new(convert::operation(&self.0.engine.cancel_operation(id).map_err(grpc_status)?)))
         })
         .await
     }
@@ -66,7 +66,7 @@ impl Operations for OperationsService {
     ) -> Result<Response<Self::WatchOperationStream>, Status> {
         guard("WatchOperation", async {
             let id = convert::operation_id("id", &req.get_ref().id)?;
-            let first = self.0.engine.operation(id).map_err(status)?;
+            let first = self.0.engine.operation(id).map_err(grpc_status)?;
             let (tx, rx) = mpsc::channel(4);
             let engine = self.0.engine.clone();
             let mut shutdown = self.0.shutdown.clone();
@@ -95,7 +95,7 @@ impl Operations for OperationsService {
                     op = match engine.operation(id) {
                         Ok(op) => op,
                         Err(e) => {
-                            let _ = tx.send(Err(status(e))).await;
+                            let _ = tx.send(Err(grpc_status(e))).await;
                             return;
                         }
                     };

@@ -3,18 +3,8 @@
 //! An address is `unix:PATH` or `HOST:PORT`. A unix socket is bound under a temporary name,
 //! restricted to mode 0600 and renamed into place, so it is never reachable with wider
 //! permissions (it serves disks read-write); a stale socket file is replaced, anything else
-//! in the way is an error.
-//!
-//! The rules of [`Security`], the same for every listener:
-//! - with a certificate and key configured, every TCP listener speaks TLS, loopback
-//!   included (NBD through STARTTLS, required before any other option); unix sockets stay
-//!   plain, their mode 0600 is their protection;
-//! - a TCP address that is not loopback is refused without TLS;
-//! - a listener that serves data (gRPC, NBD) on such an address is refused unless it also
-//!   authenticates its clients: client certificates (`--tls-client-ca`) or, for gRPC, a
-//!   bearer token (`--grpc-token-file`). HTTP serves only metrics and health;
-//! - `--allow-plaintext` lifts both refusals: the operator takes the risk (a private
-//!   network, a tunnel).
+//! in the way is an error. A TCP address must pass the listener's [`Protection`] (the rules
+//! are in [`super::security`]).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -24,54 +14,7 @@ use std::str::FromStr;
 
 use tokio::net::{TcpListener, UnixListener};
 
-use crate::grpc::auth::BearerToken;
-use crate::tls::ServerTls;
-
-/// The daemon's TLS and client authentication settings, under which every listener binds.
-#[derive(Debug, Clone, Default)]
-pub struct Security {
-    /// Certificate and key (and client CA): TLS on every TCP listener.
-    pub tls: Option<ServerTls>,
-    /// The bearer token gRPC clients must send.
-    pub grpc_token: Option<BearerToken>,
-    /// Serve non-loopback TCP without TLS or client authentication.
-    pub allow_plaintext: bool,
-}
-
-/// How a listener authenticates its clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientAuth {
-    /// It serves nothing that needs it (HTTP metrics and health).
-    NotNeeded,
-    /// It does (client certificates or a token).
-    Configured,
-    /// It should but cannot; the flags that would fix it.
-    Missing(&'static str),
-}
-
-/// What protects one listener's TCP connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Protection {
-    pub tls: bool,
-    pub client_auth: ClientAuth,
-    pub allow_plaintext: bool,
-}
-
-impl Protection {
-    /// Whether `addr` may be served under this protection.
-    pub fn check(&self, protocol: &'static str, addr: SocketAddr) -> Result<(), ListenError> {
-        if addr.ip().is_loopback() || self.allow_plaintext {
-            return Ok(());
-        }
-        if !self.tls {
-            return Err(ListenError::PlaintextRefused { protocol, addr });
-        }
-        match self.client_auth {
-            ClientAuth::Missing(give) => Err(ListenError::UnauthenticatedRefused { protocol, addr, give }),
-            ClientAuth::NotNeeded | ClientAuth::Configured => Ok(()),
-        }
-    }
-}
+use super::security::{Protection, Refused};
 
 /// A listen address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,16 +61,8 @@ impl fmt::Display for ListenAddr {
 pub enum ListenError {
     #[error("bad {protocol} address {addr:?}: {reason}")]
     BadAddress { protocol: &'static str, addr: String, reason: &'static str },
-    #[error(
-        "refusing to serve {protocol} in plaintext on non-loopback address {addr}: configure TLS with \
-         --tls-cert and --tls-key, listen on a unix socket or loopback, or pass --allow-plaintext to accept the risk"
-    )]
-    PlaintextRefused { protocol: &'static str, addr: SocketAddr },
-    #[error(
-        "refusing to serve {protocol} on non-loopback address {addr} without authenticating clients: \
-         give {give}, or pass --allow-plaintext to accept the risk"
-    )]
-    UnauthenticatedRefused { protocol: &'static str, addr: SocketAddr, give: &'static str },
+    #[error(transparent)]
+    Refused(#[from] Refused),
     #[error("{path} is in use by another process")]
     InUse { path: PathBuf },
     #[error("{context} {addr}")]
@@ -214,6 +149,7 @@ impl Bound {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::security::ClientAuth;
 
     #[test]
     fn addresses_parse() {
@@ -230,25 +166,11 @@ mod tests {
     #[tokio::test]
     async fn plaintext_on_a_public_address_is_refused_and_loopback_is_not() {
         let e = bind("NBD", &ListenAddr::Tcp("0.0.0.0:0".into()), &PLAIN).await.unwrap_err();
-        assert!(matches!(e, ListenError::PlaintextRefused { protocol: "NBD", .. }), "{e}");
+        assert!(matches!(e, ListenError::Refused(Refused::Plaintext { protocol: "NBD", .. })), "{e}");
         assert!(e.to_string().contains("--tls-cert") && e.to_string().contains("--allow-plaintext"), "{e}");
         assert!(bind("NBD", &ListenAddr::Tcp("127.0.0.1:0".into()), &PLAIN).await.is_ok());
         let allowed = Protection { allow_plaintext: true, ..PLAIN };
         assert!(bind("NBD", &ListenAddr::Tcp("0.0.0.0:0".into()), &allowed).await.is_ok());
-    }
-
-    #[test]
-    fn a_public_data_listener_needs_tls_and_client_authentication() {
-        let public: SocketAddr = "192.0.2.1:10809".parse().unwrap();
-        let loopback: SocketAddr = "127.0.0.1:10809".parse().unwrap();
-        let tls_no_auth = Protection { tls: true, client_auth: ClientAuth::Missing("--tls-client-ca"), ..PLAIN };
-        let e = tls_no_auth.check("NBD", public).unwrap_err();
-        assert!(matches!(e, ListenError::UnauthenticatedRefused { .. }), "{e}");
-        assert!(e.to_string().contains("--tls-client-ca"), "{e}");
-        assert!(tls_no_auth.check("NBD", loopback).is_ok());
-        assert!(Protection { allow_plaintext: true, ..tls_no_auth }.check("NBD", public).is_ok());
-        assert!(Protection { client_auth: ClientAuth::Configured, ..tls_no_auth }.check("NBD", public).is_ok());
-        assert!(Protection { client_auth: ClientAuth::NotNeeded, ..tls_no_auth }.check("HTTP", public).is_ok());
     }
 
     #[tokio::test]

@@ -1,17 +1,13 @@
-//! The one module where proto types meet engine types: records to messages, enums both ways,
-//! and request fields that name a resource (an id or a name) to engine ids.
+//! Engine records to proto messages, and the enums and policies of requests to engine types.
 
 use cairn_engine::{
-    CollectionId, CollectionRecord, ConsistencyMode, DiskId, DiskRecord, Engine, GroupId, GroupRecord, OperationId,
-    OperationKind, OperationRecord, OperationState, ProvisioningState, RestorePointId, RestorePointRecord,
-    RetentionDecision, RetentionPolicy, ScriptHook, StoreStats,
+    CollectionRecord, ConsistencyMode, DiskRecord, Engine, GroupRecord, OperationKind, OperationRecord, OperationState,
+    ProvisioningState, RestorePointRecord, RetentionDecision, RetentionPolicy, ScriptHook, StoreStats,
 };
 use cairn_proto::v1 as pb;
 use tonic::Status;
 
-use super::status::{invalid, status};
-
-// ---- records to messages -----------------------------------------------------------------
+use crate::errors::invalid;
 
 pub fn disk(engine: &Engine, r: &DiskRecord) -> pb::Disk {
     let allocated_bytes = engine.disk(r.id).and_then(|d| d.allocated_bytes()).unwrap_or(0);
@@ -214,139 +210,9 @@ pub fn retention_decision(d: &RetentionDecision) -> pb::RetentionDecision {
     }
 }
 
-// ---- request fields naming resources -----------------------------------------------------
-
-fn required<'a>(field: &str, what: &str, s: &'a str) -> Result<&'a str, Status> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Err(invalid(field, format!("must name a {what} (its id or name)")));
-    }
-    Ok(s)
-}
-
-fn uuid(s: &str) -> Option<uuid::Uuid> {
-    uuid::Uuid::parse_str(s).ok()
-}
-
-/// A live disk named by id or name.
-pub fn disk_id(engine: &Engine, field: &str, s: &str) -> Result<DiskId, Status> {
-    let s = required(field, "disk", s)?;
-    match uuid(s) {
-        Some(u) => Ok(DiskId::from(u)),
-        None => engine.disk_by_name(s).map(|d| d.id()).map_err(status),
-    }
-}
-
-pub fn group_id(engine: &Engine, field: &str, s: &str) -> Result<GroupId, Status> {
-    let s = required(field, "group", s)?;
-    match uuid(s) {
-        Some(u) => Ok(GroupId::from(u)),
-        None => engine.group_by_name(s).map(|g| g.id).map_err(status),
-    }
-}
-
-pub fn collection_record(engine: &Engine, field: &str, s: &str) -> Result<CollectionRecord, Status> {
-    let s = required(field, "collection", s)?;
-    match uuid(s) {
-        Some(u) => engine.collection(CollectionId::from(u)).map_err(status),
-        None => engine.collection_by_name(s).map_err(status),
-    }
-}
-
-/// A restore point named by id (the collection may then be empty) or by name in its
-/// collection.
-pub fn restore_point_record(
-    engine: &Engine,
-    collection: &str,
-    restore_point: &str,
-) -> Result<RestorePointRecord, Status> {
-    restore_point_in(engine, ("collection", collection), ("restore_point", restore_point))
-}
-
-/// Like [`restore_point_record`], for requests whose fields have other names:
-/// `(field, value)` of the collection and of the restore point.
-pub fn restore_point_in(
-    engine: &Engine,
-    (collection_field, collection): (&str, &str),
-    (field, restore_point): (&str, &str),
-) -> Result<RestorePointRecord, Status> {
-    let rp = required(field, "restore point", restore_point)?;
-    if let Some(u) = uuid(rp) {
-        let record = engine.restore_point(RestorePointId::from(u)).map_err(status)?;
-        if !collection.trim().is_empty() {
-            let coll = collection_record(engine, collection_field, collection)?;
-            if coll.id != record.collection {
-                return Err(Status::not_found(format!("restore point {rp} not found in collection {}", coll.name)));
-            }
-        }
-        return Ok(record);
-    }
-    let coll = collection_record(engine, collection_field, collection)?;
-    engine.restore_point_by_name(coll.id, rp).map_err(status)
-}
-
-/// A disk of a restore point, by its id or its name at capture time.
-pub fn restore_point_disk(r: &RestorePointRecord, field: &str, s: &str) -> Result<DiskId, Status> {
-    let s = required(field, "disk", s)?;
-    r.disks
-        .iter()
-        .find(|d| d.disk.to_string() == s || d.disk_name.as_str() == s)
-        .map(|d| d.disk)
-        .ok_or_else(|| Status::not_found(format!("disk {s} not found in restore point {}", r.name)))
-}
-
-pub fn operation_id(field: &str, s: &str) -> Result<OperationId, Status> {
-    let s = s.trim();
-    uuid(s).map(OperationId::from).ok_or_else(|| invalid(field, format!("{s:?} is not an operation id (a UUID)")))
-}
-
-// ---- paging ------------------------------------------------------------------------------
-
-/// Default and largest page sizes of list calls.
-pub const DEFAULT_PAGE_SIZE: usize = 1000;
-pub const MAX_PAGE_SIZE: usize = 10_000;
-
-/// One page of `items`: the page token is the offset of the page's first item.
-pub fn page<T>(items: Vec<T>, page_size: u32, page_token: &str) -> Result<(Vec<T>, String), Status> {
-    let size = match usize::try_from(page_size).unwrap_or(usize::MAX) {
-        0 => DEFAULT_PAGE_SIZE,
-        n if n > MAX_PAGE_SIZE => return Err(invalid("page_size", format!("{n} is larger than {MAX_PAGE_SIZE}"))),
-        n => n,
-    };
-    let start = if page_token.is_empty() {
-        0
-    } else {
-        page_token
-            .parse::<usize>()
-            .ok()
-            .filter(|&s| s <= items.len())
-            .ok_or_else(|| invalid("page_token", format!("{page_token:?} is not a token this list returned")))?
-    };
-    let end = start.saturating_add(size).min(items.len());
-    let next = if end < items.len() { end.to_string() } else { String::new() };
-    Ok((items.into_iter().skip(start).take(end - start).collect(), next))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pages_walk_the_whole_list() {
-        let (a, t) = page((0..5).collect(), 2, "").unwrap();
-        assert_eq!((a, t.as_str()), (vec![0, 1], "2"));
-        let (b, t) = page((0..5).collect(), 2, &t).unwrap();
-        assert_eq!((b, t.as_str()), (vec![2, 3], "4"));
-        let (c, t) = page((0..5).collect(), 2, &t).unwrap();
-        assert_eq!((c, t.as_str()), (vec![4], ""));
-    }
-
-    #[test]
-    fn bad_page_token_and_size_are_invalid_arguments() {
-        assert_eq!(page::<u8>(vec![], 0, "x").unwrap_err().code(), tonic::Code::InvalidArgument);
-        assert_eq!(page::<u8>(vec![], 0, "9").unwrap_err().code(), tonic::Code::InvalidArgument);
-        assert_eq!(page::<u8>(vec![], 20_000, "").unwrap_err().code(), tonic::Code::InvalidArgument);
-    }
 
     #[test]
     fn unknown_consistency_mode_names_the_field() {

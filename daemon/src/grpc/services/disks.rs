@@ -5,9 +5,9 @@ use cairn_proto::v1 as pb;
 use pb::disks_server::Disks;
 use tonic::{Request, Response, Status};
 
-use super::convert::{self, page};
-use super::status::status;
 use super::{Context, guard};
+use crate::errors::grpc_status;
+use crate::grpc::convert::{self, page};
 
 #[derive(Debug)]
 pub struct DisksService(pub Context);
@@ -26,7 +26,7 @@ impl Disks for DisksService {
                     direct_io: r.direct_io,
                 })
                 .await
-                .map_err(status)?;
+                .map_err(grpc_status)?;
             Ok(Response::new(convert::disk(engine, &record)))
         })
         .await
@@ -36,7 +36,7 @@ impl Disks for DisksService {
         guard("GetDisk", async {
             let engine = &self.0.engine;
             let id = convert::disk_id(engine, "disk", &req.get_ref().disk)?;
-            let record = engine.disk_record(id).map_err(status)?;
+            let record = engine.disk_record(id).map_err(grpc_status)?;
             Ok(Response::new(convert::disk(engine, &record)))
         })
         .await
@@ -58,7 +58,7 @@ impl Disks for DisksService {
             let r = req.into_inner();
             let engine = &self.0.engine;
             let id = convert::disk_id(engine, "disk", &r.disk)?;
-            let record = engine.resize_disk(id, r.size_bytes).await.map_err(status)?;
+            let record = engine.resize_disk(id, r.size_bytes).await.map_err(grpc_status)?;
             Ok(Response::new(convert::disk(engine, &record)))
         })
         .await
@@ -71,7 +71,7 @@ impl Disks for DisksService {
         guard("DeleteDisk", async {
             let engine = &self.0.engine;
             let id = convert::disk_id(engine, "disk", &req.get_ref().disk)?;
-            engine.delete_disk(id).await.map_err(status)?;
+            engine.delete_disk(id).await.map_err(grpc_status)?;
             Ok(Response::new(pb::DeleteDiskResponse {}))
         })
         .await

@@ -13,9 +13,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert::{self, page};
-use super::status::{invalid, status};
 use super::{Context, guard};
+use crate::errors::{grpc_status, invalid};
+use crate::grpc::convert::{self, page};
 
 /// Largest data payload of one ReadDisk message (well under gRPC's 4 MiB default).
 pub const PIECE_BYTES: u64 = 1 << 20;
@@ -40,9 +40,12 @@ impl Source {
     /// source knows them.
     fn runs(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>, Status> {
         match self {
-            Source::Live(d) => {
-                Ok(d.extents(offset, len).map_err(status)?.into_iter().map(|e| (e.offset, e.len, e.data)).collect())
-            }
+            Source::Live(d) => Ok(d
+                .extents(offset, len)
+                .map_err(grpc_status)?
+                .into_iter()
+                .map(|e| (e.offset, e.len, e.data))
+                .collect()),
             Source::RestorePoint(r) => {
                 let cs = r.chunk_size_bytes();
                 let end = offset + len;
@@ -51,7 +54,7 @@ impl Source {
                 while pos < end {
                     let index = pos / cs;
                     let next = ((index + 1) * cs).min(end);
-                    let data = r.chunk_ref(index).map_err(status)? != ChunkRef::Zero;
+                    let data = r.chunk_ref(index).map_err(grpc_status)? != ChunkRef::Zero;
                     match out.last_mut() {
                         Some(last) if last.2 == data => last.1 += next - pos,
                         _ => out.push((pos, next - pos, data)),
@@ -65,8 +68,8 @@ impl Source {
 
     async fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>, Status> {
         match self {
-            Source::Live(d) => d.read(offset, len).await.map(|b| b.to_vec()).map_err(status),
-            Source::RestorePoint(r) => r.read(offset, len).await.map_err(status),
+            Source::Live(d) => d.read(offset, len).await.map(|b| b.to_vec()).map_err(grpc_status),
+            Source::RestorePoint(r) => r.read(offset, len).await.map_err(grpc_status),
         }
     }
 }
@@ -96,7 +99,7 @@ fn rp_reader(
         (&format!("{field}.restore_point"), &r.restore_point),
     )?;
     let disk = convert::restore_point_disk(&rp, &format!("{field}.disk"), &r.disk)?;
-    engine.disk_restore_point(rp.id, disk).map_err(status)
+    engine.disk_restore_point(rp.id, disk).map_err(grpc_status)
 }
 
 async fn send_reads(src: Source, offset: u64, end: u64, tx: mpsc::Sender<Result<pb::ReadDiskResponse, Status>>) {
@@ -191,7 +194,7 @@ impl DiskData for DiskDataService {
             let src = match &r.source {
                 None => return Err(invalid("source", "name a disk or a disk_restore_point")),
                 Some(pb::read_disk_request::Source::Disk(d)) => {
-                    Source::Live(engine.disk(convert::disk_id(engine, "disk", d)?).map_err(status)?)
+                    Source::Live(engine.disk(convert::disk_id(engine, "disk", d)?).map_err(grpc_status)?)
                 }
                 Some(pb::read_disk_request::Source::DiskRestorePoint(d)) => {
                     Source::RestorePoint(rp_reader(engine, "disk_restore_point", Some(d))?)
@@ -222,7 +225,7 @@ impl DiskData for DiskDataService {
                         if m.disk.is_empty() {
                             return Err(invalid("disk", "the first message must name the disk"));
                         }
-                        let d = engine.disk(convert::disk_id(engine, "disk", &m.disk)?).map_err(status)?;
+                        let d = engine.disk(convert::disk_id(engine, "disk", &m.disk)?).map_err(grpc_status)?;
                         disk.insert(d)
                     }
                     Some(d) => {
@@ -236,12 +239,12 @@ impl DiskData for DiskDataService {
                     (false, 0) => {
                         let n = m.data.len() as u64;
                         check_range(d.size_bytes(), m.offset, n, "data")?;
-                        d.write(m.offset, IoBuf::from_slice(&m.data), false).await.map_err(status)?;
+                        d.write(m.offset, IoBuf::from_slice(&m.data), false).await.map_err(grpc_status)?;
                         reply.bytes_written += n;
                     }
                     (true, z) if z > 0 => {
                         check_range(d.size_bytes(), m.offset, z, "zero_length")?;
-                        d.punch(m.offset, z, false).await.map_err(status)?;
+                        d.punch(m.offset, z, false).await.map_err(grpc_status)?;
                         reply.bytes_zeroed += z;
                     }
                     (true, _) => {}
@@ -249,7 +252,7 @@ impl DiskData for DiskDataService {
                 }
             }
             let d = disk.ok_or_else(|| invalid("disk", "the stream held no message naming the disk"))?;
-            d.flush().await.map_err(status)?;
+            d.flush().await.map_err(grpc_status)?;
             Ok(Response::new(reply))
         })
         .await
@@ -281,8 +284,8 @@ impl DiskData for DiskDataService {
                     format!("{} is older than the first restore point {}; give the older one first", b.name, a.name),
                 ));
             }
-            let reader = engine.disk_restore_point(b.id, disk).map_err(status)?;
-            let changed = engine.changed_chunks(a.id, b.id, disk).map_err(status)?;
+            let reader = engine.disk_restore_point(b.id, disk).map_err(grpc_status)?;
+            let changed = engine.changed_chunks(a.id, b.id, disk).map_err(grpc_status)?;
             let resp = blocks(changed, reader.chunk_size_bytes(), reader.size_bytes(), r.page_size, &r.page_token)?;
             Ok(Response::new(resp))
         })
@@ -296,7 +299,8 @@ impl DiskData for DiskDataService {
         guard("ListAllocatedBlocks", async {
             let r = req.into_inner();
             let reader = rp_reader(&self.0.engine, "disk_restore_point", r.disk_restore_point.as_ref())?;
-            let allocated: Vec<u64> = reader.allocated_chunks().map_err(status)?.into_iter().map(|(i, _)| i).collect();
+            let allocated: Vec<u64> =
+                reader.allocated_chunks().map_err(grpc_status)?.into_iter().map(|(i, _)| i).collect();
             let resp = blocks(allocated, reader.chunk_size_bytes(), reader.size_bytes(), r.page_size, &r.page_token)?;
             Ok(Response::new(resp))
         })

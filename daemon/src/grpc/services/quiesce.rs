@@ -16,9 +16,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert;
-use super::status::invalid;
 use super::{Context, guard};
+use crate::errors::invalid;
+use crate::grpc::convert;
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_TIMEOUT_MS: u64 = 600_000;
@@ -140,7 +140,7 @@ impl Quiesce for QuiesceService {
                 return Err(invalid("subscribe", "the first message must be a subscribe"));
             };
             let group = convert::group_id(&engine, "subscribe.group", &sub.group)?;
-            engine.group(group).map_err(super::status::status)?;
+            engine.group(group).map_err(crate::errors::grpc_status)?;
             let timeout = match sub.timeout_ms {
                 0 => DEFAULT_TIMEOUT,
                 t if t > MAX_TIMEOUT_MS => {

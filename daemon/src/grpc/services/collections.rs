@@ -10,16 +10,16 @@ use cairn_proto::v1 as pb;
 use pb::collections_server::Collections;
 use tonic::{Request, Response, Status};
 
-use super::convert::{self, page};
-use super::status::{invalid, status};
 use super::{Context, guard};
+use crate::errors::{grpc_status, invalid};
+use crate::grpc::convert::{self, page};
 
 #[derive(Debug)]
 pub struct CollectionsService(pub Context);
 
 impl CollectionsService {
     fn message(&self, c: &CollectionRecord) -> Result<pb::Collection, Status> {
-        let count = self.0.engine.list_restore_points(c.id).map_err(status)?.len();
+        let count = self.0.engine.list_restore_points(c.id).map_err(grpc_status)?.len();
         Ok(convert::collection(c, count))
     }
 }
@@ -62,13 +62,13 @@ impl Collections for CollectionsService {
                     max_restore_points: Some(max.unwrap_or(DEFAULT_MAX_RESTORE_POINTS)),
                     hook: Some(hook),
                 };
-                let record = engine.update_collection(existing.id, update).await.map_err(status)?;
+                let record = engine.update_collection(existing.id, update).await.map_err(grpc_status)?;
                 return Ok(Response::new(self.message(&record)?));
             }
             let record = engine
                 .create_collection(CreateCollection { name: r.name, group, region, max_restore_points: max, hook })
                 .await
-                .map_err(status)?;
+                .map_err(grpc_status)?;
             Ok(Response::new(self.message(&record)?))
         })
         .await
@@ -88,7 +88,7 @@ impl Collections for CollectionsService {
     ) -> Result<Response<pb::ListCollectionsResponse>, Status> {
         guard("ListCollections", async {
             let r = req.into_inner();
-            let all = self.0.engine.list_collections().map_err(status)?;
+            let all = self.0.engine.list_collections().map_err(grpc_status)?;
             let (records, next_page_token) = page(all, r.page_size, &r.page_token)?;
             let collections = records.iter().map(|c| self.message(c)).collect::<Result<_, _>>()?;
             Ok(Response::new(pb::ListCollectionsResponse { collections, next_page_token }))
@@ -103,7 +103,7 @@ impl Collections for CollectionsService {
         guard("DeleteCollection", async {
             let r = req.into_inner();
             let c = convert::collection_record(&self.0.engine, "collection", &r.collection)?;
-            self.0.engine.delete_collection(c.id, r.cascade).await.map_err(status)?;
+            self.0.engine.delete_collection(c.id, r.cascade).await.map_err(grpc_status)?;
             Ok(Response::new(pb::DeleteCollectionResponse {}))
         })
         .await

@@ -6,9 +6,9 @@ use cairn_proto::v1 as pb;
 use pb::restore_points_server::RestorePoints;
 use tonic::{Request, Response, Status};
 
-use super::convert::{self, page};
-use super::status::status;
 use super::{Context, guard};
+use crate::errors::grpc_status;
+use crate::grpc::convert::{self, page};
 
 #[derive(Debug)]
 pub struct RestorePointsService(pub Context);
@@ -35,7 +35,7 @@ impl RestorePoints for RestorePointsService {
                     CreateRestorePoint { name: r.name, description: r.description, exclude_disks, consistency },
                 )
                 .await
-                .map_err(status)?;
+                .map_err(grpc_status)?;
             Ok(Response::new(pb::CreateRestorePointResponse {
                 restore_point: Some(convert::restore_point(&rp, None)),
                 operation: Some(convert::operation(&op)),
@@ -69,7 +69,7 @@ impl RestorePoints for RestorePointsService {
             let r = req.into_inner();
             let engine = &self.0.engine;
             let coll = convert::collection_record(engine, "collection", &r.collection)?;
-            let all = engine.list_restore_points(coll.id).map_err(status)?;
+            let all = engine.list_restore_points(coll.id).map_err(grpc_status)?;
             let (records, next_page_token) = page(all, r.page_size, &r.page_token)?;
             Ok(Response::new(pb::ListRestorePointsResponse {
                 restore_points: records.iter().map(|rp| convert::restore_point(rp, None)).collect(),
@@ -87,7 +87,7 @@ impl RestorePoints for RestorePointsService {
             let r = req.into_inner();
             let engine = &self.0.engine;
             let rp = convert::restore_point_record(engine, &r.collection, &r.restore_point)?;
-            engine.delete_restore_point(rp.id).await.map_err(status)?;
+            engine.delete_restore_point(rp.id).await.map_err(grpc_status)?;
             Ok(Response::new(pb::DeleteRestorePointResponse {}))
         })
         .await

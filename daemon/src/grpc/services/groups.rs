@@ -5,9 +5,9 @@ use cairn_proto::v1 as pb;
 use pb::groups_server::Groups;
 use tonic::{Request, Response, Status};
 
-use super::convert::{self, page};
-use super::status::status;
 use super::{Context, guard};
+use crate::errors::grpc_status;
+use crate::grpc::convert::{self, page};
 
 #[derive(Debug)]
 pub struct GroupsService(pub Context);
@@ -29,7 +29,7 @@ impl Groups for GroupsService {
                 .engine
                 .create_group(CreateGroup { name: r.name, disks, configuration: r.configuration })
                 .await
-                .map_err(status)?;
+                .map_err(grpc_status)?;
             Ok(Response::new(convert::group(&record)))
         })
         .await
@@ -39,7 +39,7 @@ impl Groups for GroupsService {
         guard("GetGroup", async {
             let engine = &self.0.engine;
             let id = convert::group_id(engine, "group", &req.get_ref().group)?;
-            Ok(Response::new(convert::group(&engine.group(id).map_err(status)?)))
+            Ok(Response::new(convert::group(&engine.group(id).map_err(grpc_status)?)))
         })
         .await
     }
@@ -65,7 +65,7 @@ impl Groups for GroupsService {
             let engine = &self.0.engine;
             let id = convert::group_id(engine, "group", &r.group)?;
             let disks = if r.set_disks { Some(self.disks(&r.disks)?) } else { None };
-            let record = engine.update_group(id, disks, r.configuration).await.map_err(status)?;
+            let record = engine.update_group(id, disks, r.configuration).await.map_err(grpc_status)?;
             Ok(Response::new(convert::group(&record)))
         })
         .await
@@ -78,7 +78,7 @@ impl Groups for GroupsService {
         guard("DeleteGroup", async {
             let engine = &self.0.engine;
             let id = convert::group_id(engine, "group", &req.get_ref().group)?;
-            engine.delete_group(id).await.map_err(status)?;
+            engine.delete_group(id).await.map_err(grpc_status)?;
             Ok(Response::new(pb::DeleteGroupResponse {}))
         })
         .await
