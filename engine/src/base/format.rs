@@ -309,6 +309,22 @@ pub const REF_DELTA: u8 = 2;
 /// `chunks` value: `pack id [16] | offset u64 | stored_len u32 | raw_len u32 | refs u64` (LE).
 pub const CHUNK_ENTRY_LEN: usize = 40;
 
+/// `packs` value: the pack's size in bytes, u64 LE.
+pub const PACK_ENTRY_LEN: usize = 8;
+
+/// The `packs` value of a pack of `bytes` bytes.
+pub fn encode_pack_entry(bytes: u64) -> [u8; PACK_ENTRY_LEN] {
+    bytes.to_le_bytes()
+}
+
+/// The pack size a `packs` value holds; any other length than [`PACK_ENTRY_LEN`] is corrupt.
+pub fn decode_pack_entry(v: &[u8]) -> Result<u64> {
+    let bytes: [u8; PACK_ENTRY_LEN] = v.try_into().map_err(|_| {
+        Error::corrupt("catalog/packs", format!("pack entry of {} bytes, expected {PACK_ENTRY_LEN}", v.len()))
+    })?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
 /// `meta` key of the next restore point sequence number (u64 BE).
 pub const META_NEXT_SEQ_KEY: &[u8] = b"next_seq";
 

@@ -113,7 +113,7 @@ impl Engine {
             let mut known: HashMap<PackId, u64> = HashMap::new();
             catalog.scan("packs", &[], &[], |k, v| {
                 let id: [u8; 16] = k.try_into().map_err(|_| Error::corrupt("catalog/packs", "bad pack key"))?;
-                let size = crate::store::counters::pack_entry_bytes(v);
+                let size = crate::base::format::decode_pack_entry(v)?;
                 known.insert(PackId::from(uuid::Uuid::from_bytes(id)), size);
                 Ok(true)
             })?;
@@ -215,7 +215,7 @@ impl Engine {
                         batch.put_raw("chunks", &id.0, &ChunkLocation { refs: cur.refs, ..*new }.encode())?;
                     }
                 }
-                batch.put_raw("packs", &new_pack.to_bytes(), &crate::store::chunk_store::pack_entry(new_size))?;
+                batch.put_raw("packs", &new_pack.to_bytes(), &crate::base::format::encode_pack_entry(new_size))?;
                 batch.delete_raw("packs", &pack.to_bytes())?;
                 batch.put_raw("meta", &retired_key(pack), &[])?;
                 catalog.commit(batch)?;

@@ -180,11 +180,6 @@ impl PackWriter {
     }
 }
 
-/// Pack record as the `packs` family keeps it: its size, for GC accounting.
-pub(crate) fn pack_entry(bytes: u64) -> [u8; 8] {
-    bytes.to_le_bytes()
-}
-
 /// The engine's chunk store.
 #[derive(Debug)]
 pub(crate) struct ChunkStore {
@@ -442,7 +437,7 @@ impl ChunkStore {
             change.record(before.as_ref(), Some(&loc));
         }
         for (pack, bytes) in &delta.packs {
-            batch.put_raw("packs", &pack.to_bytes(), &pack_entry(*bytes))?;
+            batch.put_raw("packs", &pack.to_bytes(), &crate::base::format::encode_pack_entry(*bytes))?;
             change.pack_added(*bytes);
         }
         self.catalog.commit_off_thread(batch).await?;

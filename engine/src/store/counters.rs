@@ -32,11 +32,6 @@ pub(crate) fn record_bytes(loc: &ChunkLocation) -> u64 {
     RECORD_HEADER_LEN as u64 + u64::from(loc.stored_len)
 }
 
-/// Size of a pack as the `packs` family keeps it.
-pub(crate) fn pack_entry_bytes(v: &[u8]) -> u64 {
-    v.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes)
-}
-
 /// One change to the totals, signed, gathered before its batch commits and applied after.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct StoreChange {
@@ -103,7 +98,7 @@ impl StoreCounters {
             Ok(true)
         })?;
         catalog.scan("packs", &[], &[], |_, v| {
-            change.pack_added(pack_entry_bytes(v));
+            change.pack_added(crate::base::format::decode_pack_entry(v)?);
             Ok(true)
         })?;
         let counters = Self::default();
@@ -155,6 +150,19 @@ mod tests {
 
     fn loc(stored_len: u32, refs: u64) -> ChunkLocation {
         ChunkLocation { pack: PackId::new(), offset: 0, stored_len, raw_len: stored_len, refs }
+    }
+
+    #[test]
+    fn a_pack_entry_that_is_not_eight_bytes_fails_the_load_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path()).unwrap();
+        let mut batch = catalog.batch();
+        batch.put_raw("packs", &PackId::new().to_bytes(), &[1, 2, 3]).unwrap();
+        catalog.commit(batch).unwrap();
+
+        let err = StoreCounters::load(&catalog).unwrap_err();
+
+        assert_eq!(err.kind(), crate::base::error::ErrorKind::Corrupt, "{err}");
     }
 
     #[test]
