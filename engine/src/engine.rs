@@ -280,6 +280,11 @@ impl Engine {
         &self.inner.throughput
     }
 
+    /// What the chunk store holds.
+    pub fn store_stats(&self) -> Result<crate::store::counters::StoreStats> {
+        self.inner.chunks.stats()
+    }
+
     // ---- disks ---------------------------------------------------------------------------
 
     /// Creates a sparse disk.

@@ -170,12 +170,12 @@ pub use jobs::operation::{OperationKind, OperationRecord, OperationState};
 pub use maintenance::gc::{DEFAULT_GC_LIVE_SHARE_PERCENT, GcReport};
 pub use maintenance::verify::{Affected, CorruptRecord, VerifyReport, VerifyTarget};
 pub use rp::collection::{
-    CollectionRecord, CreateCollection, DEFAULT_MAX_RESTORE_POINTS, ScriptHook, UpdateCollection,
+    CollectionRecord, CreateCollection, DEFAULT_MAX_RESTORE_POINTS, MAX_RESTORE_POINTS_LIMIT, ScriptHook,
+    UpdateCollection,
 };
 pub use rp::group::{CreateGroup, Freeze, GroupRecord, MAX_CONFIGURATION_BYTES};
 pub use rp::hooks::{HookContext, QuiesceHook};
 pub use rp::restore::RestoreDisk;
-pub use rp::restore_points::MAX_RESTORE_POINTS_LIMIT;
 pub use rp::retention::{RetentionDecision, RetentionPolicy};
 pub use store::chunk::{ChunkId, ChunkRef};
 pub use store::counters::StoreStats;

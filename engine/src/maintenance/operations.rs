@@ -1,7 +1,12 @@
 //! Upkeep of operation records: settling a resumable job's end, resuming at open what a stop
 //! cut short, and forgetting ended operations past their retention.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::base::clock::now_ms;
 use crate::base::error::{Error, Result};
+use crate::base::ids::OperationId;
 use crate::engine::Engine;
 use crate::jobs::JobOutcome;
 use crate::jobs::operation::{OperationKind, OperationRecord, OperationState};
@@ -98,4 +103,74 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+impl Engine {
+    pub fn operation(&self, id: OperationId) -> Result<OperationRecord> {
+        self.inner
+            .catalog
+            .get::<OperationRecord>(id.to_bytes())?
+            .ok_or_else(|| Error::not_found(format!("operation {id}")))
+    }
+
+    pub fn list_operations(&self) -> Result<Vec<OperationRecord>> {
+        let mut ops = self.inner.catalog.list::<OperationRecord>()?;
+        ops.sort_by_key(|o| o.created_at_ms);
+        Ok(ops)
+    }
+
+    /// Asks a running operation to stop; it ends `Canceled` (a capture's restore point
+    /// ends `Failed`, reason canceled).
+    pub fn cancel_operation(&self, id: OperationId) -> Result<OperationRecord> {
+        let op = self.operation(id)?;
+        if op.state.is_terminal() {
+            return Err(Error::FailedPrecondition(format!("operation {id} already ended ({:?})", op.state)));
+        }
+        self.inner.jobs.cancel(id);
+        Ok(op)
+    }
+
+    /// Pauses while the data dir's free space is under the watermark, saying so in the
+    /// operation, so guest writes never meet ENOSPC because of a background job.
+    pub(crate) async fn wait_for_space(&self, op: &mut OperationRecord, cancel: &AtomicBool) -> Result<()> {
+        loop {
+            let free = free_bytes(&self.inner.config.data_dir)?;
+            let watermark = self.inner.watermark_bytes.load(Ordering::Acquire);
+            if free >= watermark {
+                if op.paused.take().is_some() {
+                    self.put_operation(op)?;
+                    tracing::info!(op = %op.id, "free space back above the watermark; resuming");
+                }
+                return Ok(());
+            }
+            // A shutdown parks (hydration, GC, verify) or fails (a capture) a paused job at
+            // once instead of waiting out its grace period for space that may never come.
+            if cancel.load(Ordering::Acquire) || self.inner.jobs.closing() {
+                return Err(Error::Canceled);
+            }
+            if op.paused.is_none() {
+                op.paused =
+                    Some(format!("paused: {free} bytes free in the data dir, below the {watermark}-byte watermark"));
+                self.put_operation(op)?;
+                tracing::warn!(op = %op.id, free, watermark, "free space below the watermark; job paused");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    pub(crate) fn put_operation(&self, op: &mut OperationRecord) -> Result<()> {
+        op.updated_at_ms = now_ms();
+        let mut batch = self.inner.catalog.batch();
+        batch.put(&*op)?;
+        self.inner.catalog.commit(batch)?;
+        if op.state.is_terminal() {
+            self.prune_operations_now_and_then();
+        }
+        Ok(())
+    }
+}
+
+fn free_bytes(dir: &std::path::Path) -> Result<u64> {
+    let st = rustix::fs::statvfs(dir).map_err(|e| Error::io("statvfs data dir", dir, e.into()))?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }

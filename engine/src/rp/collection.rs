@@ -2,13 +2,15 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::base::clock::now_ms;
 use crate::base::error::{Error, Result};
 use crate::base::ids::{CollectionId, GroupId, Name};
 use crate::catalog::Record;
 use crate::catalog::restore_point::RestorePointRecord;
 use crate::engine::Engine;
-use crate::rp::restore_points::MAX_RESTORE_POINTS_LIMIT;
 
+/// Largest `max_restore_points` a collection may set.
+pub const MAX_RESTORE_POINTS_LIMIT: u32 = 10_000;
 /// Default limit of restore points per collection (Azure's).
 pub const DEFAULT_MAX_RESTORE_POINTS: u32 = 200;
 
@@ -122,5 +124,101 @@ impl Engine {
         self.inner.catalog.commit(batch)?;
         tracing::info!(collection = %record.name, max_restore_points = record.max_restore_points, hook = record.hook.is_some(), "collection updated");
         Ok(record)
+    }
+}
+
+impl Engine {
+    /// This daemon's region.
+    pub fn region(&self) -> &str {
+        &self.inner.config.region
+    }
+
+    /// Creates a restore point collection for a group (one per group per region).
+    pub async fn create_collection(&self, req: CreateCollection) -> Result<CollectionRecord> {
+        let name = Name::new(req.name)?;
+        let max = req.max_restore_points.unwrap_or(DEFAULT_MAX_RESTORE_POINTS);
+        crate::rp::collection::check_max_restore_points(max)?;
+        crate::rp::collection::check_hook(req.hook.as_ref())?;
+        let region = match req.region {
+            Some(r) => Name::new(r).map_err(|_| Error::invalid("region", "must be a valid name"))?.to_string(),
+            None => self.region().to_owned(),
+        };
+        let _admin = self.inner.admin.lock().await;
+        let group = self.group(req.group)?;
+        let existing = self.list_collections()?;
+        if existing.iter().any(|c| c.name == name) {
+            return Err(Error::already_exists(format!("collection {name}")));
+        }
+        if let Some(c) = existing.iter().find(|c| c.group == group.id && c.region == region) {
+            return Err(Error::FailedPrecondition(format!(
+                "group {} already has collection {} in region {region}",
+                group.name, c.name
+            )));
+        }
+        let record = CollectionRecord {
+            id: CollectionId::new(),
+            name,
+            group: group.id,
+            region,
+            max_restore_points: max,
+            hook: req.hook,
+            created_at_ms: now_ms(),
+        };
+        let mut batch = self.inner.catalog.batch();
+        batch.put(&record)?;
+        self.inner.catalog.commit(batch)?;
+        tracing::info!(collection = %record.name, group = %group.name, "collection created");
+        Ok(record)
+    }
+
+    pub fn collection(&self, id: CollectionId) -> Result<CollectionRecord> {
+        self.inner
+            .catalog
+            .get::<CollectionRecord>(id.to_bytes())?
+            .ok_or_else(|| Error::not_found(format!("collection {id}")))
+    }
+
+    pub fn collection_by_name(&self, name: &str) -> Result<CollectionRecord> {
+        self.list_collections()?
+            .into_iter()
+            .find(|c| c.name.as_str() == name)
+            .ok_or_else(|| Error::not_found(format!("collection {name}")))
+    }
+
+    pub fn list_collections(&self) -> Result<Vec<CollectionRecord>> {
+        self.inner.catalog.list::<CollectionRecord>()
+    }
+
+    /// Deletes a collection. With restore points in it, refused unless `cascade`, which
+    /// deletes them all (their chunk map entries and references) in the same batch.
+    pub async fn delete_collection(&self, id: CollectionId, cascade: bool) -> Result<()> {
+        let _admin = self.inner.admin.lock().await;
+        let coll = self.collection(id)?;
+        let _slot = self.inner.jobs.begin_creation(coll.group, coll.name.as_str())?;
+        let rps = self.list_restore_points(id)?;
+        if !rps.is_empty() && !cascade {
+            return Err(Error::FailedPrecondition(format!(
+                "collection {} holds {} restore points; delete them first or cascade",
+                coll.name,
+                rps.len()
+            )));
+        }
+        if let Some((rp, dependent)) = self.restore_point_in_use_as_base(&rps)? {
+            return Err(Error::FailedPrecondition(format!(
+                "restore point {} is the origin of restored disk history {dependent} (a restored disk or its restore \
+                 points); delete those first",
+                rp.name
+            )));
+        }
+        // Newest first, each deletion its own batch: a crash midway leaves a smaller,
+        // consistent collection, and the call can simply be repeated.
+        for rp in rps.iter().rev() {
+            self.delete_restore_point_locked(rp).await?;
+        }
+        let mut batch = self.inner.catalog.batch();
+        batch.delete::<CollectionRecord>(id.to_bytes())?;
+        self.inner.catalog.commit(batch)?;
+        tracing::info!(collection = %coll.name, restore_points = rps.len(), "collection deleted");
+        Ok(())
     }
 }

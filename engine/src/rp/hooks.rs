@@ -5,9 +5,12 @@
 //! and the note says why. The collection's host script and hypervisors subscribed over gRPC
 //! implement the same trait.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+
+use crate::engine::Engine;
 
 use crate::base::ids::{GroupId, Name};
 use crate::catalog::restore_point::ConsistencyMode;
@@ -108,6 +111,20 @@ pub(crate) async fn thaw_all(hooks: &[std::sync::Arc<dyn QuiesceHook>], ctx: &Ho
     for hook in hooks {
         if let Err(e) = hook.thaw(ctx).await {
             tracing::warn!(group = %ctx.group_name, error = %e, "thaw hook failed");
+        }
+    }
+}
+
+impl Engine {
+    /// Registers a quiesce hook for a group (a hypervisor subscribed over gRPC). Returns a
+    /// handle; dropping it does nothing — call [`Self::unregister_quiesce_hook`].
+    pub fn register_quiesce_hook(&self, group: crate::base::ids::GroupId, hook: Arc<dyn QuiesceHook>) {
+        self.inner.hooks.write().unwrap_or_else(|p| p.into_inner()).entry(group).or_default().push(hook);
+    }
+
+    pub fn unregister_quiesce_hook(&self, group: crate::base::ids::GroupId, hook: &Arc<dyn QuiesceHook>) {
+        if let Some(v) = self.inner.hooks.write().unwrap_or_else(|p| p.into_inner()).get_mut(&group) {
+            v.retain(|h| !Arc::ptr_eq(h, hook));
         }
     }
 }
