@@ -10,11 +10,12 @@ use crate::base::format::DEFAULT_CHUNK_SIZE;
 use crate::base::ids::{DiskId, GroupId, LineageId, Name};
 use crate::base::stats::{FreezeStats, Throughput};
 use crate::catalog::Catalog;
+use crate::catalog::group::{CreateGroup, GroupRecord, check_configuration};
 use crate::chunk_map::reader::{DiskRestorePointReader, RestoredDisk};
 use crate::disk::{self, CreateDisk, Disk, DiskRecord};
 use crate::io::{Io, IoBackendKind};
 use crate::jobs::background::BackgroundPriority;
-use crate::rp::group::{CreateGroup, Freeze, GroupRecord, check_configuration};
+use crate::rp::group::Freeze;
 use crate::store::chunk_store::ChunkStore;
 use crate::store::pack::LocalPackStore;
 

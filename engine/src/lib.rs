@@ -13,7 +13,7 @@
 //! | `base/`        | errors, ids, clock, every on-disk format and catalog key, failpoints   |
 //! | `sys/`         | the unsafe system calls: aligned buffers, mapped words, fs, scheduling |
 //! | `io/`          | the I/O backend (io_uring, or blocking threads) behind one interface   |
-//! | `catalog/`     | RocksDB (it stops here), batches, and the restore point records        |
+//! | `catalog/`     | RocksDB (it stops here), batches, the group and restore point records  |
 //! | `store/`       | chunks, deltas, packs and pack stores, the chunk index, its counters   |
 //! | `chunk_map/`   | chunk maps of lineages, their bases, the restore point reader          |
 //! | `disk/`        | live disks: gate, tracking, readahead, copy-before-write, local maps   |
@@ -156,6 +156,7 @@ pub use base::format;
 pub use base::error::{Error, ErrorKind, Result};
 pub use base::ids::{CollectionId, DiskId, GroupId, LineageId, Name, OperationId, PackId, RestorePointId};
 pub use base::stats::{FreezeStats, FreezeSummary, JobThroughput, Throughput};
+pub use catalog::group::{CreateGroup, GroupRecord, MAX_CONFIGURATION_BYTES};
 pub use catalog::restore_point::{
     ConsistencyMode, CreateRestorePoint, DiskRestorePoint, LineageBase, ProvisioningState, RestorePointRecord,
 };
@@ -173,7 +174,7 @@ pub use rp::collection::{
     CollectionRecord, CreateCollection, DEFAULT_MAX_RESTORE_POINTS, MAX_RESTORE_POINTS_LIMIT, ScriptHook,
     UpdateCollection,
 };
-pub use rp::group::{CreateGroup, Freeze, GroupRecord, MAX_CONFIGURATION_BYTES};
+pub use rp::group::Freeze;
 pub use rp::hooks::{HookContext, QuiesceHook};
 pub use rp::restore::RestoreDisk;
 pub use rp::retention::{RetentionDecision, RetentionPolicy};

@@ -1,4 +1,4 @@
-//! The catalog layer: RocksDB (it stops here), batches, and the restore point records.
+//! The catalog layer: RocksDB (it stops here), batches, and the group and restore point records.
 //! Uses base only.
 //!
 //! The metadata catalog: one RocksDB instance per data dir. RocksDB stops at this module.
@@ -7,6 +7,7 @@
 //! JSON values under their 16-byte id; every multi-key change is one [`Batch`], written
 //! synchronously. The `meta` family holds the format version, checked at open.
 
+pub(crate) mod group;
 pub(crate) mod restore_point;
 
 use std::path::{Path, PathBuf};

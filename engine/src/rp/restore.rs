@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::base::clock::now_ms;
 use crate::base::error::{Error, Result};
 use crate::base::ids::{DiskId, LineageId, Name, RestorePointId};
+use crate::catalog::group::{CreateGroup, GroupRecord};
 use crate::chunk_map::reader::DiskRestorePointReader;
 use crate::disk::{Disk, DiskRecord, RestoreSource};
 use crate::engine::{DiskEntry, Engine};
 use crate::jobs::operation::{OperationKind, OperationRecord, OperationState};
-use crate::rp::group::{CreateGroup, GroupRecord};
 
 /// Chunks hydrated between two syncs of the disk file.
 const HYDRATE_BATCH: usize = 64;
