@@ -1,7 +1,6 @@
 //! [`Engine`]: one data dir's disks, groups and catalog.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use crate::base::clock::now_ms;
@@ -12,126 +11,21 @@ use crate::base::stats::{FreezeStats, Throughput};
 use crate::catalog::Catalog;
 use crate::catalog::group::{CreateGroup, GroupRecord, check_configuration};
 use crate::chunk_map::reader::{DiskRestorePointReader, RestoredDisk};
+pub use crate::context::EngineConfig;
+use crate::context::{Context, DiskEntry, State};
 use crate::disk::{self, CreateDisk, Disk, DiskRecord};
-use crate::io::{Io, IoBackendKind};
-use crate::jobs::background::BackgroundPriority;
+use crate::io::Io;
 use crate::rp::group::Freeze;
+use crate::rp::hooks::{QuiesceHook, Registry};
 use crate::store::chunk_store::ChunkStore;
 use crate::store::pack::LocalPackStore;
-
-/// Engine settings; everything has an embedded default except the data dir.
-#[derive(Debug, Clone)]
-pub struct EngineConfig {
-    /// Root of all state: `catalog/` (RocksDB), `disks/` (sparse files + tracking),
-    /// `packs/` (the local pack store), `staging/` (packs being filled), `spill/`.
-    pub data_dir: PathBuf,
-    pub io_backend: IoBackendKind,
-    /// This daemon's region name (collections are created here unless told otherwise).
-    pub region: String,
-    /// zstd level of stored chunks.
-    pub zstd_level: i32,
-    /// Copy-before-write blocks kept in memory per capture before spilling to a file.
-    pub preserve_mem_bytes: usize,
-    /// Background jobs pause while the data dir has less free space than this.
-    pub free_space_watermark_bytes: u64,
-    /// How the CPU work of captures (hashing, compression) yields to everything else.
-    pub background_priority: BackgroundPriority,
-    /// Memory for recently read chunk contents (restore point exports, restored disks).
-    pub chunk_cache_bytes: u64,
-    /// Ended operations are forgotten this long after they end...
-    pub operation_retention: std::time::Duration,
-    /// ...except the newest this many of them, whatever their age.
-    pub operations_kept: usize,
-}
-
-impl EngineConfig {
-    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        Self {
-            data_dir: data_dir.into(),
-            io_backend: IoBackendKind::Auto,
-            region: "local".into(),
-            zstd_level: crate::base::format::DEFAULT_ZSTD_LEVEL,
-            preserve_mem_bytes: 256 << 20,
-            free_space_watermark_bytes: 1 << 30,
-            background_priority: BackgroundPriority::default(),
-            chunk_cache_bytes: 64 << 20,
-            operation_retention: std::time::Duration::from_secs(7 * 24 * 3600),
-            operations_kept: 100,
-        }
-    }
-}
-
-pub(crate) struct DiskEntry {
-    pub(crate) disk: Arc<Disk>,
-    pub(crate) group: Option<GroupId>,
-}
-
-#[derive(Default)]
-pub(crate) struct State {
-    pub(crate) disks: BTreeMap<DiskId, DiskEntry>,
-    pub(crate) groups: BTreeMap<GroupId, GroupRecord>,
-}
-
-impl State {
-    pub(crate) fn record(&self, id: DiskId) -> Option<DiskRecord> {
-        let e = self.disks.get(&id)?;
-        let d = &e.disk;
-        Some(DiskRecord {
-            id,
-            name: d.name().clone(),
-            lineage: d.lineage(),
-            size_bytes: d.size_bytes(),
-            chunk_size_bytes: d.chunk_size_bytes(),
-            direct_io: d.direct_io(),
-            group: e.group,
-            created_at_ms: d.created_at_ms(),
-            source: d.source(),
-            hydrated: d.hydration().is_some_and(|(_, _, h)| h),
-        })
-    }
-
-    fn disk_named(&self, name: &str) -> Option<DiskId> {
-        self.disks.values().find(|e| e.disk.name().as_str() == name).map(|e| e.disk.id())
-    }
-
-    fn group_named(&self, name: &str) -> Option<GroupId> {
-        self.groups.values().find(|g| g.name.as_str() == name).map(|g| g.id)
-    }
-}
-
-pub(crate) struct Inner {
-    pub(crate) config: EngineConfig,
-    pub(crate) catalog: Arc<Catalog>,
-    pub(crate) io: Io,
-    pub(crate) disks_dir: PathBuf,
-    pub(crate) spill_dir: PathBuf,
-    pub(crate) state: RwLock<State>,
-    /// Serialises changes to resources so that checks and catalog commits act as one.
-    pub(crate) admin: tokio::sync::Mutex<()>,
-    pub(crate) freeze_stats: Arc<FreezeStats>,
-    pub(crate) throughput: Throughput,
-    pub(crate) chunks: Arc<ChunkStore>,
-    pub(crate) jobs: crate::jobs::Jobs,
-    pub(crate) watermark_bytes: std::sync::atomic::AtomicU64,
-    /// When ended operations were last pruned (ms since the epoch).
-    pub(crate) operations_pruned_at_ms: std::sync::atomic::AtomicU64,
-    /// Held shared by every capture for its whole run and exclusively by GC's sweep, so a
-    /// chunk a capture deduplicated against is never freed before its reference commits.
-    pub(crate) gc_gate: Arc<tokio::sync::RwLock<()>>,
-    /// One garbage collection at a time: a second one would take the first's freshly sealed
-    /// pack for an orphan.
-    pub(crate) gc_single: Arc<tokio::sync::Mutex<()>>,
-    /// Low-priority threads for the CPU work of captures.
-    pub(crate) background: crate::jobs::background::BackgroundPool,
-    pub(crate) hooks: RwLock<std::collections::HashMap<GroupId, Vec<Arc<dyn crate::rp::hooks::QuiesceHook>>>>,
-    /// What was wrong with disks when the engine opened (a restored disk whose base is gone).
-    pub(crate) disk_problems: Vec<(DiskId, String)>,
-}
 
 /// The storage engine of one data dir. Cheap to clone; all clones share state.
 #[derive(Clone)]
 pub struct Engine {
-    pub(crate) inner: Arc<Inner>,
+    pub(crate) inner: Arc<Context>,
+    /// Quiesce hooks of hypervisors, per group (none survive a restart).
+    pub(crate) hooks: Arc<Registry>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -202,7 +96,7 @@ impl Engine {
         let background = crate::jobs::background::BackgroundPool::start(config.background_priority)
             .map_err(|e| Error::io("start background threads", data_dir, e))?;
         let engine = Self {
-            inner: Arc::new(Inner {
+            inner: Arc::new(Context {
                 config,
                 catalog,
                 io,
@@ -219,9 +113,9 @@ impl Engine {
                 gc_gate: Arc::new(tokio::sync::RwLock::new(())),
                 gc_single: Arc::new(tokio::sync::Mutex::new(())),
                 background,
-                hooks: RwLock::new(Default::default()),
                 disk_problems,
             }),
+            hooks: Arc::default(),
         };
         engine.recover_captures().await?;
         engine.resume_hydrations();
@@ -284,6 +178,16 @@ impl Engine {
     /// What the chunk store holds.
     pub fn store_stats(&self) -> Result<crate::store::counters::StoreStats> {
         self.inner.chunks.stats()
+    }
+
+    /// Registers a quiesce hook for a group (a hypervisor subscribed over gRPC). It stays
+    /// until [`Self::unregister_quiesce_hook`] or a restart.
+    pub fn register_quiesce_hook(&self, group: GroupId, hook: Arc<dyn QuiesceHook>) {
+        self.hooks.register(group, hook);
+    }
+
+    pub fn unregister_quiesce_hook(&self, group: GroupId, hook: &Arc<dyn QuiesceHook>) {
+        self.hooks.unregister(group, hook);
     }
 
     // ---- disks ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@
 //! | `chunk_map/`   | chunk maps of lineages, their bases, the restore point reader          |
 //! | `disk/`        | live disks: gate, tracking, readahead, copy-before-write, local maps   |
 //! | `jobs/`        | job slots and cancel flags, operation records, the background pool    |
+//! | `context/`     | what every service shares: settings, catalog, store, jobs, live disks and groups |
 //! | `maintenance/` | GC, verify, and the upkeep of operation records                       |
 //! | `rp/`          | collections, groups and freezes, hooks, creation, capture, deletion, restore, retention |
 //! | `engine.rs`    | the facade: `Engine`, its config, open and close, disks and groups    |
@@ -140,6 +141,7 @@
 mod base;
 mod catalog;
 mod chunk_map;
+mod context;
 mod disk;
 mod engine;
 pub mod io;

@@ -117,8 +117,7 @@ impl Engine {
         // A restored disk's first restore point is an increment over its base.
         let first: Vec<bool> =
             disks.iter().map(|d| !self.lineage_has_restore_point(&all, d.lineage()) && d.source().is_none()).collect();
-        let mut hooks: Vec<Arc<dyn QuiesceHook>> =
-            self.inner.hooks.read().unwrap_or_else(|p| p.into_inner()).get(&group.id).cloned().unwrap_or_default();
+        let mut hooks: Vec<Arc<dyn QuiesceHook>> = self.hooks.of(group.id);
         if let Some(h) = &coll.hook {
             hooks.push(Arc::new(h.clone()));
         }

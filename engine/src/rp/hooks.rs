@@ -5,12 +5,11 @@
 //! and the note says why. The collection's host script and hypervisors subscribed over gRPC
 //! implement the same trait.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-
-use crate::engine::Engine;
 
 use crate::base::ids::{GroupId, Name};
 use crate::catalog::restore_point::ConsistencyMode;
@@ -115,16 +114,24 @@ pub(crate) async fn thaw_all(hooks: &[std::sync::Arc<dyn QuiesceHook>], ctx: &Ho
     }
 }
 
-impl Engine {
-    /// Registers a quiesce hook for a group (a hypervisor subscribed over gRPC). Returns a
-    /// handle; dropping it does nothing — call [`Self::unregister_quiesce_hook`].
-    pub fn register_quiesce_hook(&self, group: crate::base::ids::GroupId, hook: Arc<dyn QuiesceHook>) {
-        self.inner.hooks.write().unwrap_or_else(|p| p.into_inner()).entry(group).or_default().push(hook);
+/// The quiesce hooks hypervisors subscribed over gRPC, per group. The facade holds it;
+/// a creation takes the hooks of its group as they are when it starts.
+#[derive(Default)]
+pub(crate) struct Registry(RwLock<HashMap<GroupId, Vec<Arc<dyn QuiesceHook>>>>);
+
+impl Registry {
+    pub(crate) fn register(&self, group: GroupId, hook: Arc<dyn QuiesceHook>) {
+        self.0.write().unwrap_or_else(|p| p.into_inner()).entry(group).or_default().push(hook);
     }
 
-    pub fn unregister_quiesce_hook(&self, group: crate::base::ids::GroupId, hook: &Arc<dyn QuiesceHook>) {
-        if let Some(v) = self.inner.hooks.write().unwrap_or_else(|p| p.into_inner()).get_mut(&group) {
+    pub(crate) fn unregister(&self, group: GroupId, hook: &Arc<dyn QuiesceHook>) {
+        if let Some(v) = self.0.write().unwrap_or_else(|p| p.into_inner()).get_mut(&group) {
             v.retain(|h| !Arc::ptr_eq(h, hook));
         }
+    }
+
+    /// The hooks of `group` now.
+    pub(crate) fn of(&self, group: GroupId) -> Vec<Arc<dyn QuiesceHook>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).get(&group).cloned().unwrap_or_default()
     }
 }

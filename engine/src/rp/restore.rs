@@ -9,8 +9,9 @@ use crate::base::error::{Error, Result};
 use crate::base::ids::{DiskId, LineageId, Name, RestorePointId};
 use crate::catalog::group::{CreateGroup, GroupRecord};
 use crate::chunk_map::reader::DiskRestorePointReader;
+use crate::context::DiskEntry;
 use crate::disk::{Disk, DiskRecord, RestoreSource};
-use crate::engine::{DiskEntry, Engine};
+use crate::engine::Engine;
 use crate::jobs::operation::{OperationKind, OperationRecord, OperationState};
 
 /// Chunks hydrated between two syncs of the disk file.
