@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use crate::base::clock::now_ms;
 use crate::base::error::{Error, Result};
 use crate::base::format::DEFAULT_CHUNK_SIZE;
-use crate::base::ids::{DiskId, GroupId, LineageId, Name};
+use crate::base::ids::{DiskId, GroupId, LineageId, Name, OperationId};
 use crate::base::stats::{FreezeStats, Throughput};
 use crate::catalog::Catalog;
 use crate::catalog::group::{CreateGroup, GroupRecord, check_configuration};
@@ -15,6 +15,7 @@ pub use crate::context::EngineConfig;
 use crate::context::{Context, DiskEntry, State};
 use crate::disk::{self, CreateDisk, Disk, DiskRecord};
 use crate::io::Io;
+use crate::jobs::operation::OperationRecord;
 use crate::rp::group::Freeze;
 use crate::rp::hooks::{QuiesceHook, Registry};
 use crate::store::chunk_store::ChunkStore;
@@ -188,6 +189,21 @@ impl Engine {
 
     pub fn unregister_quiesce_hook(&self, group: GroupId, hook: &Arc<dyn QuiesceHook>) {
         self.hooks.unregister(group, hook);
+    }
+
+    pub fn operation(&self, id: OperationId) -> Result<OperationRecord> {
+        self.inner.operation(id)
+    }
+
+    /// Every operation remembered, oldest first.
+    pub fn list_operations(&self) -> Result<Vec<OperationRecord>> {
+        self.inner.list_operations()
+    }
+
+    /// Asks a running operation to stop; it ends `Canceled` (a capture's restore point
+    /// ends `Failed`, reason canceled).
+    pub fn cancel_operation(&self, id: OperationId) -> Result<OperationRecord> {
+        self.inner.cancel_operation(id)
     }
 
     // ---- disks ---------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 //! The context layer: the state every engine service shares (settings, catalog, chunk store,
 //! I/O, jobs, live disks and groups). Uses base, catalog, store, disk, io and jobs.
 
+pub(crate) mod operations;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};

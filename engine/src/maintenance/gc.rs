@@ -57,7 +57,7 @@ impl Engine {
         let single = self.claim_gc()?;
         let mut op = OperationRecord::start(OperationKind::Gc, "store".into(), 0);
         op.resume = serde_json::to_value(GcSettings { live_share_percent }).ok();
-        self.put_operation(&mut op)?;
+        self.inner.put_operation(&mut op)?;
         self.spawn_gc(op.clone(), live_share_percent, single);
         Ok(op)
     }
@@ -184,14 +184,14 @@ impl Engine {
             (rewrite, live_records)
         };
         op.bytes_total = rewrite.iter().map(|(_, s)| s).sum();
-        self.put_operation(op)?;
+        self.inner.put_operation(op)?;
 
         // ---- phase 2: rewrite sparse packs beside captures ----
         for (pack, size) in rewrite {
             if cancel.load(Ordering::Acquire) {
                 return Err(Error::Canceled);
             }
-            self.wait_for_space(op, cancel).await?;
+            self.inner.wait_for_space(op, cancel).await?;
             let records = live_records.get(&pack).cloned().unwrap_or_default();
             let mut writer = chunks.new_pack()?;
             let mut moved = Vec::with_capacity(records.len());
@@ -227,7 +227,7 @@ impl Engine {
             report.packs_rewritten += 1;
             report.bytes_reclaimed += size.saturating_sub(new_size);
             op.bytes_done += size;
-            self.put_operation(op)?;
+            self.inner.put_operation(op)?;
         }
         Ok(report)
     }

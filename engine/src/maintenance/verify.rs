@@ -100,7 +100,7 @@ impl Engine {
         };
         let mut op = OperationRecord::start(OperationKind::Verify, label, 0);
         op.resume = serde_json::to_value(&progress).ok();
-        self.put_operation(&mut op)?;
+        self.inner.put_operation(&mut op)?;
         self.spawn_verify(op.clone(), progress);
         Ok(op)
     }
@@ -169,7 +169,7 @@ impl Engine {
             op.bytes_done += u64::from(loc.stored_len);
             if i % 256 == 255 || saved.elapsed() >= PROGRESS_EVERY {
                 op.resume = serde_json::to_value(&progress).ok();
-                self.put_operation(op)?;
+                self.inner.put_operation(op)?;
                 saved = Instant::now();
             }
         }
@@ -256,7 +256,7 @@ impl Engine {
                 report.records_checked += 1;
             }
             op.bytes_done += d.size_bytes;
-            self.put_operation(op)?;
+            self.inner.put_operation(op)?;
         }
         Ok(report)
     }

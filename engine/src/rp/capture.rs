@@ -249,7 +249,7 @@ impl Engine {
             Err(Error::Canceled) => OperationState::Canceled,
             Err(e) => OperationState::Failed { error: e.to_string() },
         };
-        if let Err(e) = self.put_operation(&mut op) {
+        if let Err(e) = self.inner.put_operation(&mut op) {
             tracing::error!(op = %op.id, error = %e, "could not record the capture's end; the next start settles it");
         }
     }
@@ -381,7 +381,7 @@ impl Engine {
                             .filter(|_| !pending.in_pack(delta) && !self.inner.chunks.usable(delta).unwrap_or(false))
                         {
                             Some(rec) => {
-                                self.wait_for_space(op, cancel).await?;
+                                self.inner.wait_for_space(op, cancel).await?;
                                 rp.disks[i].bytes_stored += pending.store(self, delta, &rec)?;
                                 pending.waiting(entry);
                             }
@@ -397,7 +397,7 @@ impl Engine {
                             drp.chunks_deduplicated += 1;
                             pending.ready((lineage, c, ChunkRef::Full(id)));
                         } else {
-                            self.wait_for_space(op, cancel).await?;
+                            self.inner.wait_for_space(op, cancel).await?;
                             drp.chunks_new += 1;
                             drp.bytes_stored += pending.store(self, id, &rec)?;
                             pending.waiting((lineage, c, ChunkRef::Full(id)));

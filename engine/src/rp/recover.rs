@@ -33,7 +33,7 @@ impl Engine {
             } else {
                 OperationState::Failed { error: "interrupted: the engine stopped".into() }
             };
-            self.put_operation(&mut op)?;
+            self.inner.put_operation(&mut op)?;
         }
         let all = self.inner.catalog.list::<RestorePointRecord>()?;
         let disks: Vec<Arc<Disk>> = self.state().disks.values().map(|e| e.disk.clone()).collect();

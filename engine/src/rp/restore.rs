@@ -137,7 +137,7 @@ impl Engine {
                 }
                 None => OperationRecord::start(OperationKind::Hydration, target, d.size_bytes()),
             };
-            if let Err(e) = self.put_operation(&mut op) {
+            if let Err(e) = self.inner.put_operation(&mut op) {
                 tracing::error!(disk = %d.name(), error = %e, "could not record hydration; retried at next start");
                 continue;
             }
@@ -156,7 +156,7 @@ impl Engine {
             } else {
                 OperationState::Failed { error: "the disk was deleted".into() }
             };
-            if let Err(e) = self.put_operation(&mut op) {
+            if let Err(e) = self.inner.put_operation(&mut op) {
                 tracing::error!(op = %op.id, error = %e, "could not settle a hydration operation");
             }
         }
@@ -177,7 +177,7 @@ impl Engine {
         if let Err(e) = &result {
             tracing::warn!(disk = %disk.name(), error = %e, "hydration stopped");
         }
-        if let Err(e) = self.put_operation(&mut op) {
+        if let Err(e) = self.inner.put_operation(&mut op) {
             tracing::error!(disk = %disk.name(), error = %e, "could not record the hydration's end");
         }
     }
@@ -195,7 +195,7 @@ impl Engine {
             if !self.state().disks.contains_key(&disk.id()) {
                 return Err(Error::Canceled); // the disk was deleted
             }
-            self.wait_for_space(op, cancel).await?;
+            self.inner.wait_for_space(op, cancel).await?;
             let wrote = disk.hydrate_chunk(c).await?;
             if wrote {
                 written.push(c);
@@ -207,7 +207,7 @@ impl Engine {
                 disk.hydrate_commit(&written).await?;
                 written.clear();
                 crate::failpoint!("hydrate::after_batch");
-                self.put_operation(op)?;
+                self.inner.put_operation(op)?;
             }
         }
         disk.finish_hydration()?;
@@ -249,7 +249,7 @@ mod tests {
             .create_restore_point(coll, CreateRestorePoint { name: "rp".into(), ..Default::default() })
             .await
             .unwrap();
-        while !engine.operation(op.id).unwrap().state.is_terminal() {
+        while !engine.inner.operation(op.id).unwrap().state.is_terminal() {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         // Hydration waits for free space for ever: the restored disk keeps reading its base.
