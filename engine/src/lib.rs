@@ -18,10 +18,10 @@
 //! | `chunk_map/`   | chunk maps of lineages, their bases, the restore point reader          |
 //! | `disk/`        | live disks: gate, tracking, readahead, copy-before-write, local maps   |
 //! | `jobs/`        | job slots and cancel flags, operation records, the background pool    |
-//! | `context/`     | what every service shares: settings, catalog, store, jobs, live disks and groups |
+//! | `context/`     | what every service shares: settings, catalog, store, jobs; live disks, groups and operation records |
 //! | `maintenance/` | GC, verify, and the upkeep of operation records                       |
 //! | `rp/`          | collections, groups and freezes, hooks, creation, capture, deletion, restore, retention |
-//! | `engine.rs`    | the facade: `Engine`, its config, open and close, disks and groups    |
+//! | `engine.rs`    | the facade: `Engine`, open and close, calls handed to the layers      |
 //!
 //! ## Data dir
 //!

@@ -1,6 +1,8 @@
 //! The context layer: the state every engine service shares (settings, catalog, chunk store,
 //! I/O, jobs, live disks and groups). Uses base, catalog, store, disk, io and jobs.
 
+pub(crate) mod disks;
+pub(crate) mod groups;
 pub(crate) mod operations;
 
 use std::collections::BTreeMap;
@@ -125,4 +127,14 @@ pub(crate) struct Context {
     pub(crate) background: crate::jobs::background::BackgroundPool,
     /// What was wrong with disks when the engine opened (a restored disk whose base is gone).
     pub(crate) disk_problems: Vec<(DiskId, String)>,
+}
+
+impl Context {
+    pub(crate) fn state(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn state_mut(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
 }

@@ -144,7 +144,7 @@ impl Engine {
             None => self.region().to_owned(),
         };
         let _admin = self.inner.admin.lock().await;
-        let group = self.group(req.group)?;
+        let group = self.inner.group(req.group)?;
         let existing = self.list_collections()?;
         if existing.iter().any(|c| c.name == name) {
             return Err(Error::already_exists(format!("collection {name}")));

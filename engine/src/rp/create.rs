@@ -87,7 +87,7 @@ impl Engine {
             return Err(Error::invalid("description", "longer than 4096 bytes"));
         }
         let coll = self.collection(collection)?;
-        let group = self.group(coll.group)?;
+        let group = self.inner.group(coll.group)?;
         if let Some(bad) = req.exclude_disks.iter().find(|d| !group.disks.contains(d)) {
             return Err(Error::invalid("exclude_disks", format!("disk {bad} is not in group {}", group.name)));
         }
@@ -113,7 +113,7 @@ impl Engine {
         if all.iter().any(|r| r.collection == coll.id && r.name == name) {
             return Err(Error::already_exists(format!("restore point {name} in collection {}", coll.name)));
         }
-        let disks: Vec<Arc<Disk>> = included.iter().map(|d| self.disk(*d)).collect::<Result<_>>()?;
+        let disks: Vec<Arc<Disk>> = included.iter().map(|d| self.inner.disk(*d)).collect::<Result<_>>()?;
         // A restored disk's first restore point is an increment over its base.
         let first: Vec<bool> =
             disks.iter().map(|d| !self.lineage_has_restore_point(&all, d.lineage()) && d.source().is_none()).collect();

@@ -33,7 +33,7 @@ impl Engine {
             return Ok(None);
         }
         let all = self.inner.catalog.list::<RestorePointRecord>()?;
-        let live_disks: Vec<LineageId> = self.state().disks.values().map(|e| e.disk.lineage()).collect();
+        let live_disks: Vec<LineageId> = self.inner.state().disks.values().map(|e| e.disk.lineage()).collect();
         for (lineage, base) in bases {
             let live =
                 live_disks.contains(&lineage) || all.iter().any(|r| r.disks.iter().any(|d| d.lineage == lineage));
@@ -102,7 +102,8 @@ impl Engine {
                 let next = others.iter().copied().filter(|&s| s > rp.seq).min();
                 // With no restore point left, the next capture reads everything again, so the
                 // history must be empty; otherwise the live disk's next increment builds on it.
-                let live = !others.is_empty() && self.state().disks.values().any(|e| e.disk.lineage() == d.lineage);
+                let live =
+                    !others.is_empty() && self.inner.state().disks.values().any(|e| e.disk.lineage() == d.lineage);
                 // The last restore point of a history takes everything with it, including what
                 // earlier deletions left for the live disk.
                 let upto = if others.is_empty() { u64::MAX } else { rp.seq };
@@ -111,7 +112,7 @@ impl Engine {
                     // history with it: the live disk's next capture must read everything
                     // again (a restored disk's would otherwise read its base for chunks the
                     // guest rewrote). Durable before the history goes.
-                    let live: Vec<Arc<Disk>> = self.state().disks.values().map(|e| e.disk.clone()).collect();
+                    let live: Vec<Arc<Disk>> = self.inner.state().disks.values().map(|e| e.disk.clone()).collect();
                     for disk in live.iter().filter(|disk| disk.lineage() == d.lineage) {
                         disk.tracker().require_rescan()?;
                     }

@@ -36,7 +36,7 @@ impl Engine {
             self.inner.put_operation(&mut op)?;
         }
         let all = self.inner.catalog.list::<RestorePointRecord>()?;
-        let disks: Vec<Arc<Disk>> = self.state().disks.values().map(|e| e.disk.clone()).collect();
+        let disks: Vec<Arc<Disk>> = self.inner.state().disks.values().map(|e| e.disk.clone()).collect();
         for d in disks {
             let t = d.tracker();
             if !t.closed_pending() {

@@ -40,7 +40,7 @@ impl Engine {
         // this look and the commit below that records the new lineage's base, and a later
         // deletion sees that lineage (the disk is in the state before the lock is released).
         let base = DiskRestorePointReader::open(&self.inner.catalog, &self.inner.chunks, req.restore_point, req.disk)?;
-        if self.state().disks.values().any(|e| e.disk.name() == &name) {
+        if self.inner.state().disks.values().any(|e| e.disk.name() == &name) {
             return Err(Error::already_exists(format!("disk {name}")));
         }
         let record = DiskRecord {
@@ -65,11 +65,11 @@ impl Engine {
         let base_json = serde_json::to_vec(&base.base()).map_err(|e| Error::invalid("base", e.to_string()))?;
         batch.put_raw("meta", &lineage_key, &base_json)?;
         if let Err(e) = self.inner.catalog.commit(batch) {
-            crate::engine::remove_disk_files(&dir, record.id);
+            crate::context::disks::remove_disk_files(&dir, record.id);
             return Err(e);
         }
         let disk = Arc::new(disk);
-        self.state_mut().disks.insert(record.id, DiskEntry { disk: disk.clone(), group: None });
+        self.inner.state_mut().disks.insert(record.id, DiskEntry { disk: disk.clone(), group: None });
         tracing::info!(disk = %record.name, from = %req.restore_point, "disk restored; hydrating in the background");
         self.start_hydration(disk, op.clone());
         Ok((record, op))
@@ -84,7 +84,7 @@ impl Engine {
     ) -> Result<(GroupRecord, Vec<(DiskRecord, OperationRecord)>)> {
         let group_name = Name::new(group_name)?;
         let rp = self.restore_point(restore_point)?;
-        if self.group_by_name(group_name.as_str()).is_ok() {
+        if self.inner.group_by_name(group_name.as_str()).is_ok() {
             return Err(Error::already_exists(format!("group {group_name}")));
         }
         let names: Vec<Name> =
@@ -124,7 +124,7 @@ impl Engine {
                 Vec::new()
             }
         };
-        let disks: Vec<Arc<Disk>> = self.state().disks.values().map(|e| e.disk.clone()).collect();
+        let disks: Vec<Arc<Disk>> = self.inner.state().disks.values().map(|e| e.disk.clone()).collect();
         for d in disks {
             let Some((_, _, false)) = d.hydration() else { continue };
             let target = format!("disk/{}", d.id());
@@ -147,6 +147,7 @@ impl Engine {
         // Left over: their disk was deleted, or finished hydrating just before the stop.
         for mut op in parked {
             let hydrated = self
+                .inner
                 .state()
                 .disks
                 .values()
@@ -192,7 +193,7 @@ impl Engine {
                 disk.hydrate_commit(&written).await?;
                 return Err(Error::Canceled);
             }
-            if !self.state().disks.contains_key(&disk.id()) {
+            if !self.inner.state().disks.contains_key(&disk.id()) {
                 return Err(Error::Canceled); // the disk was deleted
             }
             self.inner.wait_for_space(op, cancel).await?;
@@ -211,7 +212,7 @@ impl Engine {
             }
         }
         disk.finish_hydration()?;
-        let mut record = self.disk_record(disk.id())?;
+        let mut record = self.inner.disk_record(disk.id())?;
         record.hydrated = true;
         let mut batch = self.inner.catalog.batch();
         batch.put(&record)?;
@@ -240,9 +241,9 @@ mod tests {
         let req = CreateDisk { name: "a".into(), size_bytes: 1 << 20, chunk_size_bytes: None, direct_io: false };
         let a = engine.create_disk(req).await.unwrap().id;
         let data = crate::sys::IoBuf::from_slice(&[9u8; 4096]);
-        engine.disk(a).unwrap().write(0, data, false).await.unwrap();
+        engine.inner.disk(a).unwrap().write(0, data, false).await.unwrap();
         let group = CreateGroup { name: "vm".into(), disks: vec![a], configuration: "{}".into() };
-        let group = engine.create_group(group).await.unwrap().id;
+        let group = engine.inner.create_group(group).await.unwrap().id;
         let coll = CreateCollection { name: "c".into(), group, ..Default::default() };
         let coll = engine.create_collection(coll).await.unwrap().id;
         let (rp, op) = engine
@@ -268,8 +269,8 @@ mod tests {
         let engine = Engine::open(config(dir.path())).await.unwrap();
         engine.set_free_space_watermark(u64::MAX);
 
-        assert_eq!(&engine.disk(a).unwrap().read(0, 4096).await.unwrap()[..], &[9u8; 4096][..]);
-        let err = engine.disk(r).unwrap().read(0, 4096).await.unwrap_err();
+        assert_eq!(&engine.inner.disk(a).unwrap().read(0, 4096).await.unwrap()[..], &[9u8; 4096][..]);
+        let err = engine.inner.disk(r).unwrap().read(0, 4096).await.unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::NotFound, "{err}");
         assert!(engine.problems().iter().any(|p| p.contains("disk r was restored")), "{:?}", engine.problems());
         engine.close().await.unwrap();
