@@ -4,10 +4,11 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use crate::base::error::{Error, Result};
-use crate::base::ids::{DiskId, GroupId, OperationId};
+use crate::base::ids::{CollectionId, DiskId, GroupId, OperationId, RestorePointId};
 use crate::base::stats::{FreezeStats, Throughput};
 use crate::catalog::Catalog;
 use crate::catalog::group::{CreateGroup, GroupRecord};
+use crate::catalog::restore_point::RestorePointRecord;
 use crate::chunk_map::reader::{DiskRestorePointReader, RestoredDisk};
 pub use crate::context::EngineConfig;
 use crate::context::{Context, DiskEntry, State};
@@ -266,6 +267,34 @@ impl Engine {
     /// Deletes a group; its disks stay, outside any group.
     pub async fn delete_group(&self, id: GroupId) -> Result<()> {
         self.inner.delete_group(id).await
+    }
+
+    // ---- restore point reads (the context's) ----------------------------------------------
+
+    /// A restore point by id.
+    pub fn restore_point(&self, id: RestorePointId) -> Result<RestorePointRecord> {
+        self.inner.restore_point(id)
+    }
+
+    /// A collection's restore points, oldest first.
+    pub fn list_restore_points(&self, collection: CollectionId) -> Result<Vec<RestorePointRecord>> {
+        self.inner.list_restore_points(collection)
+    }
+
+    /// A collection's restore point by name.
+    pub fn restore_point_by_name(&self, collection: CollectionId, name: &str) -> Result<RestorePointRecord> {
+        self.inner.restore_point_by_name(collection, name)
+    }
+
+    /// A reader of one disk restore point of a `Succeeded` restore point.
+    pub fn disk_restore_point(&self, rp: RestorePointId, disk: DiskId) -> Result<DiskRestorePointReader> {
+        self.inner.disk_restore_point(rp, disk)
+    }
+
+    /// Chunks of `disk` that changed from restore point `from` to restore point `to` (same
+    /// disk, `from` older): like EBS ListChangedBlocks.
+    pub fn changed_chunks(&self, from: RestorePointId, to: RestorePointId, disk: DiskId) -> Result<Vec<u64>> {
+        self.inner.changed_chunks(from, to, disk)
     }
 
     /// Freezes the group's disks, except `exclude`: gates closed, in-flight writes drained.

@@ -4,6 +4,7 @@
 pub(crate) mod disks;
 pub(crate) mod groups;
 pub(crate) mod operations;
+pub(crate) mod restore_points;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -9,5 +9,4 @@ pub(crate) mod group;
 pub(crate) mod hooks;
 pub(crate) mod recover;
 pub(crate) mod restore;
-pub(crate) mod restore_points;
 pub(crate) mod retention;

@@ -5,30 +5,24 @@ use crate::base::error::{Error, Result};
 use crate::base::ids::{CollectionId, DiskId, RestorePointId};
 use crate::catalog::restore_point::RestorePointRecord;
 use crate::chunk_map::reader::DiskRestorePointReader;
-use crate::engine::Engine;
+use crate::context::Context;
 
-impl Engine {
-    pub fn restore_point(&self, id: RestorePointId) -> Result<RestorePointRecord> {
-        self.inner
-            .catalog
+impl Context {
+    pub(crate) fn restore_point(&self, id: RestorePointId) -> Result<RestorePointRecord> {
+        self.catalog
             .get::<RestorePointRecord>(id.to_bytes())?
             .ok_or_else(|| Error::not_found(format!("restore point {id}")))
     }
 
     /// A collection's restore points, oldest first.
-    pub fn list_restore_points(&self, collection: CollectionId) -> Result<Vec<RestorePointRecord>> {
-        let mut rps: Vec<_> = self
-            .inner
-            .catalog
-            .list::<RestorePointRecord>()?
-            .into_iter()
-            .filter(|r| r.collection == collection)
-            .collect();
+    pub(crate) fn list_restore_points(&self, collection: CollectionId) -> Result<Vec<RestorePointRecord>> {
+        let mut rps: Vec<_> =
+            self.catalog.list::<RestorePointRecord>()?.into_iter().filter(|r| r.collection == collection).collect();
         rps.sort_by_key(|r| r.seq);
         Ok(rps)
     }
 
-    pub fn restore_point_by_name(&self, collection: CollectionId, name: &str) -> Result<RestorePointRecord> {
+    pub(crate) fn restore_point_by_name(&self, collection: CollectionId, name: &str) -> Result<RestorePointRecord> {
         self.list_restore_points(collection)?
             .into_iter()
             .find(|r| r.name.as_str() == name)
@@ -36,13 +30,13 @@ impl Engine {
     }
 
     /// A reader of one disk restore point of a `Succeeded` restore point.
-    pub fn disk_restore_point(&self, rp: RestorePointId, disk: DiskId) -> Result<DiskRestorePointReader> {
-        DiskRestorePointReader::open(&self.inner.catalog, &self.inner.chunks, rp, disk)
+    pub(crate) fn disk_restore_point(&self, rp: RestorePointId, disk: DiskId) -> Result<DiskRestorePointReader> {
+        DiskRestorePointReader::open(&self.catalog, &self.chunks, rp, disk)
     }
 
     /// Chunks of `disk` that changed from restore point `from` to restore point `to` (same
     /// disk, `from` older): like EBS ListChangedBlocks.
-    pub fn changed_chunks(&self, from: RestorePointId, to: RestorePointId, disk: DiskId) -> Result<Vec<u64>> {
+    pub(crate) fn changed_chunks(&self, from: RestorePointId, to: RestorePointId, disk: DiskId) -> Result<Vec<u64>> {
         let a = self.disk_restore_point(from, disk)?;
         let b = self.disk_restore_point(to, disk)?;
         if a.base().lineage != b.base().lineage {
