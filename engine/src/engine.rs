@@ -8,15 +8,21 @@ use crate::base::ids::{CollectionId, DiskId, GroupId, OperationId, RestorePointI
 use crate::base::stats::{FreezeStats, Throughput};
 use crate::catalog::Catalog;
 use crate::catalog::group::{CreateGroup, GroupRecord};
-use crate::catalog::restore_point::RestorePointRecord;
+use crate::catalog::restore_point::{CreateRestorePoint, RestorePointRecord};
 use crate::chunk_map::reader::{DiskRestorePointReader, RestoredDisk};
 pub use crate::context::EngineConfig;
 use crate::context::{Context, DiskEntry, State};
 use crate::disk::{CreateDisk, Disk, DiskRecord};
 use crate::io::Io;
 use crate::jobs::operation::OperationRecord;
-use crate::rp::group::Freeze;
+use crate::maintenance::gc;
+use crate::maintenance::verify::{self, VerifyTarget};
+use crate::rp::collection::{self, CollectionRecord, CreateCollection, UpdateCollection};
+use crate::rp::group::{self, Freeze};
 use crate::rp::hooks::{QuiesceHook, Registry};
+use crate::rp::restore::{self, RestoreDisk};
+use crate::rp::retention::{self, RetentionDecision, RetentionPolicy};
+use crate::rp::{create, delete, recover};
 use crate::store::chunk_store::ChunkStore;
 use crate::store::pack::LocalPackStore;
 
@@ -117,9 +123,9 @@ impl Engine {
             }),
             hooks: Arc::default(),
         };
-        engine.recover_captures().await?;
-        engine.resume_hydrations();
-        engine.resume_operations()?;
+        recover::recover_captures(&engine.inner).await?;
+        restore::resume_hydrations(&engine.inner);
+        crate::maintenance::operations::resume_operations(&engine.inner)?;
         Ok(engine)
     }
 
@@ -297,15 +303,111 @@ impl Engine {
         self.inner.changed_chunks(from, to, disk)
     }
 
+    // ---- collections, restore points, restore, retention (rp's) ---------------------------
+
+    /// Creates a restore point of the collection's group: quiesce hooks, freeze of every
+    /// included disk at once, epoch switch, thaw, then capture in the background. Returns the
+    /// `Creating` record and its operation as soon as the freeze is recorded.
+    ///
+    /// Everything after the checks runs as an engine job of its own, from the first hook to
+    /// the last commit: a caller that goes away (an RPC deadline, a killed client) changes
+    /// nothing, thaw hooks always run after quiesce hooks, and a failure anywhere after the
+    /// freeze unwinds it (see `Armed`).
+    pub async fn create_restore_point(
+        &self,
+        collection: CollectionId,
+        req: CreateRestorePoint,
+    ) -> Result<(RestorePointRecord, OperationRecord)> {
+        create::create_restore_point(&self.inner, &self.hooks, collection, req).await
+    }
+
+    /// Changes a collection's limit of restore points and its quiesce hook, as Azure's
+    /// restorePointCollections CreateOrUpdate does for an existing collection. A limit below
+    /// the restore points it holds is refused (delete some first); lowering the limit waits
+    /// for no creation: it is refused while one runs, whose restore point would not be counted.
+    pub async fn update_collection(&self, id: CollectionId, req: UpdateCollection) -> Result<CollectionRecord> {
+        collection::update_collection(&self.inner, id, req).await
+    }
+
+    /// This daemon's region.
+    pub fn region(&self) -> &str {
+        collection::region(&self.inner)
+    }
+
+    /// Creates a restore point collection for a group (one per group per region).
+    pub async fn create_collection(&self, req: CreateCollection) -> Result<CollectionRecord> {
+        collection::create_collection(&self.inner, req).await
+    }
+
+    pub fn collection(&self, id: CollectionId) -> Result<CollectionRecord> {
+        collection::collection(&self.inner, id)
+    }
+
+    pub fn collection_by_name(&self, name: &str) -> Result<CollectionRecord> {
+        collection::collection_by_name(&self.inner, name)
+    }
+
+    pub fn list_collections(&self) -> Result<Vec<CollectionRecord>> {
+        collection::list_collections(&self.inner)
+    }
+
+    /// Deletes a collection. With restore points in it, refused unless `cascade`, which
+    /// deletes them all (their chunk map entries and references) in the same batch.
+    pub async fn delete_collection(&self, id: CollectionId, cascade: bool) -> Result<()> {
+        collection::delete_collection(&self.inner, id, cascade).await
+    }
+
+    /// Deletes a restore point, any of them, at the cost of its own increment: each chunk it
+    /// holds that a newer restore point (or the live disk's next capture) still reads through
+    /// is kept, the rest dropped with their references. What every other restore point reads
+    /// does not change. Refused while a restore point is being created in the collection, and
+    /// while a restored disk's history still reads through this one.
+    pub async fn delete_restore_point(&self, id: RestorePointId) -> Result<()> {
+        delete::delete_restore_point(&self.inner, id).await
+    }
+
+    /// Creates a disk from a disk restore point. The disk is usable at once; chunks not yet
+    /// local are read from the store, and a background operation hydrates them.
+    pub async fn restore_disk(&self, req: RestoreDisk) -> Result<(DiskRecord, OperationRecord)> {
+        restore::restore_disk(&self.inner, req).await
+    }
+
+    /// Restores every disk of a restore point and puts them in a new group with the
+    /// configuration the restore point saved. Disks are named `GROUP-DISK`.
+    pub async fn restore_group(
+        &self,
+        restore_point: RestorePointId,
+        group_name: &str,
+    ) -> Result<(GroupRecord, Vec<(DiskRecord, OperationRecord)>)> {
+        restore::restore_group(&self.inner, restore_point, group_name).await
+    }
+
+    /// Applies a retention policy to a collection: with `dry_run`, only says what would go
+    /// and why; otherwise deletes those restore points (oldest first). A policy that keeps
+    /// nothing is refused: delete restore points explicitly instead.
+    pub async fn apply_retention(
+        &self,
+        collection: CollectionId,
+        policy: RetentionPolicy,
+        dry_run: bool,
+    ) -> Result<Vec<RetentionDecision>> {
+        retention::apply_retention(&self.inner, collection, policy, dry_run).await
+    }
+
+    /// Starts a garbage collection; returns its operation at once. Packs whose live bytes
+    /// are below `live_share_percent` of their size are rewritten.
+    pub async fn collect_garbage(&self, live_share_percent: u32) -> Result<OperationRecord> {
+        gc::collect_garbage(&self.inner, live_share_percent).await
+    }
+
+    /// Starts a verify of the store or of one restore point; returns its operation at once.
+    /// The report lands in the operation's `result`.
+    pub async fn verify(&self, target: VerifyTarget) -> Result<OperationRecord> {
+        verify::verify(&self.inner, target).await
+    }
     /// Freezes the group's disks, except `exclude`: gates closed, in-flight writes drained.
     pub async fn freeze_group(&self, id: GroupId, exclude: &[DiskId]) -> Result<Freeze> {
-        let group = self.group(id)?;
-        if let Some(bad) = exclude.iter().find(|d| !group.disks.contains(d)) {
-            return Err(Error::invalid("exclude_disks", format!("disk {bad} is not in group {}", group.name)));
-        }
-        let disks =
-            group.disks.iter().filter(|d| !exclude.contains(d)).map(|d| self.disk(*d)).collect::<Result<Vec<_>>>()?;
-        Ok(Freeze::begin(disks, self.inner.freeze_stats.clone()).await)
+        group::freeze_group(&self.inner, id, exclude).await
     }
 
     /// Clean shutdown: running captures finish (or fail cleanly past `timeout`), then every

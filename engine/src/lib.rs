@@ -5,8 +5,10 @@
 //!
 //! ## Layers
 //!
-//! Each folder uses only the ones above it in this list (`scripts/check-layers`, run by the
-//! test command, fails on a cycle; the one left is named there, with what breaks it):
+//! Each folder uses only the ones above it in this list; `maintenance/` and `rp/` are siblings,
+//! neither uses the other (`scripts/check-layers`, run by the test command, fails on an edge
+//! against the list). The services of `maintenance/` and `rp/` are functions over the shared
+//! `context::Context`; only `engine.rs` writes methods on `Engine`, each handing the call on.
 //!
 //! | module         | owns                                                                  |
 //! |----------------|-----------------------------------------------------------------------|
@@ -18,8 +20,8 @@
 //! | `chunk_map/`   | chunk maps of lineages, their bases, the restore point reader          |
 //! | `disk/`        | live disks: gate, tracking, readahead, copy-before-write, local maps   |
 //! | `jobs/`        | job slots and cancel flags, operation records, the background pool    |
-//! | `context/`     | what every service shares: settings, catalog, store, jobs; live disks, groups and operation records |
-//! | `maintenance/` | GC, verify, and the upkeep of operation records                       |
+//! | `context/`     | what every service shares: settings, catalog, store, jobs; live disks, groups, operation records, restore point reads |
+//! | `maintenance/` | GC, verify, resuming their operations (uses context, not rp)           |
 //! | `rp/`          | collections, groups and freezes, hooks, creation, capture, deletion, restore, retention |
 //! | `engine.rs`    | the facade: `Engine`, open and close, calls handed to the layers      |
 //!

@@ -1,5 +1,6 @@
-//! The maintenance layer: GC, verify, and the upkeep of operation records, as engine jobs.
-//! Uses every layer above it and the engine's state.
+//! The maintenance layer: GC, verify, and resuming their operations at open, as engine jobs:
+//! functions over the shared [`Context`](crate::context::Context). Uses every layer before it;
+//! not rp (restore points it reads through the context).
 
 pub(crate) mod gc;
 pub(crate) mod operations;

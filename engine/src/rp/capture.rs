@@ -14,9 +14,9 @@ use crate::base::format::{PACK_TARGET_BYTES, RECORD_HEADER_LEN};
 use crate::base::ids::{LineageId, PackId};
 use crate::catalog::restore_point::{ProvisioningState, RestorePointRecord};
 use crate::chunk_map;
+use crate::context::Context;
 use crate::disk::Disk;
 use crate::disk::capture::PendingCapture;
-use crate::engine::Engine;
 use crate::jobs::CreationSlot;
 use crate::jobs::operation::{OperationRecord, OperationState};
 use crate::store::chunk::{ChunkId, ChunkRef};
@@ -122,10 +122,10 @@ impl Pending {
 
     /// Appends record `id` to the capture's pack, opening one if needed; returns the bytes
     /// it took.
-    fn store(&mut self, engine: &Engine, id: ChunkId, rec: &PreparedRecord) -> Result<u64> {
+    fn store(&mut self, ctx: &Context, id: ChunkId, rec: &PreparedRecord) -> Result<u64> {
         let w = match &mut self.writer {
             Some(w) => w,
-            None => self.writer.insert(engine.inner.chunks.new_pack()?),
+            None => self.writer.insert(ctx.chunks.new_pack()?),
         };
         self.pack_delta.new.insert(id, w.append(rec)?);
         Ok((RECORD_HEADER_LEN + rec.stored.len()) as u64)
@@ -137,7 +137,7 @@ impl Pending {
 
     /// Starts sealing the pack being filled, with its waiting entries, in a task of its own.
     /// The previous seal must be finished.
-    fn start_seal(&mut self, engine: &Engine) {
+    fn start_seal(&mut self, ctx: &Context) {
         debug_assert!(self.sealing.is_none(), "one seal at a time");
         let entries = std::mem::take(&mut self.in_pack);
         let delta = std::mem::take(&mut self.pack_delta);
@@ -147,8 +147,8 @@ impl Pending {
             return;
         };
         let (bytes, path) = (w.len(), w.path().to_owned());
-        let engine = engine.clone();
-        let task = tokio::spawn(async move { w.seal(engine.inner.chunks.pack_store()).await });
+        let chunks = ctx.chunks.clone();
+        let task = tokio::spawn(async move { w.seal(chunks.pack_store()).await });
         self.sealing = Some(Sealing { task, path, bytes, entries, delta });
     }
 
@@ -215,333 +215,328 @@ impl Drop for Armed {
     }
 }
 
-impl Engine {
-    pub(crate) async fn run_capture(
-        self,
-        mut rp: RestorePointRecord,
-        mut op: OperationRecord,
-        mut armed: Armed,
-        cancel: Arc<AtomicBool>,
-        slot: CreationSlot,
-    ) {
-        let started = std::time::Instant::now();
-        let result = self.capture_all(&mut rp, &mut op, armed.caps(), &cancel).await;
-        match &result {
-            Ok(()) => {
-                armed.settled = true;
-                let stored: u64 = rp.disks.iter().map(|d| d.bytes_stored).sum();
-                tracing::info!(restore_point = %rp.name, seconds = started.elapsed().as_secs_f64(), stored, "restore point succeeded");
-            }
-            Err(e) => {
-                tracing::warn!(restore_point = %rp.name, error = %e, "capture failed");
-                if let Err(e2) = self.fail_capture(&mut rp, e).await {
-                    tracing::error!(restore_point = %rp.name, error = %e2, "could not record the failed capture; it stays Creating until deleted or the next start");
-                }
-            }
+pub(crate) async fn run_capture(
+    ctx: &Arc<Context>,
+    mut rp: RestorePointRecord,
+    mut op: OperationRecord,
+    mut armed: Armed,
+    cancel: Arc<AtomicBool>,
+    slot: CreationSlot,
+) {
+    let started = std::time::Instant::now();
+    let result = capture_all(ctx, &mut rp, &mut op, armed.caps(), &cancel).await;
+    match &result {
+        Ok(()) => {
+            armed.settled = true;
+            let stored: u64 = rp.disks.iter().map(|d| d.bytes_stored).sum();
+            tracing::info!(restore_point = %rp.name, seconds = started.elapsed().as_secs_f64(), stored, "restore point succeeded");
         }
-        // Copy-before-write ends (and a failed capture's epochs merge back) before the next
-        // creation may start.
-        drop(armed);
-        // The next creation may start once the operation reads as ended: free the slot first.
-        drop(slot);
-        op.state = match result {
-            Ok(()) => OperationState::Succeeded,
-            Err(Error::Canceled) => OperationState::Canceled,
-            Err(e) => OperationState::Failed { error: e.to_string() },
-        };
-        if let Err(e) = self.inner.put_operation(&mut op) {
-            tracing::error!(op = %op.id, error = %e, "could not record the capture's end; the next start settles it");
+        Err(e) => {
+            tracing::warn!(restore_point = %rp.name, error = %e, "capture failed");
+            if let Err(e2) = fail_capture(ctx, &mut rp, e).await {
+                tracing::error!(restore_point = %rp.name, error = %e2, "could not record the failed capture; it stays Creating until deleted or the next start");
+            }
         }
     }
-
-    async fn capture_all(
-        &self,
-        rp: &mut RestorePointRecord,
-        op: &mut OperationRecord,
-        caps: &[(Arc<Disk>, Arc<PendingCapture>)],
-        cancel: &AtomicBool,
-    ) -> Result<()> {
-        // Totals first, so progress means something from the start.
-        let mut plans = Vec::new();
-        for (i, (d, cap)) in caps.iter().enumerate() {
-            let extents = if cap.full_scan() { d.data_extents()? } else { Vec::new() };
-            let mut chunks = cap.chunks_to_capture(&extents);
-            if cap.full_scan() && rp.seq > 1 {
-                // A rescan skips holes, but a chunk that held data at an earlier restore point
-                // of this history (or its base) and is a hole now must be recorded as zero, or
-                // reads would fall through to the old data.
-                let older = chunk_map::allocated(&self.inner.catalog, d.lineage(), rp.seq - 1, cap.chunk_count())?;
-                chunks.extend(older.into_keys().filter(|&c| cap.pending(c)));
-                chunks.sort_unstable();
-                chunks.dedup();
-            }
-            let total: u64 = chunks
-                .iter()
-                .map(|&c| {
-                    let (s, e) = cap.chunk_range(c);
-                    e - s
-                })
-                .sum();
-            rp.disks[i].bytes_total = total;
-            plans.push(chunks);
-        }
-        op.bytes_total = rp.disks.iter().map(|d| d.bytes_total).sum();
-        let work: Vec<(usize, u64)> =
-            plans.iter().enumerate().flat_map(|(i, chunks)| chunks.iter().map(move |&c| (i, c))).collect();
-        self.capture_chunks(rp, op, caps, &work, cancel).await?;
-        crate::failpoint!("capture::before_commit");
-        rp.state = ProvisioningState::Succeeded;
-        rp.completed_at_ms = Some(now_ms());
-        op.updated_at_ms = now_ms();
-        let mut batch = self.inner.catalog.batch();
-        batch.put(&*rp)?;
-        batch.put(&*op)?;
-        self.inner.catalog.commit(batch)?;
-        crate::failpoint!("capture::after_commit");
-        for (d, cap) in caps {
-            if let Err(e) = crate::sys::critical(|| d.tracker().consume_closed(cap.full_scan())) {
-                // The restore point stands; the disk's tracking cannot be trusted to be exact.
-                tracing::error!(disk = %d.name(), error = %e, "could not consume the captured epoch");
-            }
-        }
-        Ok(())
+    // Copy-before-write ends (and a failed capture's epochs merge back) before the next
+    // creation may start.
+    drop(armed);
+    // The next creation may start once the operation reads as ended: free the slot first.
+    drop(slot);
+    op.state = match result {
+        Ok(()) => OperationState::Succeeded,
+        Err(Error::Canceled) => OperationState::Canceled,
+        Err(e) => OperationState::Failed { error: e.to_string() },
+    };
+    if let Err(e) = ctx.put_operation(&mut op) {
+        tracing::error!(op = %op.id, error = %e, "could not record the capture's end; the next start settles it");
     }
+}
 
-    /// Captures `work`, (disk position in `caps`, chunk) pairs, as one pipeline over all the
-    /// disks: chunks are read and analysed a few at a time on every worker, records go to
-    /// one pack at a time, and a full pack seals while the next one fills.
-    async fn capture_chunks(
-        &self,
-        rp: &mut RestorePointRecord,
-        op: &mut OperationRecord,
-        caps: &[(Arc<Disk>, Arc<PendingCapture>)],
-        work: &[(usize, u64)],
-        cancel: &AtomicBool,
-    ) -> Result<()> {
-        let seq = rp.seq;
-        let level = self.inner.chunks.zstd_level();
-        let mut pending = Pending::default();
-
-        // Set on failure: no more chunks start, and those in flight are waited for below, so
-        // no task of this capture outlives it (each holds the engine open).
-        let stop = AtomicBool::new(false);
-        let mut results = futures::stream::iter(work.iter().copied().take_while(|_| !stop.load(Ordering::Acquire)))
-            .map(|(i, c)| {
-                let (disk, cap) = caps[i].clone();
-                let engine = self.clone();
-                let path = disk.path().to_owned();
-                // A task of its own per chunk, so the consumer below appends and commits
-                // meanwhile. The chunk's work (read, delta plan, hash, compress) runs as one
-                // job on the background threads, so it yields to guest I/O; only a chunk not
-                // in the page cache is read through the I/O backend first.
-                let task = tokio::spawn(async move {
-                    let lineage = disk.lineage();
-                    let analysed = engine.analyse_chunk(&disk, &cap, c, seq, level, None).await?;
-                    let (len, analysis) = match analysed {
-                        Some(done) => done,
-                        None => {
-                            let data = disk.read_chunk_for_capture(&cap, c).await?;
-                            engine.analyse_chunk(&disk, &cap, c, seq, level, Some(data)).await?.ok_or_else(|| {
-                                Error::io("analyse chunk", disk.path(), std::io::Error::other("chunk not analysed"))
-                            })?
-                        }
-                    };
-                    Ok::<_, Error>((i, lineage, c, len, analysis))
-                });
-                async move { task.await.map_err(|e| Error::io("capture chunk", path, std::io::Error::other(e)))? }
+async fn capture_all(
+    ctx: &Arc<Context>,
+    rp: &mut RestorePointRecord,
+    op: &mut OperationRecord,
+    caps: &[(Arc<Disk>, Arc<PendingCapture>)],
+    cancel: &AtomicBool,
+) -> Result<()> {
+    // Totals first, so progress means something from the start.
+    let mut plans = Vec::new();
+    for (i, (d, cap)) in caps.iter().enumerate() {
+        let extents = if cap.full_scan() { d.data_extents()? } else { Vec::new() };
+        let mut chunks = cap.chunks_to_capture(&extents);
+        if cap.full_scan() && rp.seq > 1 {
+            // A rescan skips holes, but a chunk that held data at an earlier restore point
+            // of this history (or its base) and is a hole now must be recorded as zero, or
+            // reads would fall through to the old data.
+            let older = chunk_map::allocated(&ctx.catalog, d.lineage(), rp.seq - 1, cap.chunk_count())?;
+            chunks.extend(older.into_keys().filter(|&c| cap.pending(c)));
+            chunks.sort_unstable();
+            chunks.dedup();
+        }
+        let total: u64 = chunks
+            .iter()
+            .map(|&c| {
+                let (s, e) = cap.chunk_range(c);
+                e - s
             })
-            .buffered(CAPTURE_PARALLELISM);
+            .sum();
+        rp.disks[i].bytes_total = total;
+        plans.push(chunks);
+    }
+    op.bytes_total = rp.disks.iter().map(|d| d.bytes_total).sum();
+    let work: Vec<(usize, u64)> =
+        plans.iter().enumerate().flat_map(|(i, chunks)| chunks.iter().map(move |&c| (i, c))).collect();
+    capture_chunks(ctx, rp, op, caps, &work, cancel).await?;
+    crate::failpoint!("capture::before_commit");
+    rp.state = ProvisioningState::Succeeded;
+    rp.completed_at_ms = Some(now_ms());
+    op.updated_at_ms = now_ms();
+    let mut batch = ctx.catalog.batch();
+    batch.put(&*rp)?;
+    batch.put(&*op)?;
+    ctx.catalog.commit(batch)?;
+    crate::failpoint!("capture::after_commit");
+    for (d, cap) in caps {
+        if let Err(e) = crate::sys::critical(|| d.tracker().consume_closed(cap.full_scan())) {
+            // The restore point stands; the disk's tracking cannot be trusted to be exact.
+            tracing::error!(disk = %d.name(), error = %e, "could not consume the captured epoch");
+        }
+    }
+    Ok(())
+}
 
-        let outcome: Result<()> = async {
-            let mut since = std::time::Instant::now();
-            while let Some(item) = results.next().await {
-                if cancel.load(Ordering::Acquire) {
-                    return Err(Error::Canceled);
-                }
-                let (i, lineage, c, len, analysis) = item?;
-                self.inner.throughput.capture.record(len, &mut since);
-                let drp = &mut rp.disks[i];
-                drp.chunks_captured += 1;
-                drp.bytes_captured += len;
-                drp.bytes_done += len;
-                op.bytes_done += len;
-                match analysis {
-                    Analysis::Zero => {
-                        drp.chunks_zero += 1;
-                        pending.ready((lineage, c, ChunkRef::Zero));
+/// Captures `work`, (disk position in `caps`, chunk) pairs, as one pipeline over all the
+/// disks: chunks are read and analysed a few at a time on every worker, records go to
+/// one pack at a time, and a full pack seals while the next one fills.
+async fn capture_chunks(
+    ctx: &Arc<Context>,
+    rp: &mut RestorePointRecord,
+    op: &mut OperationRecord,
+    caps: &[(Arc<Disk>, Arc<PendingCapture>)],
+    work: &[(usize, u64)],
+    cancel: &AtomicBool,
+) -> Result<()> {
+    let seq = rp.seq;
+    let level = ctx.chunks.zstd_level();
+    let mut pending = Pending::default();
+
+    // Set on failure: no more chunks start, and those in flight are waited for below, so
+    // no task of this capture outlives it (each holds the engine open).
+    let stop = AtomicBool::new(false);
+    let mut results = futures::stream::iter(work.iter().copied().take_while(|_| !stop.load(Ordering::Acquire)))
+        .map(|(i, c)| {
+            let (disk, cap) = caps[i].clone();
+            let task_ctx = ctx.clone();
+            let path = disk.path().to_owned();
+            // A task of its own per chunk, so the consumer below appends and commits
+            // meanwhile. The chunk's work (read, delta plan, hash, compress) runs as one
+            // job on the background threads, so it yields to guest I/O; only a chunk not
+            // in the page cache is read through the I/O backend first.
+            let task = tokio::spawn(async move {
+                let lineage = disk.lineage();
+                let analysed = analyse_chunk(&task_ctx, &disk, &cap, c, seq, level, None).await?;
+                let (len, analysis) = match analysed {
+                    Some(done) => done,
+                    None => {
+                        let data = disk.read_chunk_for_capture(&cap, c).await?;
+                        analyse_chunk(&task_ctx, &disk, &cap, c, seq, level, Some(data)).await?.ok_or_else(|| {
+                            Error::io("analyse chunk", disk.path(), std::io::Error::other("chunk not analysed"))
+                        })?
                     }
-                    Analysis::Known(id) => {
+                };
+                Ok::<_, Error>((i, lineage, c, len, analysis))
+            });
+            async move { task.await.map_err(|e| Error::io("capture chunk", path, std::io::Error::other(e)))? }
+        })
+        .buffered(CAPTURE_PARALLELISM);
+
+    let outcome: Result<()> = async {
+        let mut since = std::time::Instant::now();
+        while let Some(item) = results.next().await {
+            if cancel.load(Ordering::Acquire) {
+                return Err(Error::Canceled);
+            }
+            let (i, lineage, c, len, analysis) = item?;
+            ctx.throughput.capture.record(len, &mut since);
+            let drp = &mut rp.disks[i];
+            drp.chunks_captured += 1;
+            drp.bytes_captured += len;
+            drp.bytes_done += len;
+            op.bytes_done += len;
+            match analysis {
+                Analysis::Zero => {
+                    drp.chunks_zero += 1;
+                    pending.ready((lineage, c, ChunkRef::Zero));
+                }
+                Analysis::Known(id) => {
+                    drp.chunks_deduplicated += 1;
+                    pending.ready((lineage, c, ChunkRef::Full(id)));
+                }
+                Analysis::Delta { content, base, delta, record } => {
+                    drp.chunks_delta += 1;
+                    let entry = (lineage, c, ChunkRef::Delta { content, base, delta });
+                    match record.filter(|_| !pending.in_pack(delta) && !ctx.chunks.usable(delta).unwrap_or(false)) {
+                        Some(rec) => {
+                            ctx.wait_for_space(op, cancel).await?;
+                            rp.disks[i].bytes_stored += pending.store(ctx, delta, &rec)?;
+                            pending.waiting(entry);
+                        }
+                        None if pending.in_pack(delta) => pending.waiting(entry),
+                        None => pending.ready(entry),
+                    }
+                }
+                Analysis::New(id, rec) => {
+                    if pending.in_pack(id) {
+                        drp.chunks_deduplicated += 1;
+                        pending.waiting((lineage, c, ChunkRef::Full(id)));
+                    } else if ctx.chunks.usable(id)? {
                         drp.chunks_deduplicated += 1;
                         pending.ready((lineage, c, ChunkRef::Full(id)));
+                    } else {
+                        ctx.wait_for_space(op, cancel).await?;
+                        drp.chunks_new += 1;
+                        drp.bytes_stored += pending.store(ctx, id, &rec)?;
+                        pending.waiting((lineage, c, ChunkRef::Full(id)));
                     }
-                    Analysis::Delta { content, base, delta, record } => {
-                        drp.chunks_delta += 1;
-                        let entry = (lineage, c, ChunkRef::Delta { content, base, delta });
-                        match record
-                            .filter(|_| !pending.in_pack(delta) && !self.inner.chunks.usable(delta).unwrap_or(false))
-                        {
-                            Some(rec) => {
-                                self.inner.wait_for_space(op, cancel).await?;
-                                rp.disks[i].bytes_stored += pending.store(self, delta, &rec)?;
-                                pending.waiting(entry);
-                            }
-                            None if pending.in_pack(delta) => pending.waiting(entry),
-                            None => pending.ready(entry),
-                        }
-                    }
-                    Analysis::New(id, rec) => {
-                        if pending.in_pack(id) {
-                            drp.chunks_deduplicated += 1;
-                            pending.waiting((lineage, c, ChunkRef::Full(id)));
-                        } else if self.inner.chunks.usable(id)? {
-                            drp.chunks_deduplicated += 1;
-                            pending.ready((lineage, c, ChunkRef::Full(id)));
-                        } else {
-                            self.inner.wait_for_space(op, cancel).await?;
-                            drp.chunks_new += 1;
-                            drp.bytes_stored += pending.store(self, id, &rec)?;
-                            pending.waiting((lineage, c, ChunkRef::Full(id)));
-                        }
-                    }
-                }
-                if pending.pack_bytes() >= PACK_TARGET_BYTES {
-                    pending.finish_seal().await?;
-                    pending.start_seal(self);
-                    self.commit_entries(rp, op, seq, &mut pending).await?;
-                } else if pending.sealing_done() {
-                    pending.finish_seal().await?;
-                    self.commit_entries(rp, op, seq, &mut pending).await?;
-                } else if pending.ready.len() >= ENTRIES_PER_BATCH {
-                    self.commit_entries(rp, op, seq, &mut pending).await?;
                 }
             }
-            pending.finish_seal().await?;
-            pending.start_seal(self);
-            pending.finish_seal().await?;
-            self.commit_entries(rp, op, seq, &mut pending).await
+            if pending.pack_bytes() >= PACK_TARGET_BYTES {
+                pending.finish_seal().await?;
+                pending.start_seal(ctx);
+                commit_entries(ctx, rp, op, seq, &mut pending).await?;
+            } else if pending.sealing_done() {
+                pending.finish_seal().await?;
+                commit_entries(ctx, rp, op, seq, &mut pending).await?;
+            } else if pending.ready.len() >= ENTRIES_PER_BATCH {
+                commit_entries(ctx, rp, op, seq, &mut pending).await?;
+            }
         }
-        .await;
-        if outcome.is_err() {
-            stop.store(true, Ordering::Release);
-            while results.next().await.is_some() {}
-            pending.abandon().await;
-        }
-        outcome
+        pending.finish_seal().await?;
+        pending.start_seal(ctx);
+        pending.finish_seal().await?;
+        commit_entries(ctx, rp, op, seq, &mut pending).await
     }
+    .await;
+    if outcome.is_err() {
+        stop.store(true, Ordering::Release);
+        while results.next().await.is_some() {}
+        pending.abandon().await;
+    }
+    outcome
+}
 
-    /// Reads (unless given `data`), plans and analyses chunk `c` on a background thread.
-    /// `None` when `data` was not given and the chunk is not in the page cache: the caller
-    /// then reads it through the I/O backend and calls again with it.
-    async fn analyse_chunk(
-        &self,
-        disk: &Arc<Disk>,
-        cap: &Arc<PendingCapture>,
-        c: u64,
-        seq: u64,
-        level: i32,
-        data: Option<crate::IoBuf>,
-    ) -> Result<Option<(u64, Analysis)>> {
-        let rt = tokio::runtime::Handle::current();
-        let (engine, disk2, cap) = (self.clone(), disk.clone(), cap.clone());
-        let job = move || -> Result<Option<(u64, Analysis)>> {
-            let data = match data {
+/// Reads (unless given `data`), plans and analyses chunk `c` on a background thread.
+/// `None` when `data` was not given and the chunk is not in the page cache: the caller
+/// then reads it through the I/O backend and calls again with it.
+async fn analyse_chunk(
+    ctx: &Arc<Context>,
+    disk: &Arc<Disk>,
+    cap: &Arc<PendingCapture>,
+    c: u64,
+    seq: u64,
+    level: i32,
+    data: Option<crate::IoBuf>,
+) -> Result<Option<(u64, Analysis)>> {
+    let rt = tokio::runtime::Handle::current();
+    let (task_ctx, disk2, cap) = (ctx.clone(), disk.clone(), cap.clone());
+    let job = move || -> Result<Option<(u64, Analysis)>> {
+        let data = match data {
+            Some(data) => data,
+            None => match disk2.read_chunk_for_capture_cached(&cap, c)? {
                 Some(data) => data,
-                None => match disk2.read_chunk_for_capture_cached(&cap, c)? {
-                    Some(data) => data,
-                    None => return Ok(None),
-                },
-            };
-            // Not an async context: blocking here on the plan (a catalog lookup, and for a
-            // chunk that is a delta already, a read of that delta) is what this thread is for.
-            let plan = rt.block_on(engine.delta_plan(&cap, disk2.lineage(), c, seq));
-            let known = |id: ChunkId| engine.inner.chunks.usable(id);
-            Ok(Some((data.len() as u64, analyse(&data, plan, &known, level)?)))
+                None => return Ok(None),
+            },
         };
-        self.inner
-            .background
-            .run(job)
-            .await
-            .ok_or_else(|| Error::io("analyse chunk", disk.path(), std::io::Error::other("background pool gone")))?
-    }
+        // Not an async context: blocking here on the plan (a catalog lookup, and for a
+        // chunk that is a delta already, a read of that delta) is what this thread is for.
+        let plan = rt.block_on(delta_plan(&task_ctx, &cap, disk2.lineage(), c, seq));
+        let known = |id: ChunkId| task_ctx.chunks.usable(id);
+        Ok(Some((data.len() as u64, analyse(&data, plan, &known, level)?)))
+    };
+    ctx.background
+        .run(job)
+        .await
+        .ok_or_else(|| Error::io("analyse chunk", disk.path(), std::io::Error::other("background pool gone")))?
+}
 
-    /// Commits the entries whose records are indexed or sealed, with the restore point's and
-    /// operation's progress, in one batch.
-    async fn commit_entries(
-        &self,
-        rp: &RestorePointRecord,
-        op: &mut OperationRecord,
-        seq: u64,
-        pending: &mut Pending,
-    ) -> Result<()> {
-        let mut batch = self.inner.catalog.batch();
-        for (lineage, index, r) in pending.ready.drain(..) {
-            chunk_map::put(&mut batch, lineage, index, seq, &r)?;
-        }
-        op.updated_at_ms = now_ms();
-        batch.put(rp)?;
-        batch.put(&*op)?;
-        crate::failpoint!("capture::before_batch");
-        self.inner.chunks.commit(batch, &pending.ready_delta).await?;
-        pending.ready_delta = IndexDelta::default();
-        Ok(())
+/// Commits the entries whose records are indexed or sealed, with the restore point's and
+/// operation's progress, in one batch.
+async fn commit_entries(
+    ctx: &Arc<Context>,
+    rp: &RestorePointRecord,
+    op: &mut OperationRecord,
+    seq: u64,
+    pending: &mut Pending,
+) -> Result<()> {
+    let mut batch = ctx.catalog.batch();
+    for (lineage, index, r) in pending.ready.drain(..) {
+        chunk_map::put(&mut batch, lineage, index, seq, &r)?;
     }
+    op.updated_at_ms = now_ms();
+    batch.put(rp)?;
+    batch.put(&*op)?;
+    crate::failpoint!("capture::before_batch");
+    ctx.chunks.commit(batch, &pending.ready_delta).await?;
+    pending.ready_delta = IndexDelta::default();
+    Ok(())
+}
 
-    /// The full chunk a delta of chunk `c` would be taken against, and the blocks of `c` that
-    /// may differ from it: those dirty in the closed epoch plus those of the delta the
-    /// chunk's previous version already is. `None` for full scans, for chunks whose dirty
-    /// share rules a delta out, and when the previous delta cannot be read intact (the chunk
-    /// is then stored whole).
-    async fn delta_plan(
-        &self,
-        cap: &PendingCapture,
-        lineage: LineageId,
-        c: u64,
-        seq: u64,
-    ) -> Option<(ChunkId, Vec<usize>)> {
-        if cap.full_scan() || !cap.few_dirty_blocks(c) {
-            return None;
-        }
-        let prev = chunk_map::resolve(&self.inner.catalog, lineage, c, seq.checked_sub(1)?).ok()?;
-        let mut changed = cap.dirty_blocks_in_chunk(c);
-        if prev.stored().iter().any(|id| self.inner.chunks.is_corrupt(*id)) {
-            return None; // never build on a record a verify found corrupt
-        }
-        let base = match prev {
-            ChunkRef::Zero => return None,
-            ChunkRef::Full(base) => base,
-            ChunkRef::Delta { base, delta, .. } => {
-                let (start, end) = cap.chunk_range(c);
-                let len = usize::try_from(end - start).ok()?;
-                match self.inner.chunks.read_delta(delta).await.and_then(|p| crate::store::delta::blocks(&p, len)) {
-                    Ok(prev_blocks) => changed.extend(prev_blocks),
-                    Err(e) => {
-                        tracing::warn!(delta = %delta, error = %e, "previous delta unreadable; storing the chunk whole");
-                        return None;
-                    }
+/// The full chunk a delta of chunk `c` would be taken against, and the blocks of `c` that
+/// may differ from it: those dirty in the closed epoch plus those of the delta the
+/// chunk's previous version already is. `None` for full scans, for chunks whose dirty
+/// share rules a delta out, and when the previous delta cannot be read intact (the chunk
+/// is then stored whole).
+async fn delta_plan(
+    ctx: &Arc<Context>,
+    cap: &PendingCapture,
+    lineage: LineageId,
+    c: u64,
+    seq: u64,
+) -> Option<(ChunkId, Vec<usize>)> {
+    if cap.full_scan() || !cap.few_dirty_blocks(c) {
+        return None;
+    }
+    let prev = chunk_map::resolve(&ctx.catalog, lineage, c, seq.checked_sub(1)?).ok()?;
+    let mut changed = cap.dirty_blocks_in_chunk(c);
+    if prev.stored().iter().any(|id| ctx.chunks.is_corrupt(*id)) {
+        return None; // never build on a record a verify found corrupt
+    }
+    let base = match prev {
+        ChunkRef::Zero => return None,
+        ChunkRef::Full(base) => base,
+        ChunkRef::Delta { base, delta, .. } => {
+            let (start, end) = cap.chunk_range(c);
+            let len = usize::try_from(end - start).ok()?;
+            match ctx.chunks.read_delta(delta).await.and_then(|p| crate::store::delta::blocks(&p, len)) {
+                Ok(prev_blocks) => changed.extend(prev_blocks),
+                Err(e) => {
+                    tracing::warn!(delta = %delta, error = %e, "previous delta unreadable; storing the chunk whole");
+                    return None;
                 }
-                changed.sort_unstable();
-                changed.dedup();
-                base
             }
-        };
-        Some((base, changed))
-    }
-
-    /// Marks a capture's restore point failed: its partial entries dropped with their
-    /// references, in one batch. (The operation is settled by the caller.)
-    pub(crate) async fn fail_capture(&self, rp: &mut RestorePointRecord, err: &Error) -> Result<()> {
-        crate::failpoint!("capture::fail_capture");
-        let reason = if matches!(err, Error::Canceled) { "canceled".to_owned() } else { err.to_string() };
-        let mut batch = self.inner.catalog.batch();
-        let mut delta = IndexDelta::default();
-        for d in &rp.disks {
-            for chunk in chunk_map::drop_seq(&self.inner.catalog, &mut batch, d.lineage, rp.seq)? {
-                delta.drop_ref(chunk);
-            }
+            changed.sort_unstable();
+            changed.dedup();
+            base
         }
-        rp.state = ProvisioningState::Failed { reason };
-        rp.completed_at_ms = Some(now_ms());
-        batch.put(&*rp)?;
-        self.inner.chunks.commit(batch, &delta).await
+    };
+    Some((base, changed))
+}
+
+/// Marks a capture's restore point failed: its partial entries dropped with their
+/// references, in one batch. (The operation is settled by the caller.)
+pub(crate) async fn fail_capture(ctx: &Arc<Context>, rp: &mut RestorePointRecord, err: &Error) -> Result<()> {
+    crate::failpoint!("capture::fail_capture");
+    let reason = if matches!(err, Error::Canceled) { "canceled".to_owned() } else { err.to_string() };
+    let mut batch = ctx.catalog.batch();
+    let mut delta = IndexDelta::default();
+    for d in &rp.disks {
+        for chunk in chunk_map::drop_seq(&ctx.catalog, &mut batch, d.lineage, rp.seq)? {
+            delta.drop_ref(chunk);
+        }
     }
+    rp.state = ProvisioningState::Failed { reason };
+    rp.completed_at_ms = Some(now_ms());
+    batch.put(&*rp)?;
+    ctx.chunks.commit(batch, &delta).await
 }

@@ -2,12 +2,14 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
 use crate::base::clock::now_ms;
 use crate::base::error::{Error, Result};
 use crate::base::ids::{CollectionId, GroupId, Name};
 use crate::catalog::Record;
 use crate::catalog::restore_point::RestorePointRecord;
-use crate::engine::Engine;
+use crate::context::Context;
 
 /// Largest `max_restore_points` a collection may set.
 pub const MAX_RESTORE_POINTS_LIMIT: u32 = 10_000;
@@ -88,137 +90,133 @@ pub(crate) fn check_hook(hook: Option<&ScriptHook>) -> Result<()> {
     Ok(())
 }
 
-impl Engine {
-    /// Changes a collection's limit of restore points and its quiesce hook, as Azure's
-    /// restorePointCollections CreateOrUpdate does for an existing collection. A limit below
-    /// the restore points it holds is refused (delete some first); lowering the limit waits
-    /// for no creation: it is refused while one runs, whose restore point would not be counted.
-    pub async fn update_collection(&self, id: CollectionId, req: UpdateCollection) -> Result<CollectionRecord> {
-        if let Some(max) = req.max_restore_points {
-            check_max_restore_points(max)?;
-        }
-        if let Some(hook) = &req.hook {
-            check_hook(hook.as_ref())?;
-        }
-        let _admin = self.inner.admin.lock().await;
-        let mut record = self.collection(id)?;
-        let lowering = req.max_restore_points.is_some_and(|m| m < record.max_restore_points);
-        let _slot =
-            if lowering { Some(self.inner.jobs.begin_creation(record.group, record.name.as_str())?) } else { None };
-        if let Some(max) = req.max_restore_points {
-            let held = self.inner.catalog.list::<RestorePointRecord>()?.iter().filter(|r| r.collection == id).count();
-            if (max as usize) < held {
-                return Err(Error::FailedPrecondition(format!(
-                    "collection {} holds {held} restore points, more than the max_restore_points {max} asked; delete \
-                     some first",
-                    record.name
-                )));
-            }
-            record.max_restore_points = max;
-        }
-        if let Some(hook) = req.hook {
-            record.hook = hook;
-        }
-        let mut batch = self.inner.catalog.batch();
-        batch.put(&record)?;
-        self.inner.catalog.commit(batch)?;
-        tracing::info!(collection = %record.name, max_restore_points = record.max_restore_points, hook = record.hook.is_some(), "collection updated");
-        Ok(record)
+/// Changes a collection's limit of restore points and its quiesce hook, as Azure's
+/// restorePointCollections CreateOrUpdate does for an existing collection. A limit below
+/// the restore points it holds is refused (delete some first); lowering the limit waits
+/// for no creation: it is refused while one runs, whose restore point would not be counted.
+pub(crate) async fn update_collection(
+    ctx: &Arc<Context>,
+    id: CollectionId,
+    req: UpdateCollection,
+) -> Result<CollectionRecord> {
+    if let Some(max) = req.max_restore_points {
+        check_max_restore_points(max)?;
     }
+    if let Some(hook) = &req.hook {
+        check_hook(hook.as_ref())?;
+    }
+    let _admin = ctx.admin.lock().await;
+    let mut record = collection(ctx, id)?;
+    let lowering = req.max_restore_points.is_some_and(|m| m < record.max_restore_points);
+    let _slot = if lowering { Some(ctx.jobs.begin_creation(record.group, record.name.as_str())?) } else { None };
+    if let Some(max) = req.max_restore_points {
+        let held = ctx.catalog.list::<RestorePointRecord>()?.iter().filter(|r| r.collection == id).count();
+        if (max as usize) < held {
+            return Err(Error::FailedPrecondition(format!(
+                "collection {} holds {held} restore points, more than the max_restore_points {max} asked; delete \
+                 some first",
+                record.name
+            )));
+        }
+        record.max_restore_points = max;
+    }
+    if let Some(hook) = req.hook {
+        record.hook = hook;
+    }
+    let mut batch = ctx.catalog.batch();
+    batch.put(&record)?;
+    ctx.catalog.commit(batch)?;
+    tracing::info!(collection = %record.name, max_restore_points = record.max_restore_points, hook = record.hook.is_some(), "collection updated");
+    Ok(record)
 }
 
-impl Engine {
-    /// This daemon's region.
-    pub fn region(&self) -> &str {
-        &self.inner.config.region
-    }
+/// This daemon's region.
+pub(crate) fn region(ctx: &Arc<Context>) -> &str {
+    &ctx.config.region
+}
 
-    /// Creates a restore point collection for a group (one per group per region).
-    pub async fn create_collection(&self, req: CreateCollection) -> Result<CollectionRecord> {
-        let name = Name::new(req.name)?;
-        let max = req.max_restore_points.unwrap_or(DEFAULT_MAX_RESTORE_POINTS);
-        crate::rp::collection::check_max_restore_points(max)?;
-        crate::rp::collection::check_hook(req.hook.as_ref())?;
-        let region = match req.region {
-            Some(r) => Name::new(r).map_err(|_| Error::invalid("region", "must be a valid name"))?.to_string(),
-            None => self.region().to_owned(),
-        };
-        let _admin = self.inner.admin.lock().await;
-        let group = self.inner.group(req.group)?;
-        let existing = self.list_collections()?;
-        if existing.iter().any(|c| c.name == name) {
-            return Err(Error::already_exists(format!("collection {name}")));
-        }
-        if let Some(c) = existing.iter().find(|c| c.group == group.id && c.region == region) {
-            return Err(Error::FailedPrecondition(format!(
-                "group {} already has collection {} in region {region}",
-                group.name, c.name
-            )));
-        }
-        let record = CollectionRecord {
-            id: CollectionId::new(),
-            name,
-            group: group.id,
-            region,
-            max_restore_points: max,
-            hook: req.hook,
-            created_at_ms: now_ms(),
-        };
-        let mut batch = self.inner.catalog.batch();
-        batch.put(&record)?;
-        self.inner.catalog.commit(batch)?;
-        tracing::info!(collection = %record.name, group = %group.name, "collection created");
-        Ok(record)
+/// Creates a restore point collection for a group (one per group per region).
+pub(crate) async fn create_collection(ctx: &Arc<Context>, req: CreateCollection) -> Result<CollectionRecord> {
+    let name = Name::new(req.name)?;
+    let max = req.max_restore_points.unwrap_or(DEFAULT_MAX_RESTORE_POINTS);
+    crate::rp::collection::check_max_restore_points(max)?;
+    crate::rp::collection::check_hook(req.hook.as_ref())?;
+    let region = match req.region {
+        Some(r) => Name::new(r).map_err(|_| Error::invalid("region", "must be a valid name"))?.to_string(),
+        None => region(ctx).to_owned(),
+    };
+    let _admin = ctx.admin.lock().await;
+    let group = ctx.group(req.group)?;
+    let existing = list_collections(ctx)?;
+    if existing.iter().any(|c| c.name == name) {
+        return Err(Error::already_exists(format!("collection {name}")));
     }
+    if let Some(c) = existing.iter().find(|c| c.group == group.id && c.region == region) {
+        return Err(Error::FailedPrecondition(format!(
+            "group {} already has collection {} in region {region}",
+            group.name, c.name
+        )));
+    }
+    let record = CollectionRecord {
+        id: CollectionId::new(),
+        name,
+        group: group.id,
+        region,
+        max_restore_points: max,
+        hook: req.hook,
+        created_at_ms: now_ms(),
+    };
+    let mut batch = ctx.catalog.batch();
+    batch.put(&record)?;
+    ctx.catalog.commit(batch)?;
+    tracing::info!(collection = %record.name, group = %group.name, "collection created");
+    Ok(record)
+}
 
-    pub fn collection(&self, id: CollectionId) -> Result<CollectionRecord> {
-        self.inner
-            .catalog
-            .get::<CollectionRecord>(id.to_bytes())?
-            .ok_or_else(|| Error::not_found(format!("collection {id}")))
-    }
+pub(crate) fn collection(ctx: &Arc<Context>, id: CollectionId) -> Result<CollectionRecord> {
+    ctx.catalog.get::<CollectionRecord>(id.to_bytes())?.ok_or_else(|| Error::not_found(format!("collection {id}")))
+}
 
-    pub fn collection_by_name(&self, name: &str) -> Result<CollectionRecord> {
-        self.list_collections()?
-            .into_iter()
-            .find(|c| c.name.as_str() == name)
-            .ok_or_else(|| Error::not_found(format!("collection {name}")))
-    }
+pub(crate) fn collection_by_name(ctx: &Arc<Context>, name: &str) -> Result<CollectionRecord> {
+    list_collections(ctx)?
+        .into_iter()
+        .find(|c| c.name.as_str() == name)
+        .ok_or_else(|| Error::not_found(format!("collection {name}")))
+}
 
-    pub fn list_collections(&self) -> Result<Vec<CollectionRecord>> {
-        self.inner.catalog.list::<CollectionRecord>()
-    }
+pub(crate) fn list_collections(ctx: &Arc<Context>) -> Result<Vec<CollectionRecord>> {
+    ctx.catalog.list::<CollectionRecord>()
+}
 
-    /// Deletes a collection. With restore points in it, refused unless `cascade`, which
-    /// deletes them all (their chunk map entries and references) in the same batch.
-    pub async fn delete_collection(&self, id: CollectionId, cascade: bool) -> Result<()> {
-        let _admin = self.inner.admin.lock().await;
-        let coll = self.collection(id)?;
-        let _slot = self.inner.jobs.begin_creation(coll.group, coll.name.as_str())?;
-        let rps = self.list_restore_points(id)?;
-        if !rps.is_empty() && !cascade {
-            return Err(Error::FailedPrecondition(format!(
-                "collection {} holds {} restore points; delete them first or cascade",
-                coll.name,
-                rps.len()
-            )));
-        }
-        if let Some((rp, dependent)) = self.restore_point_in_use_as_base(&rps)? {
-            return Err(Error::FailedPrecondition(format!(
-                "restore point {} is the origin of restored disk history {dependent} (a restored disk or its restore \
-                 points); delete those first",
-                rp.name
-            )));
-        }
-        // Newest first, each deletion its own batch: a crash midway leaves a smaller,
-        // consistent collection, and the call can simply be repeated.
-        for rp in rps.iter().rev() {
-            self.delete_restore_point_locked(rp).await?;
-        }
-        let mut batch = self.inner.catalog.batch();
-        batch.delete::<CollectionRecord>(id.to_bytes())?;
-        self.inner.catalog.commit(batch)?;
-        tracing::info!(collection = %coll.name, restore_points = rps.len(), "collection deleted");
-        Ok(())
+/// Deletes a collection. With restore points in it, refused unless `cascade`, which
+/// deletes them all (their chunk map entries and references) in the same batch.
+pub(crate) async fn delete_collection(ctx: &Arc<Context>, id: CollectionId, cascade: bool) -> Result<()> {
+    let _admin = ctx.admin.lock().await;
+    let coll = collection(ctx, id)?;
+    let _slot = ctx.jobs.begin_creation(coll.group, coll.name.as_str())?;
+    let rps = ctx.list_restore_points(id)?;
+    if !rps.is_empty() && !cascade {
+        return Err(Error::FailedPrecondition(format!(
+            "collection {} holds {} restore points; delete them first or cascade",
+            coll.name,
+            rps.len()
+        )));
     }
+    if let Some((rp, dependent)) = super::delete::restore_point_in_use_as_base(ctx, &rps)? {
+        return Err(Error::FailedPrecondition(format!(
+            "restore point {} is the origin of restored disk history {dependent} (a restored disk or its restore \
+             points); delete those first",
+            rp.name
+        )));
+    }
+    // Newest first, each deletion its own batch: a crash midway leaves a smaller,
+    // consistent collection, and the call can simply be repeated.
+    for rp in rps.iter().rev() {
+        super::delete::delete_restore_point_locked(ctx, rp).await?;
+    }
+    let mut batch = ctx.catalog.batch();
+    batch.delete::<CollectionRecord>(id.to_bytes())?;
+    ctx.catalog.commit(batch)?;
+    tracing::info!(collection = %coll.name, restore_points = rps.len(), "collection deleted");
+    Ok(())
 }

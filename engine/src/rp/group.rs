@@ -4,9 +4,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::base::error::{Error, Result};
+use crate::base::ids::{DiskId, GroupId};
 use crate::base::stats::FreezeStats;
+use crate::context::Context;
 use crate::disk::Disk;
 use crate::disk::gate::GateClosed;
+
+/// Freezes the group's disks, except `exclude`: gates closed, in-flight writes drained.
+pub(crate) async fn freeze_group(ctx: &Arc<Context>, id: GroupId, exclude: &[DiskId]) -> Result<Freeze> {
+    let group = ctx.group(id)?;
+    if let Some(bad) = exclude.iter().find(|d| !group.disks.contains(d)) {
+        return Err(Error::invalid("exclude_disks", format!("disk {bad} is not in group {}", group.name)));
+    }
+    let disks =
+        group.disks.iter().filter(|d| !exclude.contains(d)).map(|d| ctx.disk(*d)).collect::<Result<Vec<_>>>()?;
+    Ok(Freeze::begin(disks, ctx.freeze_stats.clone()).await)
+}
 
 /// Disks whose write gates are closed together: new writes wait, none is in flight.
 ///

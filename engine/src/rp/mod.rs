@@ -1,5 +1,7 @@
-//! The restore point layer: collections, groups and freezes, hooks, creation, capture, deletion,
-//! recovery, retention and restore as new disks. Uses every layer above it and the engine's state.
+//! The restore point layer: collections, group freezes, hooks, creation, capture, deletion,
+//! recovery, retention and restore as new disks. Each service is a function over the shared
+//! [`Context`](crate::context::Context) (creation also takes the hook registry); the facade
+//! hands its calls on to them. Uses every layer before it but maintenance.
 
 pub(crate) mod capture;
 pub(crate) mod collection;

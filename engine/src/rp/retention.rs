@@ -5,10 +5,12 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
 use crate::base::error::{Error, Result};
 use crate::base::ids::{CollectionId, RestorePointId};
 use crate::catalog::restore_point::{ProvisioningState, RestorePointRecord};
-use crate::engine::Engine;
+use crate::context::Context;
 
 /// How many restore points to keep, by rule. A restore point kept by any rule stays.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,35 +109,33 @@ pub(crate) fn plan(rps: &[RestorePointRecord], policy: RetentionPolicy) -> Vec<R
         .collect()
 }
 
-impl Engine {
-    /// Applies a retention policy to a collection: with `dry_run`, only says what would go
-    /// and why; otherwise deletes those restore points (oldest first). A policy that keeps
-    /// nothing is refused: delete restore points explicitly instead.
-    pub async fn apply_retention(
-        &self,
-        collection: CollectionId,
-        policy: RetentionPolicy,
-        dry_run: bool,
-    ) -> Result<Vec<RetentionDecision>> {
-        if policy == RetentionPolicy::default() {
-            return Err(Error::invalid("policy", "keeps nothing; delete restore points explicitly instead"));
-        }
-        let rps = self.list_restore_points(collection)?;
-        let decisions = plan(&rps, policy);
-        if !dry_run {
-            for d in decisions.iter().rev().filter(|d| !d.keep) {
-                match self.delete_restore_point(d.restore_point).await {
-                    Ok(()) => {
-                        tracing::info!(restore_point = %d.name, reasons = ?d.reasons, "retention deleted restore point")
-                    }
-                    // Another client may have deleted it meanwhile: that is what we wanted.
-                    Err(e) if e.kind() == crate::base::error::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
+/// Applies a retention policy to a collection: with `dry_run`, only says what would go
+/// and why; otherwise deletes those restore points (oldest first). A policy that keeps
+/// nothing is refused: delete restore points explicitly instead.
+pub(crate) async fn apply_retention(
+    ctx: &Arc<Context>,
+    collection: CollectionId,
+    policy: RetentionPolicy,
+    dry_run: bool,
+) -> Result<Vec<RetentionDecision>> {
+    if policy == RetentionPolicy::default() {
+        return Err(Error::invalid("policy", "keeps nothing; delete restore points explicitly instead"));
+    }
+    let rps = ctx.list_restore_points(collection)?;
+    let decisions = plan(&rps, policy);
+    if !dry_run {
+        for d in decisions.iter().rev().filter(|d| !d.keep) {
+            match super::delete::delete_restore_point(ctx, d.restore_point).await {
+                Ok(()) => {
+                    tracing::info!(restore_point = %d.name, reasons = ?d.reasons, "retention deleted restore point")
                 }
+                // Another client may have deleted it meanwhile: that is what we wanted.
+                Err(e) if e.kind() == crate::base::error::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
             }
         }
-        Ok(decisions)
     }
+    Ok(decisions)
 }
 
 #[cfg(test)]
