@@ -1,5 +1,6 @@
 //! The context layer: the state every engine service shares (settings, catalog, chunk store,
-//! I/O, jobs, live disks and groups). Uses base, catalog, store, disk, io and jobs.
+//! I/O, jobs, live disks and groups) and the reads of its records. Uses base, catalog, store,
+//! chunk_map (restore point readers), disk, io and jobs.
 
 pub(crate) mod disks;
 pub(crate) mod groups;
