@@ -1,5 +1,5 @@
 //! What Cairn's tests share: the end-to-end tests (`tests/`), the daemon's unit tests and the
-//! benchmarks. It drives processes and sockets only and links no RocksDB: helpers that open
+//! benchmarks. It drives processes, sockets and a FUSE file system (`powerloss`) and links no RocksDB: helpers that open
 //! an engine in-process stay with the end-to-end tests (`tests/common.rs`).
 #![allow(
     clippy::unwrap_used,
@@ -16,6 +16,7 @@ mod image;
 pub mod loopfs;
 pub mod nbd;
 pub mod pki;
+pub mod powerloss;
 
 pub use clients::*;
 pub use daemon::*;
