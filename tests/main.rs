@@ -30,6 +30,7 @@ mod nbd_cache;
 mod nbd_listen;
 mod nbd_qemu_clients;
 mod nbd_restore_point;
+mod power_loss_daemon;
 mod restore_disk;
 mod restore_disk_power_loss;
 mod restore_point_capture;

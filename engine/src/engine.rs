@@ -41,7 +41,7 @@ impl std::fmt::Debug for Engine {
 }
 
 fn create_dir(path: &Path) -> Result<()> {
-    std::fs::create_dir_all(path).map_err(|e| Error::io("create directory", path, e))
+    crate::sys::create_dir_durable(path).map_err(|e| Error::io("create directory", path, e))
 }
 
 impl Engine {
@@ -55,6 +55,8 @@ impl Engine {
         let disks_dir = data_dir.join("disks");
         create_dir(&disks_dir)?;
         crate::base::failpoint::arm_from_env();
+        // RocksDB syncs what it creates in its directory, not the directory into its parent.
+        create_dir(&data_dir.join("catalog"))?;
         let catalog = Arc::new(Catalog::open(&data_dir.join("catalog"))?);
         crate::chunk_map::build_seq_index(&catalog)?;
         let io = Io::open(config.io_backend)?;

@@ -1,6 +1,7 @@
 //! What Cairn's tests share: the end-to-end tests (`tests/`), the daemon's unit tests and the
-//! benchmarks. It drives processes, sockets and a FUSE file system (`powerloss`) and links no RocksDB: helpers that open
-//! an engine in-process stay with the end-to-end tests (`tests/common.rs`).
+//! benchmarks. It drives processes, sockets and a FUSE file system (`powerloss`) and links no
+//! RocksDB: helpers that open an engine in-process stay with the end-to-end tests
+//! (`tests/common.rs`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -242,7 +242,8 @@ impl ChunkStore {
         zstd_level: i32,
         cache_bytes: u64,
     ) -> Result<Self> {
-        std::fs::create_dir_all(&staging_dir).map_err(|e| Error::io("create staging directory", &staging_dir, e))?;
+        crate::sys::create_dir_durable(&staging_dir)
+            .map_err(|e| Error::io("create staging directory", &staging_dir, e))?;
         // Staging packs never referenced by the index: left by a crash before their seal.
         if let Ok(entries) = std::fs::read_dir(&staging_dir) {
             for e in entries.flatten() {

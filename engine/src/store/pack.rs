@@ -36,7 +36,7 @@ pub struct LocalPackStore {
 
 impl LocalPackStore {
     pub fn open(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("create pack directory", dir, e))?;
+        crate::sys::create_dir_durable(dir).map_err(|e| Error::io("create pack directory", dir, e))?;
         Ok(Self { dir: dir.to_owned(), open: Default::default() })
     }
 

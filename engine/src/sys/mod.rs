@@ -13,8 +13,8 @@ mod writeback;
 
 pub use buf::IoBuf;
 pub(crate) use fs::{
-    advise_random, allocate, allocate_if_sparse, allocated_bytes, next_data, next_hole, punch_hole, read_cached,
-    sync_dir, will_need,
+    advise_random, allocate, allocate_if_sparse, allocated_bytes, create_dir_durable, next_data, next_hole, punch_hole,
+    read_cached, sync_dir, will_need,
 };
 pub(crate) use mapped_words::MappedWords;
 pub(crate) use sched::{critical, enter_idle};
