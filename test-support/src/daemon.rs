@@ -136,6 +136,23 @@ impl Cairnd {
         panic!("no {needle:?} in cairnd output:\n{}", seen.join("\n"));
     }
 
+    /// Waits up to `timeout` for a log line containing one of `needles`; which one came,
+    /// or `None` (and what was seen) on timeout.
+    pub fn wait_for_any(&mut self, needles: &[&str], timeout: std::time::Duration) -> Result<usize, Vec<String>> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut seen = Vec::new();
+        while std::time::Instant::now() < deadline {
+            if let Ok(line) = self.lines.recv_timeout(std::time::Duration::from_millis(50)) {
+                if let Some(i) = needles.iter().position(|n| line.contains(n)) {
+                    self.startup.push(line);
+                    return Ok(i);
+                }
+                seen.push(line);
+            }
+        }
+        Err(seen)
+    }
+
     /// SIGTERM, then waits for a clean exit (asserted).
     pub fn stop(mut self) {
         let mut child = self.child.take().unwrap();
@@ -167,6 +184,14 @@ pub fn wait_for_socket(path: &Path) {
 /// Starts the real cairnd like [`start_cairnd`], with extra environment variables (e.g.
 /// `CAIRN_FAILPOINTS`).
 pub fn start_cairnd_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Cairnd {
+    let mut d = spawn_cairnd_env(data_dir, args, env);
+    d.startup = d.wait_for("cairnd ready");
+    d
+}
+
+/// Starts the real cairnd like [`start_cairnd_env`] without waiting for it to be ready (a
+/// failpoint may hold it before).
+pub fn spawn_cairnd_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Cairnd {
     use std::io::BufRead;
     let mut cmd = Command::new(daemon_bin("cairnd"));
     cmd.arg("--data-dir")
@@ -186,9 +211,7 @@ pub fn start_cairnd_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) ->
             let _ = tx.send(line);
         }
     });
-    let mut d = Cairnd { child: Some(child), lines: rx, startup: Vec::new(), socket: data_dir.join("nbd.sock") };
-    d.startup = d.wait_for("cairnd ready");
-    d
+    Cairnd { child: Some(child), lines: rx, startup: Vec::new(), socket: data_dir.join("nbd.sock") }
 }
 
 impl Cairnd {

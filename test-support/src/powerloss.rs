@@ -46,6 +46,9 @@ pub enum CutMode {
     /// order; the last one kept is torn at a random 512-byte boundary. `seed` makes it
     /// repeatable.
     Partial { keep: f64, seed: u64 },
+    /// Everything written survives: the program was killed and the machine stayed up (its
+    /// page cache is the file system's).
+    ProcessCrash,
 }
 
 /// What the file system saw, for the campaign's figures.
@@ -287,12 +290,17 @@ fn punch(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
     .map_err(std::io::Error::from)
 }
 
-/// A small xorshift generator: the cut's choices, repeatable from a seed.
+/// A small xorshift generator: a cut's (or a campaign's) choices, repeatable from a seed.
 #[derive(Debug)]
-struct Rng(u64);
+pub struct Rng(u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    /// Seeded (any seed; zero is made odd).
+    pub fn new(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
@@ -300,11 +308,13 @@ impl Rng {
         self.0 = x;
         x
     }
-    fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    /// True with chance `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
     }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
+    /// In `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next_u64() % n }
     }
 }
 
@@ -979,8 +989,8 @@ impl PowerLossFs {
         let mut m = self.model.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         assert!(m.cut, "surviving() is for after a cut");
         let mut rng = match mode {
-            CutMode::Strict => Rng(1),
-            CutMode::Partial { seed, .. } => Rng(seed | 1),
+            CutMode::Partial { seed, .. } => Rng::new(seed),
+            _ => Rng::new(1),
         };
         let mut unsynced = 0;
         let mut kept = 0;
@@ -989,11 +999,18 @@ impl PowerLossFs {
             match &mut node.body {
                 Body::File(f) => {
                     unsynced += f.log.len() as u64;
-                    if let CutMode::Partial { keep, .. } = mode {
-                        let (_, k) = f.apply_partial(keep, &mut rng).expect("applying the kept writes");
-                        kept += k;
+                    match mode {
+                        CutMode::Partial { keep, .. } => {
+                            kept += f.apply_partial(keep, &mut rng).expect("applying the kept writes").1;
+                        }
+                        CutMode::ProcessCrash => {
+                            kept += f.log.len() as u64;
+                            f.sync().expect("keeping the written state");
+                        }
+                        CutMode::Strict => {}
                     }
                 }
+                Body::Dir { live, durable } if matches!(mode, CutMode::ProcessCrash) => *durable = live.clone(),
                 Body::Dir { live, durable } => {
                     entries += live.iter().filter(|(n, i)| durable.get(*n) != Some(i)).count() as u64;
                     entries += durable.keys().filter(|n| !live.contains_key(*n)).count() as u64;

@@ -4,8 +4,10 @@
 //! as in the `fail` crate), so the same points serve engine tests and kill tests of the real
 //! daemon binary. A build without the feature warns and ignores `CAIRN_FAILPOINTS`.
 //!
-//! `return(exit)` aborts the process at that point (a crash); any other `return` makes the
-//! enclosing function fail with an injected error. Points sit on paths that run per pack or
+//! `return(exit)` aborts the process at that point (a crash); `return(hold)` logs "failpoint
+//! holding" and stops the thread there for good, so a test can cut the power (or kill the
+//! process) with the engine exactly at that edge; any other `return` makes the enclosing
+//! function fail with an injected error. Points sit on paths that run per pack or
 //! per batch, never per guest I/O.
 
 /// Arms the failpoints named in `CAIRN_FAILPOINTS`, once per process.
@@ -42,6 +44,12 @@ pub(crate) fn fire(name: &'static str, arg: Option<String>) -> crate::base::erro
     if arg.as_deref() == Some("exit") {
         tracing::error!(failpoint = name, "failpoint: aborting the process");
         std::process::abort();
+    }
+    if arg.as_deref() == Some("hold") {
+        tracing::error!(failpoint = name, "failpoint holding until the process is killed");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
     }
     crate::base::error::Error::Injected(name)
 }
