@@ -287,17 +287,18 @@ async fn workload(
         let succeeded: Vec<String> = m.rps.iter().filter(|(_, r)| r.succeeded).map(|(n, _)| n.clone()).collect();
         (succeeded.into_iter().rev().skip(2).collect(), m.restored.keys().cloned().collect())
     };
-    for name in old_rps {
-        delete_rp(&ch, &name).await?;
-        let mut m = lock(&model);
-        m.rps.remove(&name);
-        m.deleted_rps.insert(name);
-    }
+    // Restored disks first: a restore point stays while a restored disk reads through it.
     for name in old_disks {
         delete_disk(&ch, &name).await?;
         let mut m = lock(&model);
         m.restored.remove(&name);
         m.deleted_disks.insert(name);
+    }
+    for name in old_rps {
+        delete_rp(&ch, &name).await?;
+        let mut m = lock(&model);
+        m.rps.remove(&name);
+        m.deleted_rps.insert(name);
     }
 
     // A restore, then a restore point (the freeze keeps the unflushed writes: they are live).

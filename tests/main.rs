@@ -15,6 +15,7 @@ mod disk_bad_input;
 mod disk_full_filesystem;
 mod disk_io;
 mod disk_reopen;
+mod faults_eio;
 mod freeze_concurrent_writers;
 mod grpc_bad_input;
 mod grpc_listen;

@@ -62,6 +62,17 @@ pub struct Counters {
     pub unsynced_ops_kept: u64,
     /// At the cut: entries created, renamed or removed whose directory was not synced.
     pub unsynced_entries_at_cut: u64,
+    /// Operations failed with EIO by [`PowerLossFs::inject`].
+    pub faults_injected: u64,
+}
+
+/// An operation a fault makes fail with EIO (the data stays unsynced, as the kernel's page
+/// cache keeps it after a failed writeback).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Read,
+    Write,
+    Fsync,
 }
 
 #[derive(Debug, Clone)]
@@ -100,6 +111,8 @@ enum Body {
 
 #[derive(Debug)]
 struct Node {
+    /// The name it was last given (for faults aimed by name).
+    name: OsString,
     kind: FileType,
     perm: u16,
     uid: u32,
@@ -117,6 +130,7 @@ struct Model {
     sync_handles: HashMap<u64, bool>,
     next_fh: u64,
     cut: bool,
+    faults: Vec<(Fault, String)>,
     counters: Counters,
 }
 
@@ -329,12 +343,23 @@ impl Model {
             sync_handles: HashMap::new(),
             next_fh: 1,
             cut: false,
+            faults: Vec::new(),
             counters: Counters::default(),
         }
     }
 
     fn alive(&self) -> Result<(), Errno> {
         if self.cut { Err(Errno::EIO) } else { Ok(()) }
+    }
+
+    /// EIO if a fault is aimed at `op` on this node.
+    fn fault(&mut self, op: Fault, ino: u64) -> Result<(), Errno> {
+        let name = self.node(ino)?.name.to_string_lossy().into_owned();
+        if self.faults.iter().any(|(o, pat)| *o == op && name.contains(pat.as_str())) {
+            self.counters.faults_injected += 1;
+            return Err(Errno::EIO);
+        }
+        Ok(())
     }
 
     fn node(&self, ino: u64) -> Result<&Node, Errno> {
@@ -403,7 +428,7 @@ impl Model {
         }
         let ino = self.next_ino;
         self.next_ino += 1;
-        self.nodes.insert(ino, node);
+        self.nodes.insert(ino, Node { name: name.to_owned(), ..node });
         self.entries_mut(dir)?.insert(name.to_owned(), ino);
         Ok(ino)
     }
@@ -414,7 +439,15 @@ impl Model {
         self.add(
             dir,
             name,
-            Node { kind: FileType::RegularFile, perm, uid, gid, mtime: SystemTime::now(), body: Body::File(f) },
+            Node {
+                name: OsString::new(),
+                kind: FileType::RegularFile,
+                perm,
+                uid,
+                gid,
+                mtime: SystemTime::now(),
+                body: Body::File(f),
+            },
         )
     }
 
@@ -428,10 +461,11 @@ impl Model {
             let ino = self.next_ino;
             self.next_ino += 1;
             let node = if meta.is_dir() {
-                Node::dir(perm, meta.uid(), meta.gid())
+                Node { name: e.file_name(), ..Node::dir(perm, meta.uid(), meta.gid()) }
             } else if meta.is_file() {
                 let f = FileNode::adopt(&e.path(), self.store_dir.join(ino.to_string()))?;
                 Node {
+                    name: e.file_name(),
                     kind: FileType::RegularFile,
                     perm,
                     uid: meta.uid(),
@@ -486,6 +520,7 @@ impl Model {
 impl Node {
     fn dir(perm: u16, uid: u32, gid: u32) -> Self {
         Node {
+            name: OsString::new(),
             kind: FileType::Directory,
             perm,
             uid,
@@ -587,6 +622,7 @@ impl fuser::Filesystem for Fs {
                 m.new_file(parent.0, name, perm, req.uid(), req.gid())?
             } else {
                 let node = Node {
+                    name: OsString::new(),
                     kind: kind_of(mode),
                     perm,
                     uid: req.uid(),
@@ -674,6 +710,7 @@ impl fuser::Filesystem for Fs {
             }
             m.entries_mut(parent.0)?.remove(name);
             m.entries_mut(newparent.0)?.insert(newname.to_owned(), ino);
+            m.node_mut(ino)?.name = newname.to_owned();
             Ok(())
         });
         match result {
@@ -759,7 +796,10 @@ impl fuser::Filesystem for Fs {
         reply: ReplyData,
     ) {
         let mut m = self.model();
-        let result = m.alive().and_then(|()| m.file_mut(ino.0)?.read(offset, u64::from(size)).map_err(io_errno));
+        let result = m
+            .alive()
+            .and_then(|()| m.fault(Fault::Read, ino.0))
+            .and_then(|()| m.file_mut(ino.0)?.read(offset, u64::from(size)).map_err(io_errno));
         match result {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(e),
@@ -781,6 +821,7 @@ impl fuser::Filesystem for Fs {
         let mut m = self.model();
         let sync = m.sync_handles.contains_key(&fh.0);
         let result = m.alive().and_then(|()| {
+            m.fault(Fault::Write, ino.0)?;
             let f = m.file_mut(ino.0)?;
             f.write(offset, data).map_err(io_errno)?;
             if sync {
@@ -817,6 +858,7 @@ impl fuser::Filesystem for Fs {
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let mut m = self.model();
         let result = m.alive().and_then(|()| {
+            m.fault(Fault::Fsync, ino.0)?;
             m.file_mut(ino.0)?.sync().map_err(io_errno)?;
             m.counters.file_syncs += 1;
             Ok(())
@@ -974,6 +1016,20 @@ impl PowerLossFs {
     /// What it saw so far.
     pub fn counters(&self) -> Counters {
         self.model.lock().unwrap_or_else(std::sync::PoisonError::into_inner).counters
+    }
+
+    /// From now on, `op` fails with EIO on every file whose name contains `name_contains`.
+    pub fn inject(&self, op: Fault, name_contains: &str) {
+        self.model
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .faults
+            .push((op, name_contains.to_owned()));
+    }
+
+    /// Removes every injected fault.
+    pub fn clear_faults(&self) {
+        self.model.lock().unwrap_or_else(std::sync::PoisonError::into_inner).faults.clear();
     }
 
     /// The power goes: from now on every operation fails with EIO, and nothing more is
