@@ -31,6 +31,7 @@ mod nbd_bad_input;
 mod nbd_cache;
 mod nbd_listen;
 mod nbd_qemu_clients;
+mod nbd_reconnect;
 mod nbd_restore_point;
 mod restore_disk;
 mod restore_disk_power_loss;
