@@ -12,6 +12,7 @@ mod collection_update;
 mod crash_campaign;
 mod daemon_lifecycle;
 mod disk_bad_input;
+mod disk_full_daemon;
 mod disk_full_filesystem;
 mod disk_io;
 mod disk_reopen;
