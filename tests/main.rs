@@ -28,6 +28,7 @@ mod grpc_restore_point_story;
 mod grpc_store;
 mod http_healthz;
 mod http_metrics;
+mod load_many_clients;
 mod nbd_bad_input;
 mod nbd_cache;
 mod nbd_listen;

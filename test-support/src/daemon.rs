@@ -136,6 +136,11 @@ impl Cairnd {
         panic!("no {needle:?} in cairnd output:\n{}", seen.join("\n"));
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, std::process::Child::id)
+    }
+
     /// Waits up to `timeout` for a log line containing one of `needles`; which one came,
     /// or `None` (and what was seen) on timeout.
     pub fn wait_for_any(&mut self, needles: &[&str], timeout: std::time::Duration) -> Result<usize, Vec<String>> {
