@@ -112,7 +112,9 @@
 //! - The `.ctk` header's OPEN flag is set while the engine has a disk open; finding it set at
 //!   open means an unclean shutdown, and tracking becomes UNTRUSTED until a full capture.
 //! - Files are synced before the catalog record that names them; deletion removes the record
-//!   before the files; files without a record are removed at open.
+//!   before the files; files without a record are removed at open. A directory the engine
+//!   makes (the data dir, `catalog/`, `disks/`, `packs/`, `staging/`, `spill/`) is synced into
+//!   its parent, and a file it creates into its directory, before anything relies on them.
 //! - Every multi-key catalog change is one synced RocksDB WriteBatch.
 //! - A restore point still `Creating` at open becomes `Failed` with its entries dropped; a
 //!   closed epoch is consumed if a succeeded restore point captured it, else merged back.
@@ -123,7 +125,9 @@
 //!   the same operation: GC from the start of its phases (each is idempotent: phase 1 deletes
 //!   whatever pack nothing references, phase 2 switches only records still where they were),
 //!   a store verify from the cursor its record saved (records go in index order).
-//! - Failpoints (`CAIRN_FAILPOINTS`) sit on each of these edges; kill tests drive them.
+//! - Failpoints (`CAIRN_FAILPOINTS`) sit on each of these edges; kill tests drive them, and the
+//!   crash campaign (`tests/crash_campaign.rs`) holds the daemon at them (`return(hold)`) to
+//!   cut the power there, on a file system that keeps only what was synced.
 //!
 //! ## What may run together
 //!
