@@ -42,6 +42,27 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(h) = format::RecordHeader::decode(data, p) {
         assert_eq!(format::RecordHeader::decode(&h.encode(), p).expect("an encoded header decodes"), h);
+        // A decompression buffer is sized from raw_len: it must be bounded.
+        assert!(u64::from(h.raw_len) <= format::MAX_CHUNK_SIZE, "an accepted record is at most a chunk");
+    }
+    // Headers with a valid CRC and fuzzed fields, which random bytes rarely reach.
+    if data.len() >= 48 {
+        let u32_at = |i: usize| u32::from_le_bytes([data[i], data[i + 1], data[i + 2], data[i + 3]]);
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&data[16..48]);
+        let codec = if data[0] & 1 == 0 { format::Codec::Raw } else { format::Codec::Zstd };
+        let h = format::RecordHeader {
+            kind: format::RecordKind::Full,
+            codec,
+            raw_len: u32_at(4),
+            stored_len: u32_at(8),
+            stored_crc: u32_at(12),
+            id,
+        };
+        if let Ok(back) = format::RecordHeader::decode(&h.encode(), p) {
+            assert_eq!(back, h);
+            assert!(u64::from(back.raw_len) <= format::MAX_CHUNK_SIZE, "an accepted record is at most a chunk");
+        }
     }
     if let Some((lineage, index, seq)) = format::decode_chunk_map_key(data) {
         assert_eq!(&format::chunk_map_key(lineage, index, seq)[..], data);

@@ -140,6 +140,22 @@ impl TrackingHeader {
 mod tests {
     use super::*;
 
+    /// A record header whose CRC holds but whose lengths no record of ours can have (a hostile
+    /// or foreign pack): decoding it would size a decompression buffer from it.
+    #[test]
+    fn record_headers_with_impossible_lengths_are_corrupt() {
+        let header = |codec, raw_len, stored_len| {
+            let h = RecordHeader { kind: RecordKind::Full, codec, raw_len, stored_len, stored_crc: 0, id: [7; 32] };
+            RecordHeader::decode(&h.encode(), Path::new("x"))
+        };
+        assert!(header(Codec::Zstd, 1 << 20, 1000).is_ok());
+        assert!(header(Codec::Raw, 4096, 4096).is_ok());
+        let too_big = header(Codec::Zstd, u32::MAX, 1000).unwrap_err();
+        assert_eq!(too_big.kind(), crate::ErrorKind::Corrupt, "{too_big}");
+        assert!(header(Codec::Raw, 4096, 8192).is_err(), "raw bytes are stored as they are");
+        assert!(header(Codec::Zstd, 4096, 4096).is_err(), "a record is compressed only when it shrinks");
+    }
+
     #[test]
     fn tracking_header_round_trips_and_rejects_damage() {
         let h = TrackingHeader { flags: TRACKING_FLAG_OPEN, active_slot: 1, epoch: 7, block_count: 1000 };
@@ -264,9 +280,21 @@ impl RecordHeader {
             1 => Codec::Zstd,
             _ => return Err(bad("unknown record codec")),
         };
+        let (raw_len, stored_len) = (u32_at(8), u32_at(12));
+        // Bounds before anything is sized from them (a decompression buffer of raw_len): a
+        // record holds one chunk, or a delta (smaller than its chunk); it is stored raw, or
+        // compressed when that made it smaller.
+        if u64::from(raw_len) > MAX_CHUNK_SIZE {
+            return Err(bad("record longer than the largest chunk"));
+        }
+        match codec {
+            Codec::Raw if stored_len != raw_len => return Err(bad("raw record whose stored and raw lengths differ")),
+            Codec::Zstd if stored_len >= raw_len => return Err(bad("compressed record no smaller than its content")),
+            _ => {}
+        }
         let mut id = [0u8; 32];
         id.copy_from_slice(&b[20..52]);
-        Ok(Self { kind, codec, raw_len: u32_at(8), stored_len: u32_at(12), stored_crc: u32_at(16), id })
+        Ok(Self { kind, codec, raw_len, stored_len, stored_crc: u32_at(16), id })
     }
 }
 
