@@ -16,8 +16,8 @@
 //! - change tracking missed nothing: a new restore point reads back equal to the disks.
 //!
 //! The workload, per round: flushed gRPC writes, unflushed NBD writes, restore point
-//! deletion, a restore (with hydration), a restore point creation, reads of a restore point,
-//! GC and verify. `CAIRN_CAMPAIGN_ROUNDS` sets the rounds (the default suite runs 6) or
+//! deletion (one by one, or by a retention run), a grow, a restore (with hydration), a
+//! restore point creation, reads of a restore point, GC and verify. `CAIRN_CAMPAIGN_ROUNDS` sets the rounds (the default suite runs 6) or
 //! `CAIRN_CAMPAIGN_MINUTES` the time, `CAIRN_CAMPAIGN_SEED` replays a run, and
 //! `CAIRN_CAMPAIGN_TOTALS=FILE` adds the figures to a running total in FILE
 //! (`scripts/campaign` is the long mode: it does the last two).
@@ -97,6 +97,12 @@ impl DiskModel {
         self.unflushed.push((off, data.to_vec()));
     }
 
+    /// An acknowledged grow: the new bytes read as zeros.
+    fn grown(&mut self, len: usize) {
+        self.durable.resize(len, 0);
+        self.live.resize(len, 0);
+    }
+
     fn flushed(&mut self) {
         self.durable.clone_from(&self.live);
         self.unflushed.clear();
@@ -104,7 +110,10 @@ impl DiskModel {
 
     /// Checks what came back after an end, sector by sector, and takes it as the content;
     /// returns the sectors compared.
-    fn settle(&mut self, disk: &str, got: &[u8]) -> u64 {
+    fn settle(&mut self, disk: &str, got: &[u8], growing: Option<usize>) -> u64 {
+        if growing == Some(got.len()) {
+            self.grown(got.len());
+        }
         assert_eq!(got.len(), self.durable.len(), "disk {disk}: size after the end");
         for s in (0..got.len()).step_by(SECTOR) {
             let sector = &got[s..s + SECTOR];
@@ -154,6 +163,10 @@ struct Model {
     /// Acknowledged deletions: these must never come back.
     deleted_rps: BTreeSet<String>,
     deleted_disks: BTreeSet<String>,
+    /// Restore points a deletion or a retention run may have taken when the end came.
+    deleting: BTreeSet<String>,
+    /// A grow sent and not acknowledged: the disk and its new size.
+    growing: Option<(&'static str, usize)>,
     /// Wrong bytes or corruption the workload met (it must not panic: it dies with the daemon).
     violations: Vec<String>,
 }
@@ -294,11 +307,40 @@ async fn workload(
         m.restored.remove(&name);
         m.deleted_disks.insert(name);
     }
-    for name in old_rps {
-        delete_rp(&ch, &name).await?;
+    if pick(2) == 0 {
+        for name in old_rps {
+            lock(&model).deleting.insert(name.clone());
+            delete_rp(&ch, &name).await?;
+            let mut m = lock(&model);
+            m.deleting.remove(&name);
+            m.rps.remove(&name);
+            m.deleted_rps.insert(name);
+        }
+    } else {
+        // Retention keeps the newest three; any restore point may go until it answers.
+        let names: Vec<String> = lock(&model).rps.keys().cloned().collect();
+        lock(&model).deleting.extend(names);
+        let policy = pb::RetentionPolicy { keep_last: 3, ..Default::default() };
+        let req = pb::ApplyRetentionRequest { collection: "c".into(), policy: Some(policy), dry_run: false };
+        let decisions =
+            pb::store_client::StoreClient::new(ch.clone()).apply_retention(req).await?.into_inner().decisions;
         let mut m = lock(&model);
-        m.rps.remove(&name);
-        m.deleted_rps.insert(name);
+        for d in decisions.iter().filter(|d| !d.keep) {
+            m.rps.remove(&d.name);
+            m.deleted_rps.insert(d.name.clone());
+        }
+        m.deleting.clear();
+    }
+    // Sometimes a grow of disk b (up to twice its size).
+    let len = lock(&model).disks["b"].live.len();
+    if pick(4) == 0 && len < 2 * DISK_BYTES as usize {
+        let new_len = len + MIB as usize;
+        lock(&model).growing = Some(("b", new_len));
+        let req = pb::ResizeDiskRequest { disk: "b".into(), size_bytes: new_len as u64 };
+        pb::disks_client::DisksClient::new(ch.clone()).resize_disk(req).await?;
+        let mut m = lock(&model);
+        m.disks.get_mut("b").unwrap().grown(new_len);
+        m.growing = None;
     }
 
     // A restore, then a restore point (the freeze keeps the unflushed writes: they are live).
@@ -354,8 +396,11 @@ async fn check_after_end(ch: &tonic::transport::Channel, model: &Mutex<Model>, f
     let disks: Vec<&'static str> = lock(model).disks.keys().copied().collect();
     for name in disks {
         let got = grpc_read(ch, Source::Disk(name.into())).await.0;
-        figures.acknowledged_sectors_checked += lock(model).disks.get_mut(name).unwrap().settle(name, &got);
+        let mut m = lock(model);
+        let growing = m.growing.filter(|(d, _)| *d == name).map(|(_, len)| len);
+        figures.acknowledged_sectors_checked += m.disks.get_mut(name).unwrap().settle(name, &got, growing);
     }
+    lock(model).growing = None;
     let listed = list_rps(ch).await.unwrap();
     let (reads, restored, deleted) = {
         let mut m = lock(model);
@@ -383,7 +428,7 @@ async fn check_after_end(ch: &tonic::transport::Channel, model: &Mutex<Model>, f
         }
         for (name, rp) in &m.rps {
             assert!(
-                !rp.succeeded || listed.iter().any(|r| &r.name == name),
+                !rp.succeeded || m.deleting.contains(name) || listed.iter().any(|r| &r.name == name),
                 "restore point {name} had succeeded and is gone"
             );
         }
@@ -392,6 +437,9 @@ async fn check_after_end(ch: &tonic::transport::Channel, model: &Mutex<Model>, f
         for rp in m.rps.values_mut() {
             rp.succeeded = true;
         }
+        let gone: Vec<String> = m.deleting.iter().filter(|n| !m.rps.contains_key(*n)).cloned().collect();
+        m.deleted_rps.extend(gone);
+        m.deleting.clear();
         let restored: Vec<(String, RestoredModel)> = std::mem::take(&mut m.restored).into_iter().collect();
         let deleted: Vec<String> = m.deleted_disks.iter().cloned().collect();
         (reads, restored, deleted)
