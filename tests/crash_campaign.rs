@@ -37,7 +37,8 @@ use pb::read_disk_request::Source;
 use crate::common::nbd::{CMD_WRITE, Client};
 use crate::common::powerloss::{CutMode, PowerLossFs, Rng};
 use crate::common::{
-    Cairnd, assert_same, grpc, grpc_disk, grpc_group_and_collection, grpc_read, grpc_wait_op, pattern, spawn_cairnd_env,
+    Cairnd, assert_same, grpc, grpc_disk, grpc_group_and_collection, grpc_read, grpc_wait_op, pattern,
+    spawn_cairnd_env, try_grpc_read, try_grpc_wait_op,
 };
 
 const MIB: u64 = 1 << 20;
@@ -229,33 +230,6 @@ async fn delete_disk(ch: &tonic::transport::Channel, name: &str) -> Fallible<()>
     Ok(())
 }
 
-/// The whole of a disk or disk restore point, or why not.
-async fn read(ch: &tonic::transport::Channel, source: Source) -> Fallible<Vec<u8>> {
-    let req = pb::ReadDiskRequest { source: Some(source), offset: 0, length: 0 };
-    let mut stream = pb::disk_data_client::DiskDataClient::new(ch.clone()).read_disk(req).await?.into_inner();
-    let mut out = Vec::new();
-    while let Some(m) = stream.message().await? {
-        if m.zero {
-            out.resize(out.len() + m.length as usize, 0);
-        } else {
-            out.extend_from_slice(&m.data);
-        }
-    }
-    Ok(out)
-}
-
-/// Waits for an operation to end; its last state.
-async fn wait_op(ch: &tonic::transport::Channel, id: &str) -> Fallible<pb::Operation> {
-    let mut c = pb::operations_client::OperationsClient::new(ch.clone());
-    loop {
-        let op = c.get_operation(pb::GetOperationRequest { id: id.into() }).await?.into_inner();
-        if op.state() != pb::OperationState::Running {
-            return Ok(op);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// One round's work, step by step; the model learns of each step before it is sent (as
 /// possibly done) and after it is acknowledged (as done). Ends early with the daemon.
 async fn workload(
@@ -391,12 +365,12 @@ async fn workload(
     let req = pb::CreateRestorePointRequest { collection: "c".into(), name: name.clone(), ..Default::default() };
     let op =
         pb::restore_points_client::RestorePointsClient::new(ch.clone()).create_restore_point(req).await?.into_inner();
-    let op = wait_op(&ch, &op.operation.ok_or("no operation")?.id).await?;
+    let op = try_grpc_wait_op(&ch, &op.operation.ok_or("no operation")?.id).await?;
     if op.state() == pb::OperationState::Succeeded {
         lock(&model).rps.get_mut(&name).unwrap().succeeded = true;
         // Reads of it must be exact.
         let want = lock(&model).rps[&name].content["b"].clone();
-        let got = read(&ch, rp_source(&name, "b")).await?;
+        let got = try_grpc_read(&ch, rp_source(&name, "b")).await?.0;
         if got != want {
             lock(&model).violations.push(format!("restore point {name} read back wrong during the workload"));
         }
@@ -405,9 +379,9 @@ async fn workload(
     // Upkeep: GC (rewriting every pack not wholly live) and a verify.
     let gc = pb::CollectGarbageRequest { live_share_percent: Some(100) };
     let op = pb::store_client::StoreClient::new(ch.clone()).collect_garbage(gc).await?.into_inner();
-    wait_op(&ch, &op.id).await?;
+    try_grpc_wait_op(&ch, &op.id).await?;
     let op = pb::store_client::StoreClient::new(ch.clone()).verify(pb::VerifyRequest::default()).await?.into_inner();
-    let op = wait_op(&ch, &op.id).await?;
+    let op = try_grpc_wait_op(&ch, &op.id).await?;
     if op.state() == pb::OperationState::Succeeded {
         let report: serde_json::Value = serde_json::from_str(&op.result_json)?;
         if report["corrupt"].as_array().map(Vec::len) != Some(0) {

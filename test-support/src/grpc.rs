@@ -22,12 +22,20 @@ pub async fn grpc_read(
     ch: &tonic::transport::Channel,
     source: cairn_proto::v1::read_disk_request::Source,
 ) -> (Vec<u8>, usize) {
+    try_grpc_read(ch, source).await.unwrap()
+}
+
+/// [`grpc_read`], or the status that ended the stream (for callers the daemon may die under).
+pub async fn try_grpc_read(
+    ch: &tonic::transport::Channel,
+    source: cairn_proto::v1::read_disk_request::Source,
+) -> Result<(Vec<u8>, usize), tonic::Status> {
     use cairn_proto::v1 as pb;
     let req = pb::ReadDiskRequest { source: Some(source), offset: 0, length: 0 };
-    let mut stream = pb::disk_data_client::DiskDataClient::new(ch.clone()).read_disk(req).await.unwrap().into_inner();
+    let mut stream = pb::disk_data_client::DiskDataClient::new(ch.clone()).read_disk(req).await?.into_inner();
     let mut out = Vec::new();
     let mut zero_runs = 0;
-    while let Some(m) = stream.message().await.unwrap() {
+    while let Some(m) = stream.message().await? {
         assert_eq!(m.offset, out.len() as u64, "ReadDisk sends the range in order");
         if m.zero {
             zero_runs += 1;
@@ -37,18 +45,26 @@ pub async fn grpc_read(
             out.extend_from_slice(&m.data);
         }
     }
-    (out, zero_runs)
+    Ok((out, zero_runs))
 }
 
 /// Polls an operation over gRPC until it ends; returns its last state.
 pub async fn grpc_wait_op(ch: &tonic::transport::Channel, id: &str) -> cairn_proto::v1::Operation {
+    try_grpc_wait_op(ch, id).await.unwrap()
+}
+
+/// [`grpc_wait_op`], or the status a call failed with (for callers the daemon may die under).
+pub async fn try_grpc_wait_op(
+    ch: &tonic::transport::Channel,
+    id: &str,
+) -> Result<cairn_proto::v1::Operation, tonic::Status> {
     use cairn_proto::v1 as pb;
     let mut c = pb::operations_client::OperationsClient::new(ch.clone());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
-        let op = c.get_operation(pb::GetOperationRequest { id: id.into() }).await.unwrap().into_inner();
+        let op = c.get_operation(pb::GetOperationRequest { id: id.into() }).await?.into_inner();
         if op.state() != pb::OperationState::Running {
-            return op;
+            return Ok(op);
         }
         assert!(std::time::Instant::now() < deadline, "operation {id} still running: {op:?}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
