@@ -264,8 +264,7 @@ impl FileNode {
     }
 
     /// Applies the chosen part of the unsynced log to the durable content (at a cut).
-    fn apply_partial(&mut self, keep: f64, rng: &mut Rng) -> std::io::Result<(u64, u64)> {
-        let total = self.log.len() as u64;
+    fn apply_partial(&mut self, keep: f64, rng: &mut Rng) -> std::io::Result<u64> {
         let chosen: Vec<Op> = self.log.iter().filter(|_| rng.chance(keep)).cloned().collect();
         let kept = chosen.len() as u64;
         let last = chosen.len().checked_sub(1);
@@ -290,7 +289,7 @@ impl FileNode {
         }
         self.log.clear();
         self.pages.clear();
-        Ok((total, kept))
+        Ok(kept)
     }
 }
 
@@ -540,22 +539,25 @@ impl Fs {
 }
 
 fn kind_of(mode: u32) -> FileType {
-    match mode & libc_s_ifmt() {
-        0o140000 => FileType::Socket,
-        0o010000 => FileType::NamedPipe,
-        0o020000 => FileType::CharDevice,
-        0o060000 => FileType::BlockDevice,
-        0o040000 => FileType::Directory,
-        0o120000 => FileType::Symlink,
+    use rustix::fs::FileType as Raw;
+    match Raw::from_raw_mode(mode) {
+        Raw::Socket => FileType::Socket,
+        Raw::Fifo => FileType::NamedPipe,
+        Raw::CharacterDevice => FileType::CharDevice,
+        Raw::BlockDevice => FileType::BlockDevice,
+        Raw::Directory => FileType::Directory,
+        Raw::Symlink => FileType::Symlink,
         _ => FileType::RegularFile,
     }
 }
 
-const fn libc_s_ifmt() -> u32 {
-    0o170000
+/// Open flags as FUSE passes them (an `i32` of the kernel's bits).
+fn has(flags: i32, flag: rustix::fs::OFlags) -> bool {
+    flags.cast_unsigned() & flag.bits() != 0
 }
 
-const O_SYNC_BITS: i32 = 0o4010000 | 0o10000; // O_SYNC (includes O_DSYNC) | O_DSYNC
+/// A write through a handle opened with one of these is durable when it returns.
+const SYNC_FLAGS: rustix::fs::OFlags = rustix::fs::OFlags::SYNC.union(rustix::fs::OFlags::DSYNC);
 
 impl fuser::Filesystem for Fs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -738,12 +740,12 @@ impl fuser::Filesystem for Fs {
         let mut m = self.model();
         let result = m.alive().and_then(|()| {
             m.node(ino.0)?;
-            if flags.0 & libc_o_trunc() != 0 {
+            if has(flags.0, rustix::fs::OFlags::TRUNC) {
                 m.file_mut(ino.0)?.set_len(0).map_err(io_errno)?;
             }
             let fh = m.next_fh;
             m.next_fh += 1;
-            if flags.0 & O_SYNC_BITS != 0 {
+            if has(flags.0, SYNC_FLAGS) {
                 m.sync_handles.insert(fh, true);
             }
             Ok(fh)
@@ -767,13 +769,13 @@ impl fuser::Filesystem for Fs {
         let mut m = self.model();
         let result = m.alive().and_then(|()| {
             let ino = match m.lookup(parent.0, name) {
-                Ok(_) if flags & libc_o_excl() != 0 => return Err(Errno::EEXIST),
+                Ok(_) if has(flags, rustix::fs::OFlags::EXCL) => return Err(Errno::EEXIST),
                 Ok(ino) => ino,
                 Err(_) => m.new_file(parent.0, name, (mode & !umask & 0o7777) as u16, req.uid(), req.gid())?,
             };
             let fh = m.next_fh;
             m.next_fh += 1;
-            if flags & O_SYNC_BITS != 0 {
+            if has(flags, SYNC_FLAGS) {
                 m.sync_handles.insert(fh, true);
             }
             Ok((m.attr(ino)?, fh))
@@ -962,14 +964,6 @@ impl fuser::Filesystem for Fs {
     }
 }
 
-const fn libc_o_trunc() -> i32 {
-    0o1000
-}
-
-const fn libc_o_excl() -> i32 {
-    0o200
-}
-
 /// A mounted power-loss file system. Unmounted on drop.
 pub struct PowerLossFs {
     model: Arc<Mutex<Model>>,
@@ -1057,7 +1051,7 @@ impl PowerLossFs {
                     unsynced += f.log.len() as u64;
                     match mode {
                         CutMode::Partial { keep, .. } => {
-                            kept += f.apply_partial(keep, &mut rng).expect("applying the kept writes").1;
+                            kept += f.apply_partial(keep, &mut rng).expect("applying the kept writes");
                         }
                         CutMode::ProcessCrash => {
                             kept += f.log.len() as u64;
