@@ -1,7 +1,7 @@
 //! The `cairn` CLI against the real cairnd: every noun, table and JSON output, `--wait`,
 //! sizes with units, exit codes (0 ok, 1 failed, 2 usage) and completions.
 
-use crate::common::{cairn_cli, grpc, grpc_write, pattern, run_ok, start_cairnd};
+use crate::common::{cairn_cli, grpc, grpc_write, merkle_root_of_image, pattern, run_ok, start_cairnd};
 
 fn json(cmd: &mut std::process::Command) -> serde_json::Value {
     let out = run_ok(cmd.args(["--output", "json"]));
@@ -34,6 +34,11 @@ async fn cli_drives_disks_groups_collections_restore_points_and_restores() {
     grpc_write(&ch, "os", 0, pattern(7, 1 << 20)).await;
     let rp1 = json(cli().args(["rp", "create", "vm-rps", "rp1", "--wait"]));
     assert_eq!(rp1["provisioning_state"], "Succeeded", "{rp1}");
+    let mut image = pattern(7, 1 << 20);
+    image.resize(8 << 20, 0);
+    let root = merkle_root_of_image(&image, 256 << 10).to_string();
+    assert_eq!(rp1["disks"][0]["merkle_root"], root.as_str(), "{rp1}");
+    assert_eq!(rp1["merkle_root"].as_str().map(str::len), Some(64), "{rp1}");
     grpc_write(&ch, "os", 4 << 20, pattern(8, 4096)).await;
     let rp2 = json(cli().args(["rp", "create", "vm-rps", "rp2", "--description", "second"]));
     assert!(rp2["bytes_stored"].as_u64().unwrap() < rp1["bytes_stored"].as_u64().unwrap(), "{rp2}");
@@ -41,6 +46,9 @@ async fn cli_drives_disks_groups_collections_restore_points_and_restores() {
     assert_eq!(listed.as_array().unwrap().len(), 2);
     let shown = json(cli().args(["rp", "show", "vm-rps", "rp2", "--instance-view"]));
     assert_eq!(shown["description"], "second");
+    assert_ne!(shown["merkle_root"], rp1["merkle_root"], "{shown}");
+    let table = run_ok(cli().args(["rp", "show", "vm-rps", "rp1"]));
+    assert!(table.contains(&format!("merkle_root: {}", rp1["merkle_root"].as_str().unwrap())), "{table}");
     assert!(shown["instance_view"]["operation"]["state"] == "Succeeded", "{shown}");
     let diff = json(cli().args(["rp", "diff", "vm-rps", "rp1", "rp2", "--disk", "os"]));
     assert_eq!(diff["changed_blocks"][0]["offset"], 4 << 20, "{diff}");

@@ -107,6 +107,35 @@ pub async fn read_rp(engine: &Engine, rp: cairn_engine::RestorePointId, disk: ca
     out
 }
 
+/// The root of a disk image, by `base::merkle`'s rule: BLAKE3 leaves of each chunk, an RFC
+/// 6962 tree with BLAKE3 and its 0x00/0x01 domain bytes, bound to the sizes in derive-key mode.
+pub fn merkle_root_of_image(image: &[u8], chunk: u64) -> cairn_engine::Root {
+    fn mth(leaves: &[[u8; 32]]) -> [u8; 32] {
+        let node = |prefix: u8, parts: &[&[u8; 32]]| {
+            let mut h = blake3::Hasher::new();
+            h.update(&[prefix]);
+            parts.iter().for_each(|p| {
+                h.update(&p[..]);
+            });
+            *h.finalize().as_bytes()
+        };
+        match leaves.len() {
+            1 => node(0, &[&leaves[0]]),
+            n => {
+                let k = n.next_power_of_two() / 2;
+                node(1, &[&mth(&leaves[..k]), &mth(&leaves[k..])])
+            }
+        }
+    }
+    let leaves: Vec<[u8; 32]> =
+        image.chunks(usize::try_from(chunk).unwrap()).map(|c| *blake3::hash(c).as_bytes()).collect();
+    let mut h = blake3::Hasher::new_derive_key("cairn 2026-12-04 disk restore point merkle root v1");
+    h.update(&(image.len() as u64).to_le_bytes());
+    h.update(&chunk.to_le_bytes());
+    h.update(&mth(&leaves));
+    cairn_engine::Root(*h.finalize().as_bytes())
+}
+
 /// A gRPC channel to a cairnd started on `data_dir`.
 pub async fn grpc(data_dir: &Path) -> tonic::transport::Channel {
     cairn_cli::client::connect(&grpc_endpoint(data_dir)).await.unwrap()

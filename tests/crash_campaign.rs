@@ -12,8 +12,8 @@
 //!   acknowledged is gone; a restored disk whose restore was acknowledged exists and reads
 //!   as its restore point with the writes made to it since (while it hydrated), flushed ones
 //!   exact; a deleted disk is gone;
-//! - a verify of the whole store finds no corrupt record, and no read during the workload
-//!   served wrong bytes;
+//! - a verify of the whole store finds no corrupt record and every restore point's chunk map
+//!   hashes to the Merkle root it recorded, and no read during the workload served wrong bytes;
 //! - change tracking missed nothing: a new restore point reads back equal to the disks.
 //!
 //! The workload, per round: flushed gRPC writes, unflushed NBD writes, restore point
@@ -384,7 +384,8 @@ async fn workload(
     let op = try_grpc_wait_op(&ch, &op.id).await?;
     if op.state() == pb::OperationState::Succeeded {
         let report: serde_json::Value = serde_json::from_str(&op.result_json)?;
-        if report["corrupt"].as_array().map(Vec::len) != Some(0) {
+        let mismatched = report["root_mismatches"].as_array().map(Vec::len);
+        if report["corrupt"].as_array().map(Vec::len) != Some(0) || mismatched != Some(0) {
             lock(&model).violations.push(format!("verify during the workload: {report}"));
         }
     }
@@ -483,6 +484,7 @@ async fn check_after_end(ch: &tonic::transport::Channel, model: &Mutex<Model>, f
     assert_eq!(op.state(), pb::OperationState::Succeeded, "verify after the end: {op:?}");
     let report: serde_json::Value = serde_json::from_str(&op.result_json).unwrap();
     assert_eq!(report["corrupt"].as_array().map(Vec::len), Some(0), "verify after the end: {report}");
+    assert_eq!(report["root_mismatches"].as_array().map(Vec::len), Some(0), "verify after the end: {report}");
     figures.operations_checked += 1;
 }
 

@@ -125,7 +125,8 @@ async fn verify_finds_a_flipped_byte_and_names_the_restore_point_over_grpc_and_t
     assert!(clean.corrupt.is_empty() && clean.records_checked == 16, "{clean:?}");
     let clean_rp = verify(&ch, "c", "rp1").await;
     assert!(clean_rp.corrupt.is_empty() && clean_rp.records_checked > 0, "{clean_rp:?}");
-    run_ok(cairn_cli(dir.path()).args(["verify"]));
+    let out = run_ok(cairn_cli(dir.path()).args(["verify"]));
+    assert!(out.contains("0 corrupt; 2 Merkle roots, 0 mismatched"), "{out}");
     daemon.stop();
     let pack = packs(dir.path());
     assert_eq!(pack.len(), 1, "{pack:?}");

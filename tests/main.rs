@@ -45,6 +45,7 @@ mod restore_point_create_job;
 mod restore_point_delete;
 mod restore_point_delta;
 mod restore_point_history_model;
+mod restore_point_merkle;
 mod restore_point_model;
 mod restore_point_races;
 mod restore_point_restored_history;

@@ -508,6 +508,7 @@ fn j_rp(r: &pb::RestorePoint) -> Value {
                 "chunks_captured": d.chunks_captured, "chunks_new": d.chunks_new,
                 "chunks_deduplicated": d.chunks_deduplicated, "chunks_zero": d.chunks_zero,
                 "chunks_delta": d.chunks_delta, "bytes_stored": d.bytes_stored, "bytes_captured": d.bytes_captured,
+                "merkle_root": d.merkle_root,
             })
         })
         .collect();
@@ -529,6 +530,7 @@ fn j_rp(r: &pb::RestorePoint) -> Value {
         "configuration": r.configuration, "disks": disks, "excluded_disk_ids": r.excluded_disk_ids,
         "completed_at_ms": r.completed_at_ms, "operation_id": r.operation_id,
         "bytes_stored": r.disks.iter().map(|d| d.bytes_stored).sum::<u64>(),
+        "merkle_root": r.merkle_root,
         "instance_view": view,
     })
 }
@@ -643,6 +645,7 @@ const RP_COLS: &[&str] = &["name", "id", "provisioning_state", "consistency_mode
 const OP_COLS: &[&str] = &["id", "kind", "state", "percent", "target", "error"];
 const RETAIN_COLS: &[&str] = &["name", "keep", "reasons", "created_at_ms", "restore_point_id"];
 const CORRUPT_COLS: &[&str] = &["chunk", "pack", "reason", "affected"];
+const ROOT_MISMATCH_COLS: &[&str] = &["restore_point", "disk", "recorded", "computed"];
 
 // ---- commands ----------------------------------------------------------------------------
 
@@ -730,24 +733,43 @@ impl Client {
                     .collect()
             })
             .unwrap_or_default();
+        let mismatches: Vec<Value> = report["root_mismatches"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|m| {
+                        let disk = m["disk_name"].as_str().filter(|d| !d.is_empty()).unwrap_or("(restore point)");
+                        json!({"restore_point": m["restore_point_name"], "disk": disk,
+                            "recorded": m["recorded"], "computed": m["computed"]})
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         match self.output {
             Output::Json => println!("{}", j_op(&end)),
             Output::Table => {
                 println!(
-                    "verified {what}: {} records, {} bytes, {} corrupt",
+                    "verified {what}: {} records, {} bytes, {} corrupt; {} Merkle roots, {} mismatched",
                     cell(&report["records_checked"]),
                     cell(&report["bytes_checked"]),
-                    corrupt.len()
+                    corrupt.len(),
+                    cell(&report["roots_checked"]),
+                    mismatches.len()
                 );
                 if !corrupt.is_empty() {
                     print_list(self.output, &corrupt, CORRUPT_COLS);
                 }
+                if !mismatches.is_empty() {
+                    print_list(self.output, &mismatches, ROOT_MISMATCH_COLS);
+                }
             }
         }
-        if corrupt.is_empty() {
-            Ok(())
-        } else {
-            Err(Failure::Other(format!("verify found {} corrupt records in {what}", corrupt.len())))
+        match (corrupt.len(), mismatches.len()) {
+            (0, 0) => Ok(()),
+            (c, 0) => Err(Failure::Other(format!("verify found {c} corrupt records in {what}"))),
+            (c, m) => Err(Failure::Other(format!(
+                "verify found {c} corrupt records and {m} chunk maps that do not match their Merkle roots in {what}"
+            ))),
         }
     }
 

@@ -122,10 +122,12 @@ impl Engine {
                 gc_single: Arc::new(tokio::sync::Mutex::new(())),
                 background,
                 disk_problems,
+                roots_checked: Default::default(),
             }),
             hooks: Arc::default(),
         };
         recover::recover_captures(&engine.inner).await?;
+        recover::record_missing_roots(&engine.inner)?;
         restore::resume_hydrations(&engine.inner);
         crate::maintenance::operations::resume_operations(&engine.inner)?;
         Ok(engine)

@@ -103,6 +103,17 @@
 //! them. Its first restore point is an increment over the base. Chunks a grow adds past the
 //! base's are local from the start.
 //!
+//! Merkle roots (`base/merkle.rs`): when a capture succeeds, each disk restore point records
+//! the root of a BLAKE3 tree whose leaves are its chunks' content ids in index order, hashed
+//! from the chunk map (every entry, full or delta, names the content's BLAKE3; zero chunks
+//! hash as zeros), so no data is read and merging deltas never changes it; the restore point
+//! records a root over its configuration and its disks' roots. A chunk map entry swapped for
+//! another good record reads back as valid but wrong bytes; the roots are what find it: a
+//! restore hashes the map before it hands the disk out, a reader is checked once per disk
+//! restore point while the engine is open, and verify reports every mismatch. Deletions keep
+//! the roots of the restore points that remain (a dropped entry is one nobody reads through).
+//! Restore points from before roots get theirs at open, from their map as it then is.
+//!
 //! Growing a disk whose last chunk is short marks the blocks that chunk gains as changed, so
 //! the next capture stores it again at its full length (whole, or as a delta over the short
 //! base, which reads zero-extended).
@@ -163,6 +174,7 @@ pub use base::format;
 
 pub use base::error::{Error, ErrorKind, Result};
 pub use base::ids::{CollectionId, DiskId, GroupId, LineageId, Name, OperationId, PackId, RestorePointId};
+pub use base::merkle::Root;
 pub use base::stats::{FreezeStats, FreezeSummary, JobThroughput, Throughput};
 pub use catalog::group::{CreateGroup, GroupRecord, MAX_CONFIGURATION_BYTES};
 pub use catalog::restore_point::{
@@ -177,7 +189,7 @@ pub use io::IoBackendKind;
 pub use jobs::background::BackgroundPriority;
 pub use jobs::operation::{OperationKind, OperationRecord, OperationState};
 pub use maintenance::gc::{DEFAULT_GC_LIVE_SHARE_PERCENT, GcReport};
-pub use maintenance::verify::{Affected, CorruptRecord, VerifyReport, VerifyTarget};
+pub use maintenance::verify::{Affected, CorruptRecord, RootMismatch, VerifyReport, VerifyTarget};
 pub use rp::collection::{
     CollectionRecord, CreateCollection, DEFAULT_MAX_RESTORE_POINTS, MAX_RESTORE_POINTS_LIMIT, ScriptHook,
     UpdateCollection,

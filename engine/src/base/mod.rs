@@ -7,4 +7,5 @@ pub mod error;
 pub mod failpoint;
 pub mod format;
 pub(crate) mod ids;
+pub mod merkle;
 pub(crate) mod stats;

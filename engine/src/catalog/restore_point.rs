@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::base::ids::{CollectionId, DiskId, LineageId, Name, RestorePointId};
+use crate::base::merkle::{self, Root};
 use crate::catalog::Record;
 
 /// Consistency levels, as Azure names them; ordered from weakest to strongest.
@@ -80,6 +81,9 @@ pub struct DiskRestorePoint {
     pub bytes_total: u64,
     /// Change-tracking epoch this restore point closed on the disk.
     pub epoch: u64,
+    /// The Merkle root of its content (see `base::merkle`), set when the capture succeeds.
+    #[serde(default)]
+    pub merkle_root: Option<Root>,
 }
 
 /// A restore point as the catalog stores it.
@@ -108,6 +112,19 @@ pub struct RestorePointRecord {
     pub completed_at_ms: Option<u64>,
     /// The capture operation.
     pub operation: crate::base::ids::OperationId,
+    /// The Merkle root over its configuration and its disks' roots, set when it succeeds.
+    #[serde(default)]
+    pub merkle_root: Option<Root>,
+}
+
+impl RestorePointRecord {
+    /// The root its configuration and its disks' recorded roots make; `None` while a disk
+    /// has none.
+    pub fn root_of_disks(&self) -> Option<Root> {
+        let disks: Option<Vec<(&str, Root)>> =
+            self.disks.iter().map(|d| d.merkle_root.map(|r| (d.disk_name.as_str(), r))).collect();
+        Some(merkle::restore_point_root(&self.configuration, disks?.into_iter()))
+    }
 }
 
 impl Record for RestorePointRecord {

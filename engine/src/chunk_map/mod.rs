@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use crate::base::error::{Error, Result};
 use crate::base::format::{chunk_map_key, decode_chunk_map_key};
 use crate::base::ids::LineageId;
+use crate::base::merkle::{self, Root};
 use crate::catalog::{Batch, Catalog};
 use crate::store::chunk::{ChunkId, ChunkRef};
 
@@ -206,6 +207,25 @@ pub(crate) fn allocated(
         })?;
     }
     Ok(out)
+}
+
+/// The Merkle root (see `base::merkle`) of `lineage` at `seq`, following bases, for a disk
+/// of `size_bytes` in chunks of `chunk_size_bytes`: hashed from the entries' content ids,
+/// reading no data.
+pub(crate) fn merkle_root(
+    catalog: &Catalog,
+    lineage: LineageId,
+    seq: u64,
+    size_bytes: u64,
+    chunk_size_bytes: u64,
+) -> Result<Root> {
+    let chunks = size_bytes.div_ceil(chunk_size_bytes);
+    let nonzero: BTreeMap<u64, [u8; 32]> = allocated(catalog, lineage, seq, chunks)?
+        .into_iter()
+        .filter_map(|(index, r)| r.content().map(|c| (index, c.0)))
+        .collect();
+    let tree = merkle::tree(size_bytes, chunk_size_bytes, &nonzero);
+    Ok(merkle::disk_root(size_bytes, chunk_size_bytes, &tree))
 }
 
 /// Chunk indices of `lineage` with an entry in `(after_seq, upto_seq]`, ascending: the

@@ -7,6 +7,7 @@ use futures::StreamExt;
 
 use crate::base::error::{Error, Result};
 use crate::base::ids::{DiskId, LineageId, Name, RestorePointId};
+use crate::base::merkle::Root;
 use crate::catalog::restore_point::{ProvisioningState, RestorePointRecord};
 use crate::chunk_map;
 use crate::store::chunk::ChunkRef;
@@ -41,6 +42,15 @@ pub struct DiskRestorePointReader {
     seq: u64,
     size_bytes: u64,
     chunk_size_bytes: u64,
+    /// The names and the root the record holds, for [`Self::check_root`].
+    recorded: Option<Recorded>,
+}
+
+#[derive(Debug, Clone)]
+struct Recorded {
+    restore_point: Name,
+    disk: Name,
+    root: Option<Root>,
 }
 
 impl DiskRestorePointReader {
@@ -73,6 +83,11 @@ impl DiskRestorePointReader {
             seq: record.seq,
             size_bytes: d.size_bytes,
             chunk_size_bytes: d.chunk_size_bytes,
+            recorded: Some(Recorded {
+                restore_point: record.name.clone(),
+                disk: d.disk_name.clone(),
+                root: d.merkle_root,
+            }),
         })
     }
 
@@ -104,6 +119,7 @@ impl DiskRestorePointReader {
                     seq: base.map_or(0, |b| b.seq),
                     size_bytes: record.size_bytes,
                     chunk_size_bytes: record.chunk_size_bytes,
+                    recorded: None,
                 };
                 Ok((reader, Some(problem)))
             }
@@ -151,6 +167,41 @@ impl DiskRestorePointReader {
         let chunks = chunk_map::allocated(&self.catalog, self.lineage, self.seq, self.chunk_count())?;
         self.check_exists()?;
         Ok(chunks.into_iter().collect())
+    }
+
+    /// The Merkle root of what this reader reads, hashed from the chunk map.
+    pub fn merkle_root(&self) -> Result<Root> {
+        let root =
+            chunk_map::merkle_root(&self.catalog, self.lineage, self.seq, self.size_bytes, self.chunk_size_bytes)?;
+        self.check_exists()?;
+        Ok(root)
+    }
+
+    /// Fails Corrupt unless the chunk map hashes to the root the disk restore point recorded
+    /// when it succeeded: an entry changed, lost or swapped since then would otherwise serve
+    /// another chunk's bytes, each record checking good on its own.
+    pub fn check_root(&self) -> Result<Root> {
+        let Some(recorded) = &self.recorded else {
+            return Err(Error::not_found(format!("restore point {} (deleted)", self.rp)));
+        };
+        let Some(expected) = recorded.root else {
+            return Err(Error::corrupt(
+                "catalog/restore_points",
+                format!("restore point {} disk {} has no Merkle root recorded", recorded.restore_point, recorded.disk),
+            ));
+        };
+        let root = self.merkle_root()?;
+        if root != expected {
+            return Err(Error::corrupt(
+                "catalog/chunk_map",
+                format!(
+                    "restore point {} disk {}: the chunk map hashes to Merkle root {root}, the restore point recorded \
+                     {expected}",
+                    recorded.restore_point, recorded.disk
+                ),
+            ));
+        }
+        Ok(root)
     }
 
     /// Chunks that changed from `older` (same lineage, not newer) to this one.

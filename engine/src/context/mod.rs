@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use crate::base::ids::{DiskId, GroupId};
+use crate::base::ids::{DiskId, GroupId, RestorePointId};
 use crate::base::stats::{FreezeStats, Throughput};
 use crate::catalog::Catalog;
 use crate::catalog::group::GroupRecord;
@@ -129,6 +129,9 @@ pub(crate) struct Context {
     pub(crate) background: crate::jobs::background::BackgroundPool,
     /// What was wrong with disks when the engine opened (a restored disk whose base is gone).
     pub(crate) disk_problems: Vec<(DiskId, String)>,
+    /// Disk restore points whose chunk map was checked against their Merkle root since the
+    /// engine opened: a map changes only by deletions, which keep every other root.
+    pub(crate) roots_checked: std::sync::Mutex<std::collections::HashSet<(RestorePointId, DiskId)>>,
 }
 
 impl Context {

@@ -29,16 +29,34 @@ impl Context {
             .ok_or_else(|| Error::not_found(format!("restore point {name}")))
     }
 
-    /// A reader of one disk restore point of a `Succeeded` restore point.
+    /// A reader of one disk restore point of a `Succeeded` restore point, its chunk map
+    /// checked against its Merkle root (once per disk restore point while the engine is
+    /// open): a reader never serves a map that changed under the restore point.
     pub(crate) fn disk_restore_point(&self, rp: RestorePointId, disk: DiskId) -> Result<DiskRestorePointReader> {
+        let reader = self.disk_restore_point_unchecked(rp, disk)?;
+        let checked = |s: &Self| s.roots_checked.lock().unwrap_or_else(|p| p.into_inner()).contains(&(rp, disk));
+        if !checked(self) {
+            reader.check_root()?;
+            self.roots_checked.lock().unwrap_or_else(|p| p.into_inner()).insert((rp, disk));
+        }
+        Ok(reader)
+    }
+
+    /// A reader of one disk restore point, its root not checked: for verify, which reports a
+    /// mismatch rather than failing, and for reads of the map alone.
+    pub(crate) fn disk_restore_point_unchecked(
+        &self,
+        rp: RestorePointId,
+        disk: DiskId,
+    ) -> Result<DiskRestorePointReader> {
         DiskRestorePointReader::open(&self.catalog, &self.chunks, rp, disk)
     }
 
     /// Chunks of `disk` that changed from restore point `from` to restore point `to` (same
     /// disk, `from` older): like EBS ListChangedBlocks.
     pub(crate) fn changed_chunks(&self, from: RestorePointId, to: RestorePointId, disk: DiskId) -> Result<Vec<u64>> {
-        let a = self.disk_restore_point(from, disk)?;
-        let b = self.disk_restore_point(to, disk)?;
+        let a = self.disk_restore_point_unchecked(from, disk)?;
+        let b = self.disk_restore_point_unchecked(to, disk)?;
         if a.base().lineage != b.base().lineage {
             return Err(Error::invalid("from", "the two disk restore points are of different disk histories"));
         }

@@ -1,6 +1,8 @@
 //! Verify: re-reads stored records and checks them end to end (record header, CRC of the
 //! stored bytes, decoding, BLAKE3 of the content), and names the restore points and disks
-//! each corrupt record affects. A corrupt record is marked so that no capture deduplicates
+//! each corrupt record affects; it also hashes every restore point's chunk map and compares
+//! it with the Merkle root the restore point recorded (an entry swapped for another good
+//! record reads back as valid, wrong data: only the root finds it). A corrupt record is marked so that no capture deduplicates
 //! against it or builds a delta on it: the next capture of that content stores it anew,
 //! which heals every restore point that referenced it by hash.
 
@@ -15,6 +17,7 @@ use std::sync::Arc;
 use crate::base::error::{Error, Result};
 use crate::base::format::decode_chunk_map_key;
 use crate::base::ids::{LineageId, PackId, RestorePointId};
+use crate::base::merkle::Root;
 use crate::catalog::restore_point::{ProvisioningState, RestorePointRecord};
 use crate::chunk_map;
 use crate::context::Context;
@@ -78,12 +81,60 @@ struct VerifyProgress {
     bad: Vec<([u8; 32], String, String)>,
 }
 
+/// A restore point whose chunk map no longer hashes to the Merkle root it recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootMismatch {
+    pub restore_point: RestorePointId,
+    pub restore_point_name: String,
+    /// Empty for the restore point's own root (configuration and disk roots).
+    pub disk_name: String,
+    /// `None`: no root was recorded.
+    pub recorded: Option<Root>,
+    pub computed: Root,
+}
+
 /// What a verify found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyReport {
     pub records_checked: u64,
     pub bytes_checked: u64,
     pub corrupt: Vec<CorruptRecord>,
+    /// Disk restore points and restore points whose roots were hashed from the chunk map.
+    #[serde(default)]
+    pub roots_checked: u64,
+    #[serde(default)]
+    pub root_mismatches: Vec<RootMismatch>,
+}
+
+/// Hashes `rp`'s disk restore points from the chunk map and compares them, and the restore
+/// point's own root, with what it recorded. A restore point deleted meanwhile is skipped.
+fn check_roots(ctx: &Arc<Context>, rp: &RestorePointRecord, report: &mut VerifyReport) -> Result<()> {
+    let mismatch = |disk_name: &str, recorded: Option<Root>, computed: Root| RootMismatch {
+        restore_point: rp.id,
+        restore_point_name: rp.name.to_string(),
+        disk_name: disk_name.to_owned(),
+        recorded,
+        computed,
+    };
+    for d in &rp.disks {
+        let computed = match ctx.disk_restore_point_unchecked(rp.id, d.disk).and_then(|r| r.merkle_root()) {
+            Ok(root) => root,
+            Err(e) if e.kind() == crate::base::error::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        report.roots_checked += 1;
+        if d.merkle_root != Some(computed) {
+            tracing::error!(restore_point = %rp.name, disk = %d.disk_name, recorded = ?d.merkle_root, %computed, "chunk map does not match the recorded Merkle root");
+            report.root_mismatches.push(mismatch(d.disk_name.as_str(), d.merkle_root, computed));
+        }
+    }
+    // The disks' recorded roots with the configuration make the restore point's.
+    let Some(computed) = rp.root_of_disks() else { return Ok(()) };
+    report.roots_checked += 1;
+    if rp.merkle_root != Some(computed) {
+        report.root_mismatches.push(mismatch("", rp.merkle_root, computed));
+    }
+    Ok(())
 }
 
 /// Starts a verify of the store or of one restore point; returns its operation at once.
@@ -177,8 +228,11 @@ async fn verify_store(
     let mut report = VerifyReport {
         records_checked: progress.records_checked,
         bytes_checked: progress.bytes_checked,
-        corrupt: Vec::new(),
+        ..Default::default()
     };
+    for rp in ctx.catalog.list::<RestorePointRecord>()?.iter().filter(|r| r.state == ProvisioningState::Succeeded) {
+        check_roots(ctx, rp, &mut report)?;
+    }
     if !progress.bad.is_empty() {
         let ids: Vec<ChunkId> = progress.bad.iter().map(|(id, _, _)| ChunkId(*id)).collect();
         let affected = affected_by(ctx, &ids)?;
@@ -203,10 +257,11 @@ async fn verify_restore_point(
     cancel: &AtomicBool,
 ) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
+    check_roots(ctx, rp, &mut report)?;
     op.bytes_total = rp.disks.iter().map(|d| d.size_bytes).sum();
     op.bytes_done = 0;
     for d in &rp.disks {
-        let reader = ctx.disk_restore_point(rp.id, d.disk)?;
+        let reader = ctx.disk_restore_point_unchecked(rp.id, d.disk)?;
         for (index, r) in reader.allocated_chunks()? {
             if cancel.load(Ordering::Acquire) {
                 return Err(Error::Canceled);

@@ -289,6 +289,11 @@ async fn capture_all(
         plans.iter().enumerate().flat_map(|(i, chunks)| chunks.iter().map(move |&c| (i, c))).collect();
     capture_chunks(ctx, rp, op, caps, &work, cancel).await?;
     crate::failpoint!("capture::before_commit");
+    for d in &mut rp.disks {
+        let root = chunk_map::merkle_root(&ctx.catalog, d.lineage, rp.seq, d.size_bytes, d.chunk_size_bytes)?;
+        d.merkle_root = Some(root);
+    }
+    rp.merkle_root = rp.root_of_disks();
     rp.state = ProvisioningState::Succeeded;
     rp.completed_at_ms = Some(now_ms());
     op.updated_at_ms = now_ms();

@@ -227,6 +227,7 @@ async fn record_creation(
                 bytes_done: 0,
                 bytes_total: 0,
                 epoch: d.tracker().epoch(),
+                merkle_root: None,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -247,6 +248,7 @@ async fn record_creation(
         excluded_disks: req.exclude_disks,
         completed_at_ms: None,
         operation: op.id,
+        merkle_root: None,
     };
     let mut batch = ctx.catalog.batch();
     batch.put(&rp)?;

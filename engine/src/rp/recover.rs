@@ -58,3 +58,24 @@ pub(crate) async fn recover_captures(ctx: &Arc<Context>) -> Result<()> {
     }
     Ok(())
 }
+
+/// Gives every `Succeeded` restore point written before Merkle roots existed its roots,
+/// hashed from its chunk map as it is now (once: each is then recorded), so that every
+/// restore point the engine serves carries one.
+pub(crate) fn record_missing_roots(ctx: &Arc<Context>) -> Result<()> {
+    let all = ctx.catalog.list::<RestorePointRecord>()?;
+    let missing = all.into_iter().filter(|r| r.state == ProvisioningState::Succeeded && r.merkle_root.is_none());
+    for mut rp in missing {
+        for d in &mut rp.disks {
+            let root =
+                crate::chunk_map::merkle_root(&ctx.catalog, d.lineage, rp.seq, d.size_bytes, d.chunk_size_bytes)?;
+            d.merkle_root = Some(root);
+        }
+        rp.merkle_root = rp.root_of_disks();
+        tracing::info!(restore_point = %rp.name, root = ?rp.merkle_root, "recorded the Merkle roots of a restore point from before roots");
+        let mut batch = ctx.catalog.batch();
+        batch.put(&rp)?;
+        ctx.catalog.commit(batch)?;
+    }
+    Ok(())
+}

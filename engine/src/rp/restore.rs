@@ -39,6 +39,8 @@ pub(crate) async fn restore_disk(ctx: &Arc<Context>, req: RestoreDisk) -> Result
     // this look and the commit below that records the new lineage's base, and a later
     // deletion sees that lineage (the disk is in the state before the lock is released).
     let base = DiskRestorePointReader::open(&ctx.catalog, &ctx.chunks, req.restore_point, req.disk)?;
+    // Hashed from the map, no data read: what the disk will serve is what was captured.
+    base.check_root()?;
     if ctx.state().disks.values().any(|e| e.disk.name() == &name) {
         return Err(Error::already_exists(format!("disk {name}")));
     }

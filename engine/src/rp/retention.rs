@@ -162,6 +162,7 @@ mod tests {
             excluded_disks: vec![],
             completed_at_ms: None,
             operation: OperationId::new(),
+            merkle_root: None,
         }
     }
 

@@ -23,26 +23,15 @@ impl ChunkId {
         Self(*blake3::hash(data).as_bytes())
     }
 
-    /// The id of an all-zero chunk of `len` bytes (never stored, but hashed for Merkle roots).
-    pub fn zero(len: usize) -> Self {
-        let mut h = blake3::Hasher::new();
-        let zeros = [0u8; 4096];
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(zeros.len());
-            h.update(&zeros[..n]);
-            left -= n;
-        }
-        Self(*h.finalize().as_bytes())
+    /// The id of an all-zero chunk of `len` bytes (never stored, but a Merkle leaf).
+    pub fn zero(len: u64) -> Self {
+        Self(crate::base::merkle::zero_leaf(len))
     }
 }
 
 impl fmt::Display for ChunkId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in &self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        crate::base::merkle::write_hex(f, &self.0)
     }
 }
 
@@ -113,6 +102,15 @@ impl ChunkRef {
             ChunkRef::Zero => Vec::new(),
             ChunkRef::Full(id) => vec![*id],
             ChunkRef::Delta { base, delta, .. } => vec![*base, *delta],
+        }
+    }
+
+    /// The BLAKE3 of the chunk's whole raw content, when it is not all zeros: a full
+    /// chunk's id, a delta's `content`.
+    pub fn content(&self) -> Option<ChunkId> {
+        match self {
+            ChunkRef::Zero => None,
+            ChunkRef::Full(id) | ChunkRef::Delta { content: id, .. } => Some(*id),
         }
     }
 

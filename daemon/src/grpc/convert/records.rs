@@ -111,12 +111,14 @@ pub fn restore_point(r: &RestorePointRecord, view: Option<pb::RestorePointInstan
                 chunks_delta: d.chunks_delta,
                 bytes_stored: d.bytes_stored,
                 bytes_captured: d.bytes_captured,
+                merkle_root: d.merkle_root.map(|r| r.to_string()).unwrap_or_default(),
             })
             .collect(),
         excluded_disk_ids: r.excluded_disks.iter().map(ToString::to_string).collect(),
         completed_at_ms: r.completed_at_ms.unwrap_or(0),
         operation_id: r.operation.to_string(),
         instance_view: view,
+        merkle_root: r.merkle_root.map(|r| r.to_string()).unwrap_or_default(),
     }
 }
 
