@@ -50,6 +50,7 @@ mod restore_point_model;
 mod restore_point_races;
 mod restore_point_restored_history;
 mod restore_point_rules;
+mod revert_in_place;
 mod store_gc;
 mod store_kill;
 mod store_resume;

@@ -75,6 +75,22 @@ enum Command {
     /// Restores a disk of a restore point as a new disk (--disk and --name), or the whole
     /// restore point as a new group (--group).
     Restore(RestoreArgs),
+    /// Reverts live disks in place to a restore point of their group: only chunks changed
+    /// since, whose content differs, are rewritten. The disks must have no NBD client attached.
+    /// A restore point of the current state is taken first unless --no-current-state.
+    Revert {
+        collection: String,
+        restore_point: String,
+        /// A disk of the restore point to revert (repeatable; id or name); default: all.
+        #[arg(long = "disk")]
+        disks: Vec<String>,
+        /// Take no restore point of the current state first.
+        #[arg(long)]
+        no_current_state: bool,
+        /// Name of the restore point of the current state [default: before-revert-<unix ms>].
+        #[arg(long, conflicts_with = "no_current_state")]
+        current_state_name: Option<String>,
+    },
     /// Long-running operations.
     #[command(subcommand)]
     Op(OpCmd),
@@ -442,6 +458,16 @@ async fn run(cli: Cli) -> Res {
         Command::Collection(cmd) => c.collection(cmd).await,
         Command::Rp(cmd) => c.rp(cmd).await,
         Command::Restore(args) => c.restore(args).await,
+        Command::Revert { collection, restore_point, disks, no_current_state, current_state_name } => {
+            let req = pb::RevertInPlaceRequest {
+                collection,
+                restore_point,
+                disks,
+                skip_current_state: no_current_state,
+                current_state_name: current_state_name.unwrap_or_default(),
+            };
+            c.revert(req).await
+        }
         Command::Op(cmd) => c.op(cmd).await,
         Command::Store(StoreCmd::Stats) => c.store_stats().await,
         Command::Gc { live_share, wait } => c.gc(live_share, &wait).await,
@@ -645,6 +671,7 @@ const RP_COLS: &[&str] = &["name", "id", "provisioning_state", "consistency_mode
 const OP_COLS: &[&str] = &["id", "kind", "state", "percent", "target", "error"];
 const RETAIN_COLS: &[&str] = &["name", "keep", "reasons", "created_at_ms", "restore_point_id"];
 const CORRUPT_COLS: &[&str] = &["chunk", "pack", "reason", "affected"];
+const REVERT_COLS: &[&str] = &["disk_name", "chunks_compared", "chunks_rewritten", "bytes_written", "bytes_trimmed"];
 const ROOT_MISMATCH_COLS: &[&str] = &["restore_point", "disk", "recorded", "computed"];
 
 // ---- commands ----------------------------------------------------------------------------
@@ -1001,6 +1028,32 @@ impl Client {
                 Ok(())
             }
         }
+    }
+
+    async fn revert(&self, req: pb::RevertInPlaceRequest) -> Res {
+        let mut c = pb::restores_client::RestoresClient::new(self.ch.clone());
+        let r = c.revert_in_place(req).await?.into_inner();
+        let disks: Vec<Value> = r
+            .disks
+            .iter()
+            .map(|d| {
+                json!({"disk_id": d.disk_id, "disk_name": d.disk_name, "chunks_compared": d.chunks_compared,
+                    "chunks_rewritten": d.chunks_rewritten, "bytes_written": d.bytes_written,
+                    "bytes_trimmed": d.bytes_trimmed})
+            })
+            .collect();
+        match self.output {
+            Output::Json => {
+                println!("{}", json!({"disks": disks, "current_state": r.current_state.as_ref().map(j_rp)}))
+            }
+            Output::Table => {
+                if let Some(rp) = &r.current_state {
+                    println!("restore point of the state before: {}", rp.name);
+                }
+                print_list(self.output, &disks, REVERT_COLS);
+            }
+        }
+        Ok(())
     }
 
     async fn restore(&self, a: RestoreArgs) -> Res {

@@ -22,6 +22,7 @@ use crate::rp::group::{self, Freeze};
 use crate::rp::hooks::{QuiesceHook, Registry};
 use crate::rp::restore::{self, RestoreDisk};
 use crate::rp::retention::{self, RetentionDecision, RetentionPolicy};
+use crate::rp::revert::{self, RevertInPlace, RevertReport};
 use crate::rp::{create, delete, recover};
 use crate::store::chunk_store::ChunkStore;
 use crate::store::pack::LocalPackStore;
@@ -374,6 +375,14 @@ impl Engine {
     /// local are read from the store, and a background operation hydrates them.
     pub async fn restore_disk(&self, req: RestoreDisk) -> Result<(DiskRecord, OperationRecord)> {
         restore::restore_disk(&self.inner, req).await
+    }
+
+    /// Reverts live disks of a restore point's group in place to it: the disks must be
+    /// detached (each is held meanwhile: attaching and others' I/O fail Busy); a restore point
+    /// of the current state is taken first unless `current_state` is `None`; only chunks that
+    /// changed since, and whose content differs, are rewritten. See `rp/revert.rs`.
+    pub async fn revert_in_place(&self, req: RevertInPlace) -> Result<RevertReport> {
+        revert::revert_in_place(&self.inner, &self.hooks, req).await
     }
 
     /// Restores every disk of a restore point and puts them in a new group with the

@@ -114,6 +114,12 @@
 //! the roots of the restore points that remain (a dropped entry is one nobody reads through).
 //! Restore points from before roots get theirs at open, from their map as it then is.
 //!
+//! Revert in place (`rp/revert.rs`): the disks are held (no client may attach, others' I/O
+//! fails Busy; writers check the hold inside the gate, so none is left running), a restore
+//! point of the current state is taken, and under the group's creation slot only chunks with
+//! a map entry newer than the restore point or dirty in tracking are compared, and those that
+//! differ rewritten through the write path (so tracking marks them).
+//!
 //! Growing a disk whose last chunk is short marks the blocks that chunk gains as changed, so
 //! the next capture stores it again at its full length (whole, or as a delta over the short
 //! base, which reads zero-extended).
@@ -154,6 +160,7 @@
 //! | GC sweep (phase 1)        | reads, restores, deletes                  | GC gate (exclusive), index lock     |
 //! | GC rewrite (phase 2)      | captures, reads (old packs retired, not deleted) | index lock per switch        |
 //! | verify                    | everything                                | read-only but for corrupt marks     |
+//! | revert in place           | captures of other groups; not an attached client or others' I/O on its disks | disk hold (`disk/access.rs`), then the creation slot per group |
 
 mod base;
 mod catalog;
@@ -181,6 +188,7 @@ pub use catalog::restore_point::{
     ConsistencyMode, CreateRestorePoint, DiskRestorePoint, LineageBase, ProvisioningState, RestorePointRecord,
 };
 pub use chunk_map::reader::DiskRestorePointReader;
+pub use disk::access::Attachment;
 pub use disk::capture::PendingCapture;
 pub use disk::tracking::ChangeTracker;
 pub use disk::{CreateDisk, Disk, DiskCounters, DiskRecord, Extent, RestoreSource};
@@ -198,6 +206,7 @@ pub use rp::group::Freeze;
 pub use rp::hooks::{HookContext, QuiesceHook};
 pub use rp::restore::RestoreDisk;
 pub use rp::retention::{RetentionDecision, RetentionPolicy};
+pub use rp::revert::{RevertInPlace, RevertReport, RevertedDisk};
 pub use store::chunk::{ChunkId, ChunkRef};
 pub use store::counters::StoreStats;
 pub use sys::IoBuf;

@@ -3,6 +3,7 @@
 //!
 //! Live disks: sparse files served read-write, with a write gate and change tracking.
 
+pub(crate) mod access;
 pub(crate) mod capture;
 pub(crate) mod gate;
 pub(crate) mod local_map;
@@ -147,6 +148,8 @@ pub struct Disk {
     counters: DiskCounters,
     /// Sequential streams of reads, for readahead.
     readahead: Readahead,
+    /// Attached clients and the exclusive hold.
+    access: access::Access,
 }
 
 impl std::fmt::Debug for Disk {
@@ -267,6 +270,7 @@ impl Disk {
             poisoned: AtomicBool::new(false),
             counters: DiskCounters::default(),
             readahead: Readahead::default(),
+            access: access::Access::default(),
         }
     }
 
@@ -350,6 +354,12 @@ impl Disk {
 
     /// Reads `len` bytes at `offset`. Holes read as zeros without data I/O.
     pub async fn read(&self, offset: u64, len: u64) -> Result<IoBuf> {
+        self.access.check(self.name.as_str())?;
+        self.read_held(offset, len).await
+    }
+
+    /// [`Self::read`] for the holder of the disk (or anyone, when it is not held).
+    pub(crate) async fn read_held(&self, offset: u64, len: u64) -> Result<IoBuf> {
         self.check_range(offset, len, true)?;
         let n = usize::try_from(len).map_err(|_| Error::invalid("length", "too large"))?;
         // Which chunks still read from the store is decided before the file is read: a chunk
@@ -379,10 +389,18 @@ impl Disk {
 
     /// Writes `buf` at `offset`. With `fua`, the write is durable when this returns.
     pub async fn write(&self, offset: u64, buf: IoBuf, fua: bool) -> Result<()> {
+        self.write_as(offset, buf, fua, false).await
+    }
+
+    /// [`Self::write`]; `holder`: from the holder of the disk.
+    pub(crate) async fn write_as(&self, offset: u64, buf: IoBuf, fua: bool, holder: bool) -> Result<()> {
         let len = buf.len() as u64;
         self.check_range(offset, len, true)?;
         {
             let _pass = self.gate.enter().await;
+            if !holder {
+                self.access.check(self.name.as_str())?;
+            }
             self.make_local(offset, len).await?;
             self.preserve_for_capture(offset, len).await?;
             self.tracker.load().mark(offset, len);
@@ -401,12 +419,20 @@ impl Disk {
     /// Deallocates `[offset, offset + len)`: it reads as zeros and the file stays sparse.
     /// Serves both trim and write-zeroes.
     pub async fn punch(&self, offset: u64, len: u64, fua: bool) -> Result<()> {
+        self.punch_as(offset, len, fua, false).await
+    }
+
+    /// [`Self::punch`]; `holder`: from the holder of the disk.
+    pub(crate) async fn punch_as(&self, offset: u64, len: u64, fua: bool, holder: bool) -> Result<()> {
         self.check_range(offset, len, false)?;
         if len == 0 {
             return Ok(());
         }
         {
             let _pass = self.gate.enter().await;
+            if !holder {
+                self.access.check(self.name.as_str())?;
+            }
             self.make_local(offset, len).await?;
             self.preserve_for_capture(offset, len).await?;
             self.tracker.load().mark(offset, len);
@@ -544,6 +570,7 @@ impl Disk {
     /// read the range ahead into the page cache. Returns the chunks hydrated.
     pub async fn prefetch(&self, offset: u64, len: u64) -> Result<u64> {
         self.check_usable()?;
+        self.access.check(self.name.as_str())?;
         let end = offset.checked_add(len).ok_or_else(|| Error::invalid("offset", "offset + length overflows"))?;
         if end > self.size_bytes() {
             return Err(Error::invalid(
@@ -700,6 +727,12 @@ impl Disk {
     /// restored disk still hydrating, the local map too (a chunk it covers must not read
     /// as "still in the store" after a power loss).
     pub async fn flush(&self) -> Result<()> {
+        self.access.check(self.name.as_str())?;
+        self.flush_held().await
+    }
+
+    /// [`Self::flush`] for the holder of the disk.
+    pub(crate) async fn flush_held(&self) -> Result<()> {
         self.check_usable()?;
         self.sync_file().await?;
         let tracker = self.tracker();
@@ -792,6 +825,7 @@ impl Disk {
     /// Grows the disk. Writes wait at the gate meanwhile; the caller commits the record.
     pub(crate) async fn grow(&self, new_size: u64) -> Result<()> {
         self.check_usable()?;
+        self.access.check(self.name.as_str())?;
         let _closed = self.gate.close().await;
         if self.capture.load().is_some() {
             return Err(Error::FailedPrecondition(format!(

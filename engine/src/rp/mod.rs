@@ -1,6 +1,6 @@
 //! The restore point layer: collections, group freezes, hooks, creation, capture, deletion,
-//! recovery, retention and restore as new disks. Each service is a function over the shared
-//! [`Context`](crate::context::Context) (creation also takes the hook registry); the facade
+//! recovery, retention, restore as new disks and revert in place. Each service is a function over the shared
+//! [`Context`](crate::context::Context) (creation and revert also take the hook registry); the facade
 //! hands its calls on to them. Uses every layer before it but maintenance.
 
 pub(crate) mod capture;
@@ -12,3 +12,4 @@ pub(crate) mod hooks;
 pub(crate) mod recover;
 pub(crate) mod restore;
 pub(crate) mod retention;
+pub(crate) mod revert;

@@ -1,7 +1,7 @@
 //! Service `cairn.v1.Restores`: a disk restore point becomes a new disk, a restore point a
 //! new group; both return their hydration operations at once.
 
-use cairn_engine::RestoreDisk;
+use cairn_engine::{RestoreDisk, RevertInPlace};
 use cairn_proto::v1 as pb;
 use pb::restores_server::Restores;
 use tonic::{Request, Response, Status};
@@ -9,6 +9,10 @@ use tonic::{Request, Response, Status};
 use super::{Context, guard};
 use crate::errors::grpc_status;
 use crate::grpc::convert;
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())
+}
 
 #[derive(Debug)]
 pub struct RestoresService(pub Context);
@@ -31,6 +35,44 @@ impl Restores for RestoresService {
             Ok(Response::new(pb::RestoreDiskResponse {
                 disk: Some(convert::disk(engine, &record)),
                 operation: Some(convert::operation(&op)),
+            }))
+        })
+        .await
+    }
+
+    async fn revert_in_place(
+        &self,
+        req: Request<pb::RevertInPlaceRequest>,
+    ) -> Result<Response<pb::RevertInPlaceResponse>, Status> {
+        guard("RevertInPlace", async {
+            let r = req.into_inner();
+            let engine = &self.0.engine;
+            let rp = convert::restore_point_record(engine, &r.collection, &r.restore_point)?;
+            let disks =
+                r.disks.iter().map(|d| convert::restore_point_disk(&rp, "disks", d)).collect::<Result<Vec<_>, _>>()?;
+            let current_state = match (r.skip_current_state, r.current_state_name.trim()) {
+                (true, _) => None,
+                (false, "") => Some(format!("before-revert-{}", now_ms())),
+                (false, name) => Some(name.to_owned()),
+            };
+            let report = engine
+                .revert_in_place(RevertInPlace { restore_point: rp.id, disks, current_state })
+                .await
+                .map_err(grpc_status)?;
+            Ok(Response::new(pb::RevertInPlaceResponse {
+                disks: report
+                    .disks
+                    .iter()
+                    .map(|d| pb::RevertedDisk {
+                        disk_id: d.disk.to_string(),
+                        disk_name: d.disk_name.to_string(),
+                        chunks_compared: d.chunks_compared,
+                        chunks_rewritten: d.chunks_rewritten,
+                        bytes_written: d.bytes_written,
+                        bytes_trimmed: d.bytes_trimmed,
+                    })
+                    .collect(),
+                current_state: report.current_state.as_ref().map(|r| convert::restore_point(r, None)),
             }))
         })
         .await

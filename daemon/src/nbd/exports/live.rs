@@ -30,6 +30,9 @@ impl Export for LiveDisk {
         // One file, one page cache; FLUSH is fdatasync of the whole file.
         true
     }
+    fn attach(&self) -> Result<Box<dyn std::any::Any + Send + Sync>, Error> {
+        Ok(Box::new(self.0.attach()?))
+    }
     fn read(&self, offset: u64, len: u64) -> ExportFuture<'_, IoBuf> {
         Box::pin(self.0.read(offset, len))
     }

@@ -46,6 +46,13 @@ pub trait Export: Send + Sync + 'static {
     /// Whether FLUSH and FUA on one connection cover writes made on every other connection.
     fn can_multi_conn(&self) -> bool;
 
+    /// Attaches a client that goes on to use the export: the session keeps what this returns
+    /// and drops it when it ends. A refusal (a live disk held by a revert) reaches the client
+    /// as `NBD_REP_ERR_POLICY` with the reason.
+    fn attach(&self) -> Result<Box<dyn std::any::Any + Send + Sync>> {
+        Ok(Box::new(()))
+    }
+
     /// Reads `len` bytes at `offset`.
     fn read(&self, offset: u64, len: u64) -> ExportFuture<'_, IoBuf>;
     /// Writes `buf` at `offset`; with `fua` durable on return.

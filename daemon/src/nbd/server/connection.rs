@@ -42,6 +42,8 @@ pub enum ConnectionError {
     Violation(#[from] p::Violation),
     #[error("no export named {0:?} (NBD_OPT_EXPORT_NAME cannot report errors)")]
     UnknownExport(String),
+    #[error("export {0:?} refused the client: {1} (NBD_OPT_EXPORT_NAME cannot report errors)")]
+    Refused(String, String),
     #[error("handshake not finished within {0:?}")]
     HandshakeTimeout(Duration),
     #[error("TLS is required and the client asked for an export without it (or without fixed newstyle)")]

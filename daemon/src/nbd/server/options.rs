@@ -16,6 +16,8 @@ pub(super) const MAX_META_CONTEXTS: usize = 64;
 /// The outcome of the handshake.
 pub(super) struct Session {
     pub(super) export: Arc<dyn Export>,
+    /// Held while the session lasts: the export's record of this client (see `Export::attach`).
+    pub(super) _attachment: Box<dyn std::any::Any + Send + Sync>,
     pub(super) structured: bool,
     pub(super) limits: p::Limits,
     /// Selected metadata contexts; each one's id is its position plus one.
@@ -177,13 +179,14 @@ where
                 let Some(export) = exports.open(&name) else {
                     return Err(ConnectionError::UnknownExport(name));
                 };
+                let attachment = export.attach().map_err(|e| ConnectionError::Refused(name.clone(), e.to_string()))?;
                 let flags = transmission_flags(&*export, structured);
                 let size = export.size_bytes();
                 p::encode_export_name_reply(&mut out, size, flags, client.no_zeroes);
                 stream.write_all(&out).await?;
                 stream.flush().await?;
                 let contexts = meta_for(meta, &name);
-                return Ok(Negotiated::Transmission(session(export, structured, flags, contexts)));
+                return Ok(Negotiated::Transmission(session(export, attachment, structured, flags, contexts)));
             }
             ClientOption::Abort => {
                 p::encode_option_reply(&mut out, option, p::REP_ACK, &[]);
@@ -215,6 +218,16 @@ where
                     stream.flush().await?;
                     continue;
                 };
+                // Only a client that goes on to use the export attaches to it.
+                let attachment = match go.then(|| export.attach()).transpose() {
+                    Ok(a) => a,
+                    Err(e) => {
+                        p::encode_option_error(&mut out, option, p::REP_ERR_POLICY, &e.to_string());
+                        stream.write_all(&out).await?;
+                        stream.flush().await?;
+                        continue;
+                    }
+                };
                 let flags = transmission_flags(&*export, structured);
                 let size = export.size_bytes();
                 p::encode_info_export(&mut out, option, size, flags);
@@ -239,7 +252,8 @@ where
                     stream.write_all(&out).await?;
                     stream.flush().await?;
                     let contexts = meta_for(meta, &req.name);
-                    return Ok(Negotiated::Transmission(session(export, structured, flags, contexts)));
+                    let attachment = attachment.unwrap_or_else(|| Box::new(()));
+                    return Ok(Negotiated::Transmission(session(export, attachment, structured, flags, contexts)));
                 }
             }
             ClientOption::StructuredReply => {
@@ -307,14 +321,20 @@ where
     }
 }
 
-pub(super) fn session(export: Arc<dyn Export>, structured: bool, flags: u16, contexts: Vec<MetaContext>) -> Session {
+pub(super) fn session(
+    export: Arc<dyn Export>,
+    attachment: Box<dyn std::any::Any + Send + Sync>,
+    structured: bool,
+    flags: u16,
+    contexts: Vec<MetaContext>,
+) -> Session {
     let limits = p::Limits {
         flags,
         size_bytes: export.size_bytes(),
         min_block_bytes: export.min_block_bytes(),
         meta_context: !contexts.is_empty(),
     };
-    Session { export, structured, limits, contexts }
+    Session { export, _attachment: attachment, structured, limits, contexts }
 }
 
 /// The contexts selected for the export the client went on to use (none if it selected
