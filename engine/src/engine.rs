@@ -17,13 +17,15 @@ use crate::io::Io;
 use crate::jobs::operation::OperationRecord;
 use crate::maintenance::gc;
 use crate::maintenance::verify::{self, VerifyTarget};
-use crate::rp::collection::{self, CollectionRecord, CreateCollection, UpdateCollection};
+use crate::rp::collection::{self, CollectionRecord, CollectionSource, CreateCollection, UpdateCollection};
+use crate::rp::copy::{self, CopySource, ExportedRestorePoint};
 use crate::rp::group::{self, Freeze};
 use crate::rp::hooks::{QuiesceHook, Registry};
 use crate::rp::restore::{self, RestoreDisk};
 use crate::rp::retention::{self, RetentionDecision, RetentionPolicy};
 use crate::rp::revert::{self, RevertInPlace, RevertReport};
 use crate::rp::{create, delete, recover};
+use crate::store::chunk::ChunkId;
 use crate::store::chunk_store::ChunkStore;
 use crate::store::pack::LocalPackStore;
 
@@ -375,6 +377,40 @@ impl Engine {
     /// local are read from the store, and a background operation hydrates them.
     pub async fn restore_disk(&self, req: RestoreDisk) -> Result<(DiskRecord, OperationRecord)> {
         restore::restore_disk(&self.inner, req).await
+    }
+
+    /// Creates a copy collection: restore points copied from `source` (a configured peer's
+    /// collection) land in it; none is captured in it.
+    pub async fn create_copy_collection(
+        &self,
+        name: &str,
+        source: CollectionSource,
+        max_restore_points: Option<u32>,
+    ) -> Result<CollectionRecord> {
+        collection::create_copy_collection(&self.inner, name, source, max_restore_points).await
+    }
+
+    /// A `Succeeded` restore point's record and chunk maps, for a copy on another daemon.
+    pub fn export_restore_point(&self, id: RestorePointId) -> Result<ExportedRestorePoint> {
+        copy::export_restore_point(&self.inner, id)
+    }
+
+    /// A stored record verbatim (header + stored bytes), checked whole first, for a copy.
+    pub async fn export_record(&self, id: ChunkId) -> Result<Vec<u8>> {
+        copy::export_record(&self.inner, id).await
+    }
+
+    /// Copies the restore point `source` serves into copy collection `collection` as `name`:
+    /// returns the `Creating` record and its operation; the copy runs in the background and
+    /// turns `Succeeded` only once every record is checked and the roots match (see
+    /// `rp/copy.rs`).
+    pub async fn copy_restore_point(
+        &self,
+        collection: CollectionId,
+        name: String,
+        source: Arc<dyn CopySource>,
+    ) -> Result<(RestorePointRecord, OperationRecord)> {
+        copy::copy_restore_point(&self.inner, collection, name, source).await
     }
 
     /// Reverts live disks of a restore point's group in place to it: the disks must be

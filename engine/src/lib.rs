@@ -114,6 +114,17 @@
 //! the roots of the restore points that remain (a dropped entry is one nobody reads through).
 //! Restore points from before roots get theirs at open, from their map as it then is.
 //!
+//! Copies (`rp/copy.rs`): a copy collection names a source (a configured peer and its
+//! collection) and holds no group; its restore points are copies, pulled through a
+//! `CopySource` (the daemon's replication client, or another engine). The manifest (record
+//! and chunk maps) is checked as client input and against its own Merkle roots before
+//! anything is fetched; records the previous copy of the same disk did not bring are fetched
+//! several at a time, each checked on arrival and appended verbatim (deltas included) to the
+//! target's packs; entries are written as the difference from the previous copy, in one
+//! history per source disk; the copy turns `Succeeded` once every delta gives its content
+//! and the map written hashes to the source's roots. It holds the collection's creation
+//! slot and the GC gate (shared), as a capture does, and fails like one.
+//!
 //! Revert in place (`rp/revert.rs`): the disks are held (no client may attach, others' I/O
 //! fails Busy; writers check the hold inside the gate, so none is left running), a restore
 //! point of the current state is taken, and under the group's creation slot only chunks with
@@ -160,6 +171,7 @@
 //! | GC sweep (phase 1)        | reads, restores, deletes                  | GC gate (exclusive), index lock     |
 //! | GC rewrite (phase 2)      | captures, reads (old packs retired, not deleted) | index lock per switch        |
 //! | verify                    | everything                                | read-only but for corrupt marks     |
+//! | copy into a copy collection | captures, copies and deletes of other collections, GC phase 2 | creation slot of the copy collection, GC gate (shared) |
 //! | revert in place           | captures of other groups; not an attached client or others' I/O on its disks | disk hold (`disk/access.rs`), then the creation slot per group |
 
 mod base;
@@ -199,9 +211,10 @@ pub use jobs::operation::{OperationKind, OperationRecord, OperationState};
 pub use maintenance::gc::{DEFAULT_GC_LIVE_SHARE_PERCENT, GcReport};
 pub use maintenance::verify::{Affected, CorruptRecord, RootMismatch, VerifyReport, VerifyTarget};
 pub use rp::collection::{
-    CollectionRecord, CreateCollection, DEFAULT_MAX_RESTORE_POINTS, MAX_RESTORE_POINTS_LIMIT, ScriptHook,
-    UpdateCollection,
+    CollectionRecord, CollectionSource, CreateCollection, DEFAULT_MAX_RESTORE_POINTS, MAX_RESTORE_POINTS_LIMIT,
+    ScriptHook, UpdateCollection,
 };
+pub use rp::copy::{CopySource, ExportedDisk, ExportedRestorePoint};
 pub use rp::group::Freeze;
 pub use rp::hooks::{HookContext, QuiesceHook};
 pub use rp::restore::RestoreDisk;

@@ -37,6 +37,33 @@ pub struct CollectionRecord {
     #[serde(default)]
     pub hook: Option<ScriptHook>,
     pub created_at_ms: u64,
+    /// A copy collection: its restore points are copies of restore points of a collection
+    /// elsewhere (another daemon's, through a `CopySource`), never captures. Its `group` is an
+    /// id of its own that names no group: it keys the collection's creation slot.
+    #[serde(default)]
+    pub source: Option<CollectionSource>,
+}
+
+/// Where a copy collection's restore points come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionSource {
+    /// The configured peer (a name from the daemon's configuration, never an address).
+    pub peer: String,
+    /// The collection's name on the peer.
+    pub collection: String,
+}
+
+impl CollectionRecord {
+    /// Fails FailedPrecondition for a copy collection: `what` needs the collection's group.
+    pub(crate) fn require_group(&self, what: &str) -> Result<()> {
+        match &self.source {
+            Some(s) => Err(Error::FailedPrecondition(format!(
+                "collection {} is a copy of {}:{}; {what} needs a collection of a local group",
+                self.name, s.peer, s.collection
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Record for CollectionRecord {
@@ -165,11 +192,53 @@ pub(crate) async fn create_collection(ctx: &Arc<Context>, req: CreateCollection)
         max_restore_points: max,
         hook: req.hook,
         created_at_ms: now_ms(),
+        source: None,
     };
     let mut batch = ctx.catalog.batch();
     batch.put(&record)?;
     ctx.catalog.commit(batch)?;
     tracing::info!(collection = %record.name, group = %group.name, "collection created");
+    Ok(record)
+}
+
+/// Creates a copy collection in this daemon's region: restore points copied from `source`
+/// land in it.
+pub(crate) async fn create_copy_collection(
+    ctx: &Arc<Context>,
+    name: &str,
+    source: CollectionSource,
+    max_restore_points: Option<u32>,
+) -> Result<CollectionRecord> {
+    let name = Name::new(name)?;
+    let max = max_restore_points.unwrap_or(DEFAULT_MAX_RESTORE_POINTS);
+    check_max_restore_points(max)?;
+    Name::new(&source.peer).map_err(|_| Error::invalid("source.peer", "must be a valid name"))?;
+    Name::new(&source.collection).map_err(|_| Error::invalid("source.collection", "must be a valid name"))?;
+    let _admin = ctx.admin.lock().await;
+    let existing = list_collections(ctx)?;
+    if existing.iter().any(|c| c.name == name) {
+        return Err(Error::already_exists(format!("collection {name}")));
+    }
+    if let Some(c) = existing.iter().find(|c| c.source.as_ref() == Some(&source)) {
+        return Err(Error::FailedPrecondition(format!(
+            "collection {} is already the copy of {}:{}",
+            c.name, source.peer, source.collection
+        )));
+    }
+    let record = CollectionRecord {
+        id: CollectionId::new(),
+        name,
+        group: GroupId::new(),
+        region: region(ctx).to_owned(),
+        max_restore_points: max,
+        hook: None,
+        created_at_ms: now_ms(),
+        source: Some(source),
+    };
+    let mut batch = ctx.catalog.batch();
+    batch.put(&record)?;
+    ctx.catalog.commit(batch)?;
+    tracing::info!(collection = %record.name, source = ?record.source, "copy collection created");
     Ok(record)
 }
 

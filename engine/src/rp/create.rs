@@ -41,7 +41,7 @@ fn lineage_has_restore_point(all: &[RestorePointRecord], lineage: LineageId) -> 
     all.iter().any(|rp| rp.state == ProvisioningState::Succeeded && rp.disks.iter().any(|d| d.lineage == lineage))
 }
 
-async fn next_seq(ctx: &Arc<Context>) -> Result<u64> {
+pub(crate) async fn next_seq(ctx: &Arc<Context>) -> Result<u64> {
     let current = match ctx.catalog.get_raw("meta", META_NEXT_SEQ_KEY)? {
         None => 1,
         Some(v) => u64::from_be_bytes(
@@ -92,6 +92,7 @@ async fn check_creation(
         return Err(Error::invalid("description", "longer than 4096 bytes"));
     }
     let coll = super::collection::collection(ctx, collection)?;
+    coll.require_group("creating a restore point")?;
     let group = ctx.group(coll.group)?;
     if let Some(bad) = req.exclude_disks.iter().find(|d| !group.disks.contains(d)) {
         return Err(Error::invalid("exclude_disks", format!("disk {bad} is not in group {}", group.name)));

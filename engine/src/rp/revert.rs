@@ -78,6 +78,7 @@ async fn run(ctx: &Arc<Context>, hooks: &Registry, req: RevertInPlace) -> Result
         return Err(Error::FailedPrecondition(format!("restore point {} is {:?}", rp.name, rp.state)));
     }
     let coll = super::collection::collection(ctx, rp.collection)?;
+    coll.require_group("a revert in place")?;
     let group = ctx.group(coll.group)?;
     if let Some(bad) = req.disks.iter().find(|d| !rp.disks.iter().any(|x| x.disk == **d)) {
         return Err(Error::invalid("disks", format!("disk {bad} is not in restore point {}", rp.name)));

@@ -340,6 +340,18 @@ impl ChunkStore {
         decode(&bytes, kind, id, Path::new(&format!("pack {}", loc.pack)))
     }
 
+    /// Record `id` exactly as stored (header + stored bytes), checked whole first: what a copy
+    /// sends to another daemon, which checks it again on arrival. A corrupt record is an
+    /// error, never sent.
+    pub(crate) async fn read_stored(&self, id: ChunkId) -> Result<Vec<u8>> {
+        let loc = self.lookup(id)?.ok_or_else(|| Error::not_found(format!("stored chunk {id}")))?;
+        let bytes = self.store.get_range(loc.pack, loc.offset, RECORD_HEADER_LEN + loc.stored_len as usize).await?;
+        let where_ = PathBuf::from(format!("pack {}", loc.pack));
+        let header = RecordHeader::decode(&bytes, &where_)?;
+        decode(&bytes, header.kind, id, &where_)?;
+        Ok(bytes)
+    }
+
     /// The raw content a chunk map entry names, checked end to end: a delta is applied to
     /// its base and the result must hash to the entry's content. `len` is the chunk's length
     /// where the entry is read (a zero chunk is that many zeros, a delta gives that many

@@ -46,12 +46,16 @@ pub fn collection(r: &CollectionRecord, restore_point_count: usize) -> pb::Colle
     pb::Collection {
         id: r.id.to_string(),
         name: r.name.to_string(),
-        group_id: r.group.to_string(),
+        group_id: if r.source.is_some() { String::new() } else { r.group.to_string() },
         region: r.region.clone(),
         max_restore_points: r.max_restore_points,
         hook: r.hook.as_ref().map(hook),
         created_at_ms: r.created_at_ms,
         restore_point_count: u32::try_from(restore_point_count).unwrap_or(u32::MAX),
+        source: r
+            .source
+            .as_ref()
+            .map(|s| pb::CollectionSource { peer: s.peer.clone(), collection: s.collection.clone() }),
     }
 }
 
