@@ -9,6 +9,7 @@ mod catalog_resources;
 mod cli_output;
 mod cli_restore_point_story;
 mod collection_update;
+mod copy_between_daemons;
 mod copy_between_engines;
 mod crash_campaign;
 mod daemon_lifecycle;

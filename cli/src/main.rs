@@ -174,8 +174,12 @@ enum CollectionCmd {
     Create {
         name: String,
         /// The group (id or name).
-        #[arg(long)]
-        group: String,
+        #[arg(long, required_unless_present = "source")]
+        group: Option<String>,
+        /// Makes a copy collection of a configured peer's collection: PEER:COLLECTION (no
+        /// group, no hook; `cairn rp copy` fills it).
+        #[arg(long, value_parser = parse_source, conflicts_with_all = ["group", "hook_command"])]
+        source: Option<(String, String)>,
         /// Most restore points kept [default: 200].
         #[arg(long)]
         max_restore_points: Option<u32>,
@@ -280,6 +284,19 @@ enum RpCmd {
         #[command(flatten)]
         wait: Wait,
     },
+    /// Copies a restore point of the source collection (on the peer a copy collection
+    /// names) into the copy collection: only what earlier copies did not bring is sent.
+    Copy {
+        /// The copy collection.
+        collection: String,
+        /// The restore point to copy, by its name in the source collection.
+        restore_point: String,
+        /// Name of the copy [default: the source's name].
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        wait: Wait,
+    },
     List {
         collection: String,
     },
@@ -372,6 +389,14 @@ fn parse_rp_path(s: &str) -> Result<(String, String), String> {
     match s.split_once('/') {
         Some((c, r)) if !c.is_empty() && !r.is_empty() && !r.contains('/') => Ok((c.into(), r.into())),
         _ => Err(format!("{s:?} is not COLLECTION/RESTORE_POINT")),
+    }
+}
+
+/// `PEER:COLLECTION`, a copy collection's source.
+fn parse_source(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((p, c)) if !p.is_empty() && !c.is_empty() && !c.contains(':') => Ok((p.into(), c.into())),
+        _ => Err(format!("{s:?} is not PEER:COLLECTION")),
     }
 }
 
@@ -510,6 +535,7 @@ fn j_collection(c: &pb::Collection) -> Value {
         "max_restore_points": c.max_restore_points, "restore_point_count": c.restore_point_count,
         "hook": c.hook.as_ref().map(|h| json!({"command": h.command, "timeout_ms": h.timeout_ms})),
         "created_at_ms": c.created_at_ms,
+        "source": c.source.as_ref().map(|x| format!("{}:{}", x.peer, x.collection)),
     })
 }
 
@@ -871,13 +897,14 @@ impl Client {
     async fn collection(&self, cmd: CollectionCmd) -> Res {
         let mut c = self.collections();
         let coll = match cmd {
-            CollectionCmd::Create { name, group, max_restore_points, region, hook } => {
+            CollectionCmd::Create { name, group, source, max_restore_points, region, hook } => {
                 let req = pb::CreateOrUpdateCollectionRequest {
                     name,
-                    group,
+                    group: group.unwrap_or_default(),
                     region: region.unwrap_or_default(),
                     max_restore_points: max_restore_points.unwrap_or(0),
                     hook: hook.over(None)?,
+                    source: source.map(|(peer, collection)| pb::CollectionSource { peer, collection }),
                 };
                 c.create_or_update_collection(req).await?.into_inner()
             }
@@ -890,6 +917,7 @@ impl Client {
                     name: now.name,
                     group: now.group_id,
                     region: now.region,
+                    source: now.source,
                 };
                 c.create_or_update_collection(req).await?.into_inner()
             }
@@ -913,6 +941,24 @@ impl Client {
     async fn rp(&self, cmd: RpCmd) -> Res {
         let mut c = self.rps();
         match cmd {
+            RpCmd::Copy { collection, restore_point, name, wait } => {
+                let req = pb::CopyRestorePointRequest {
+                    collection: collection.clone(),
+                    name: name.unwrap_or_default(),
+                    source_restore_point: restore_point,
+                };
+                let r = c.copy_restore_point(req).await?.into_inner();
+                let rp = r.restore_point.unwrap_or_default();
+                let op = r.operation.unwrap_or_default();
+                if !wait.enabled() {
+                    print_one(self.output, &json!({"restore_point": j_rp(&rp), "operation": j_op(&op)}));
+                    return Ok(());
+                }
+                let end = self.follow(&op.id, &format!("copying restore point {}", rp.name)).await?;
+                let req = pb::GetRestorePointRequest { collection, restore_point: rp.id, instance_view: false };
+                print_one(self.output, &j_rp(&c.get_restore_point(req).await?.into_inner()));
+                op_outcome(&end)
+            }
             RpCmd::Create { collection, name, exclude_disks, consistency, description, wait } => {
                 let mode = match consistency {
                     Consistency::Crash => pb::ConsistencyMode::CrashConsistent,

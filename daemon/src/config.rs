@@ -51,6 +51,12 @@ pub struct Config {
     pub operation_retention_days: Option<u32>,
     /// Ended operations always kept, newest first (default 100).
     pub operations_kept: Option<u32>,
+    /// Where peers reach this daemon's replication service: `HOST:PORT`, always TLS (needs
+    /// `tls_cert` and `tls_key`).
+    pub replication_listen: Option<String>,
+    /// Other daemons: where to copy from and what they may copy from here.
+    #[serde(default)]
+    pub peers: Vec<crate::replication::PeerConfig>,
 }
 
 /// A key that takes one value or a list of them.
@@ -196,6 +202,20 @@ mod tests {
         assert_eq!(c.grpc_token_file.as_deref(), Some(Path::new("/t")));
         let e = Config::parse("tls_certificate = \"/c.pem\"\n").unwrap_err();
         assert!(e.contains("tls_certificate"), "{e}");
+    }
+
+    #[test]
+    fn peers_parse_and_a_misspelt_peer_key_is_named() {
+        let c = Config::parse(
+            "replication_listen = \"127.0.0.1:7443\"\n[[peers]]\nname = \"west\"\nendpoint = \"https://h:1\"\n\
+             ca = \"/ca.pem\"\ntoken_file = \"/t\"\naccept_token_file = \"/a\"\ncollections = [\"vm\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.replication_listen.as_deref(), Some("127.0.0.1:7443"));
+        assert_eq!(c.peers.len(), 1);
+        assert_eq!(c.peers[0].collections, vec!["vm".to_owned()]);
+        let e = Config::parse("[[peers]]\nname = \"w\"\nendpont = \"x\"\n").unwrap_err();
+        assert!(e.contains("endpont"), "{e}");
     }
 
     #[test]

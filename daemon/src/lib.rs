@@ -8,6 +8,8 @@
 //! - [`net`]: listen addresses, the security rules every listener binds under, TLS and the
 //!   gRPC bearer token.
 //! - [`config`]: cairnd's config file.
+//! - [`replication`]: the configured peers, the replication service served to them and the
+//!   client copies pull through (gRPC, like [`grpc`], on a listener of its own).
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -16,3 +18,4 @@ pub mod grpc;
 pub mod http;
 pub mod nbd;
 pub mod net;
+pub mod replication;

@@ -143,6 +143,12 @@ async fn main() -> anyhow::Result<()> {
         token_file.as_deref(),
         allow_plaintext,
     )?;
+    let peers = cairn_daemon::replication::Peers::load(&file.peers).context("config file: peers")?;
+    let replication_addr: Option<GrpcAddr> =
+        file.replication_listen.as_deref().map(str::parse).transpose().context("replication_listen")?;
+    if replication_addr.is_some() && security.tls.is_none() {
+        anyhow::bail!("replication_listen needs tls_cert and tls_key: peers always reach it over TLS");
+    }
     let config = tuning
         .apply_engine(EngineConfig { io_backend, region, ..EngineConfig::new(&data_dir) })
         .map_err(|e| anyhow::anyhow!("config file: {e}"))?;
@@ -175,7 +181,7 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let nbd = futures::future::join_all(nbd);
 
-    let grpc_ctx = grpc::Context { engine: engine.clone(), shutdown: stopped.clone() };
+    let grpc_ctx = grpc::Context { engine: engine.clone(), peers: peers.clone(), shutdown: stopped.clone() };
     let grpc_listener = match GrpcListener::bind(&grpc_addr, &security).await {
         Ok(l) => l,
         Err(e) => {
@@ -203,6 +209,27 @@ async fn main() -> anyhow::Result<()> {
             return Err(e).context("starting the HTTP listener");
         }
     };
+    let replication = match &replication_addr {
+        Some(addr) => match GrpcListener::bind(addr, &security).await {
+            Ok(l) => {
+                tracing::info!(addr = %l.local_addr(), peers_accepted = peers.accepts_any(), "replication listening");
+                let service = cairn_daemon::replication::ReplicationService::new(engine.clone(), peers.clone());
+                let server = cairn_proto::v1::replication_server::ReplicationServer::new(service)
+                    .max_decoding_message_size(cairn_daemon::replication::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(cairn_daemon::replication::MAX_MESSAGE_BYTES);
+                let mut routes = tonic::service::Routes::builder();
+                routes.add_service(server);
+                Some(tokio::spawn(l.run(routes.routes(), stopped.clone())))
+            }
+            Err(e) => {
+                let _ = stop.send(true);
+                let _ = nbd.await;
+                engine.close().await.context("closing the engine")?;
+                return Err(e).context("starting the replication listener");
+            }
+        },
+        None => None,
+    };
     tracing::info!(addr = %grpc_listener.local_addr(), "grpc listening");
     let grpc_server = tokio::spawn(grpc_listener.run(routes, stopped.clone()));
     tracing::info!(addr = %http_listener.local_addr(), tls = http_listener.is_tls(), "http listening");
@@ -225,6 +252,11 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Err(e) = http_server.await {
         tracing::error!(error = %e, "http server task failed");
+    }
+    if let Some(r) = replication
+        && let Err(e) = r.await
+    {
+        tracing::error!(error = %e, "replication server task failed");
     }
     engine.close().await.context("closing the engine")?;
     Ok(())

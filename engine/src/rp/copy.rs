@@ -107,10 +107,16 @@ fn check_manifest(m: &ExportedRestorePoint) -> Result<Vec<Root>> {
     if m.disks.is_empty() || m.disks.len() > MAX_DISKS || m.disks.len() != m.record.disks.len() {
         return Err(bad(format!("{} disks, the record names {}", m.disks.len(), m.record.disks.len())));
     }
+    // Names arrive as the peer wrote them: checked as a request's would be.
+    Name::new(m.record.name.as_str()).map_err(|e| bad(format!("restore point name: {e}")))?;
+    if m.record.configuration.len() > crate::catalog::group::MAX_CONFIGURATION_BYTES {
+        return Err(bad("configuration too large".into()));
+    }
     let mut roots = Vec::new();
     let mut seen = HashSet::new();
     for (d, named) in m.disks.iter().zip(&m.record.disks) {
         let r = &d.record;
+        Name::new(r.disk_name.as_str()).map_err(|e| bad(format!("disk name: {e}")))?;
         if r.disk != named.disk || !seen.insert(r.disk) {
             return Err(bad(format!("disk {} is listed out of order or twice", r.disk)));
         }

@@ -5,7 +5,9 @@
 //! `max_restore_points` (0: the default) and hook (none: no hook). Its group and region are
 //! fixed for life: a request naming others is INVALID_ARGUMENT naming the field.
 
-use cairn_engine::{CollectionRecord, CreateCollection, DEFAULT_MAX_RESTORE_POINTS, ScriptHook, UpdateCollection};
+use cairn_engine::{
+    CollectionRecord, CollectionSource, CreateCollection, DEFAULT_MAX_RESTORE_POINTS, ScriptHook, UpdateCollection,
+};
 use cairn_proto::v1 as pb;
 use pb::collections_server::Collections;
 use tonic::{Request, Response, Status};
@@ -22,6 +24,38 @@ impl CollectionsService {
         let count = self.0.engine.list_restore_points(c.id).map_err(grpc_status)?.len();
         Ok(convert::collection(c, count))
     }
+
+    /// A copy collection: of a configured peer's collection, with no group and no hook. An
+    /// existing one with the same source is left as it is but for its limit.
+    async fn create_copy_collection(
+        &self,
+        name: String,
+        source: pb::CollectionSource,
+        group: String,
+        hook: bool,
+        max: u32,
+    ) -> Result<Response<pb::Collection>, Status> {
+        let engine = &self.0.engine;
+        if !group.is_empty() || hook {
+            return Err(invalid("source", "a copy collection has no group and no hook: give source alone"));
+        }
+        if self.0.peers.get(&source.peer).is_none() {
+            return Err(invalid("source.peer", format!("{:?} is not a peer configured on this daemon", source.peer)));
+        }
+        let source = CollectionSource { peer: source.peer, collection: source.collection };
+        let max = (max != 0).then_some(max);
+        if let Ok(existing) = engine.collection_by_name(&name) {
+            if existing.source.as_ref() != Some(&source) {
+                return Err(invalid("source", format!("collection {} exists with another source", existing.name)));
+            }
+            let update =
+                UpdateCollection { max_restore_points: Some(max.unwrap_or(DEFAULT_MAX_RESTORE_POINTS)), hook: None };
+            let record = engine.update_collection(existing.id, update).await.map_err(grpc_status)?;
+            return Ok(Response::new(self.message(&record)?));
+        }
+        let record = engine.create_copy_collection(&name, source, max).await.map_err(grpc_status)?;
+        Ok(Response::new(self.message(&record)?))
+    }
 }
 
 #[tonic::async_trait]
@@ -33,6 +67,11 @@ impl Collections for CollectionsService {
         guard("CreateOrUpdateCollection", async {
             let r = req.into_inner();
             let engine = &self.0.engine;
+            if let Some(source) = r.source {
+                return self
+                    .create_copy_collection(r.name, source, r.group, r.hook.is_some(), r.max_restore_points)
+                    .await;
+            }
             let group = convert::group_id(engine, "group", &r.group)?;
             let hook = r.hook.map(|h| ScriptHook { command: h.command, timeout_ms: h.timeout_ms });
             let region = (!r.region.is_empty()).then_some(r.region);

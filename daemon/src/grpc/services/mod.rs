@@ -24,6 +24,8 @@ use tonic::Status;
 #[derive(Debug, Clone)]
 pub struct Context {
     pub engine: Engine,
+    /// The configured peers, which copy collections name.
+    pub peers: crate::replication::Peers,
     /// Turns true when the daemon shuts down; long streams end then.
     pub shutdown: watch::Receiver<bool>,
 }

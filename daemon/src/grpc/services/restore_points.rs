@@ -79,6 +79,34 @@ impl RestorePoints for RestorePointsService {
         .await
     }
 
+    async fn copy_restore_point(
+        &self,
+        req: Request<pb::CopyRestorePointRequest>,
+    ) -> Result<Response<pb::CreateRestorePointResponse>, Status> {
+        guard("CopyRestorePoint", async {
+            let r = req.into_inner();
+            let engine = &self.0.engine;
+            let coll = convert::collection_record(engine, "collection", &r.collection)?;
+            let Some(from) = &coll.source else {
+                return Err(Status::failed_precondition(format!(
+                    "collection {} is not a copy collection; create one with a source",
+                    coll.name
+                )));
+            };
+            if r.source_restore_point.trim().is_empty() {
+                return Err(crate::errors::invalid("source_restore_point", "name the restore point to copy"));
+            }
+            let name = if r.name.is_empty() { r.source_restore_point.clone() } else { r.name };
+            let source = self.0.peers.source(&from.peer, &from.collection, &r.source_restore_point).await?;
+            let (rp, op) = engine.copy_restore_point(coll.id, name, source).await.map_err(grpc_status)?;
+            Ok(Response::new(pb::CreateRestorePointResponse {
+                restore_point: Some(convert::restore_point(&rp, None)),
+                operation: Some(convert::operation(&op)),
+            }))
+        })
+        .await
+    }
+
     async fn delete_restore_point(
         &self,
         req: Request<pb::DeleteRestorePointRequest>,
